@@ -1,0 +1,213 @@
+"""Run configuration: typed dataclasses, loaded from one YAML recipe plus `key=value` overrides.
+
+A recipe is complete and flat: one YAML file per run, no includes, no defaults lists. Loading it
+validates every key against the dataclasses below (and the stage's model config), so a typo, a
+wrong type or a missing required value stops the run with an error naming the key and the file.
+
+The dotted names of these fields are public interface: `alm train RECIPE trainer.max_steps=10`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from alm.stages import MODEL_OF_STAGE
+
+
+class RecipeError(ValueError):
+    """A recipe or override is invalid; the message names the key and where it came from."""
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: int = 1  # processes (GPUs) per node
+    num_nodes: int = 1
+    strategy: str = "ddp"  # ddp | deepspeed
+    zero_stage: int = 2  # DeepSpeed ZeRO stage 1 | 2 | 3 (strategy=deepspeed only)
+    offload: bool = False  # ZeRO: optimizer state (and params at stage 3) in CPU memory
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | bf16-true
+    max_steps: int = MISSING  # optimizer steps
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float = 1.0  # 0 disables clipping
+    ckpt_every_n_steps: int = 1000
+    keep_last_k: int = 3  # periodic checkpoints kept in run_dir/checkpoints
+    val_every_n_steps: int = 1000  # 0 disables validation
+    val_batches: int = 10  # batches per rank per validation
+    log_every_n_steps: int = 1
+    progress_bar: bool = True
+    threads: int = 0  # torch intra-op threads per process; 0 = torch's default
+
+
+@dataclass
+class DataConfig:
+    # Shards: a directory, a glob ("dir/train-*.tar"), a brace pattern ("dir/train-{000000..000009}.tar"),
+    # several of those separated by "::", or "synthetic" = the built-in generated set (made once, cached).
+    train_shards: str = MISSING
+    val_shards: Optional[str] = None
+    batch_size: int = 8  # examples per batch per process
+    max_len: int = 512  # longest example in tokens; longer sequences are randomly cropped
+    num_workers: int = 2  # loader processes per training process
+    shuffle_buffer: int = 500  # samples held in each worker's shuffle buffer
+    tokenizer: Optional[str] = None  # directory of the tokenizer that made the tokens (exported with the model)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at trainer.max_steps
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    project: str = "alm"
+    entity: Optional[str] = None
+    mode: str = "online"  # online | offline | disabled ; the WANDB_MODE environment variable wins
+    name: Optional[str] = None
+
+
+@dataclass
+class RunConfig:
+    stage: str = MISSING  # which model family member this run trains, e.g. "semantic"
+    run_dir: str = MISSING
+    seed: int = 0
+    resume: str = "auto"  # auto (newest checkpoint in run_dir) | never | PATH of a checkpoint
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    model: Any = None  # the stage's model config dataclass (see alm.stages.MODEL_OF_STAGE)
+
+
+_CHOICES = {
+    "trainer.accelerator": ("auto", "cpu", "gpu", "cuda"),
+    "trainer.strategy": ("ddp", "deepspeed"),
+    "trainer.zero_stage": (1, 2, 3),
+    "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
+    "resume": None,  # free-form, checked at run time
+    "wandb.mode": ("online", "offline", "disabled"),
+}
+_POSITIVE = (
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.max_steps",
+    "trainer.accumulate_grad_batches",
+    "trainer.ckpt_every_n_steps",
+    "trainer.keep_last_k",
+    "trainer.log_every_n_steps",
+    "data.batch_size",
+    "data.max_len",
+)
+
+
+def schema_for(stage: str, source: str) -> DictConfig:
+    if stage not in MODEL_OF_STAGE:
+        raise RecipeError(
+            f"{source}: key 'stage': unknown stage {stage!r}; expected one of {', '.join(sorted(MODEL_OF_STAGE))}"
+        )
+    model_config_cls, _ = MODEL_OF_STAGE[stage]
+    return OmegaConf.structured(RunConfig(stage=stage, model=model_config_cls()))
+
+
+def _error(source: str, exc: OmegaConfBaseException) -> RecipeError:
+    key = getattr(exc, "full_key", None) or "?"
+    msg = str(exc).splitlines()[0]
+    return RecipeError(f"{source}: key '{key}': {msg}")
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load and validate a recipe YAML, apply dotted `key=value` overrides, return a RunConfig."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as exc:  # yaml syntax errors
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    return build_config(raw, path, overrides)
+
+
+def build_config(raw: DictConfig, source: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    if not isinstance(raw, DictConfig):
+        raise RecipeError(f"{source}: expected a mapping at the top level")
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"command line: override {item!r} is not of the form key=value")
+    stage = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "stage"), raw.get("stage"))
+    if stage is None:
+        raise RecipeError(f"{source}: key 'stage': missing required value")
+    cfg = schema_for(str(stage), source)
+    try:
+        cfg = OmegaConf.merge(cfg, raw)
+    except OmegaConfBaseException as exc:
+        raise _error(source, exc) from exc
+    if overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        except OmegaConfBaseException as exc:
+            raise _error("command-line override", exc) from exc
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise RecipeError(f"{source}: missing required value for key(s): {', '.join(missing)}")
+    try:
+        run: RunConfig = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise _error(source, exc) from exc
+    validate(run, source)
+    return run
+
+
+def _get(run: RunConfig, dotted: str) -> Any:
+    obj: Any = run
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(run: RunConfig, source: str) -> None:
+    """Value checks that types alone cannot express."""
+    for key, choices in _CHOICES.items():
+        value = _get(run, key)
+        if choices is not None and value not in choices:
+            raise RecipeError(f"{source}: key '{key}': expected one of {list(choices)}, got {value!r}")
+    for key in _POSITIVE:
+        if _get(run, key) <= 0:
+            raise RecipeError(f"{source}: key '{key}': must be > 0, got {_get(run, key)!r}")
+    if run.data.num_workers < 0:
+        raise RecipeError(f"{source}: key 'data.num_workers': must be >= 0")
+    if run.trainer.offload and run.trainer.strategy != "deepspeed":
+        raise RecipeError(f"{source}: key 'trainer.offload': offload needs trainer.strategy=deepspeed")
+    if len(run.optim.betas) != 2:
+        raise RecipeError(f"{source}: key 'optim.betas': expected two values, got {run.optim.betas}")
+    check = getattr(run.model, "validate", None)
+    if check is not None:
+        try:
+            check()
+        except ValueError as exc:
+            raise RecipeError(f"{source}: {exc}") from exc
+
+
+def to_yaml(run: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(run))
+
+
+def from_yaml_text(text: str, source: str) -> RunConfig:
+    """Rebuild a RunConfig from the YAML stored in a run dir, checkpoint or export."""
+    return build_config(OmegaConf.create(text), source)
+
+
+def save_config(run: RunConfig, path: str | os.PathLike) -> None:
+    from alm.io import atomic_write_text
+
+    atomic_write_text(Path(path), to_yaml(run))
