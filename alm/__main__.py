@@ -1,0 +1,5 @@
+import sys
+
+from alm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""The `alm` command line.
+
+    alm demo                                   the embedded default: data -> tokens -> train -> export -> sample
+    alm train RECIPE.yaml [key=value ...]      train a stage (resumes from run_dir automatically)
+    alm export RUN_DIR|CHECKPOINT --out DIR    consolidated safetensors + config + tokenizer
+    alm generate semantic EXPORT_DIR ...       sample tokens from an exported semantic LM
+    alm tokenize {semantic,codec,text} ...     write token shards / fit tokenizers
+    alm prep DATASET --src DIR --out DIR       dataset on disk -> WebDataset shards
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def _train(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="alm train", description="Train a recipe; key=value pairs override it.")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_steps=100 run_dir=runs/x")
+    a = p.parse_args(argv)
+    from alm.config import RecipeError, load_recipe
+
+    try:
+        cfg = load_recipe(a.recipe, a.overrides)
+    except RecipeError as exc:
+        print(f"alm train: {exc}", file=sys.stderr)
+        return 2
+    from alm.data.cache import resolve_synthetic
+    from alm.training.trainer import train
+
+    resolve_synthetic(cfg)
+    trainer = train(cfg)
+    if trainer.is_global_zero:
+        print(f"[alm] done: {cfg.run_dir} (step {trainer.global_step})")
+    return 0
+
+
+def _export(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="alm export", description="Export a run or checkpoint to safetensors.")
+    p.add_argument("src", help="run dir (newest checkpoint) or checkpoint dir")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    from alm.export import export
+
+    out = export(a.src, a.out)
+    print(f"[alm] exported {a.src} -> {out}")
+    return 0
+
+
+def _generate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="alm generate", description="Sample from an exported model.")
+    p.add_argument("kind", choices=["semantic"])
+    p.add_argument("export_dir")
+    p.add_argument("--tokens", type=int, default=100, help="tokens to sample")
+    p.add_argument("--num", type=int, default=1, help="sequences to sample")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="save the token ids as .npy")
+    a = p.parse_args(argv)
+    from alm.generate import sample_semantic
+
+    tokens = sample_semantic(a.export_dir, a.tokens, a.num, a.temperature, a.top_k, a.top_p, a.seed)
+    for row in tokens:
+        print(" ".join(str(int(t)) for t in row))
+    if a.out:
+        import numpy as np
+
+        np.save(a.out, tokens)
+        print(f"[alm] saved {tokens.shape} token ids to {a.out}")
+    return 0
+
+
+def _tokenize(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("semantic", "codec", "text"):
+        print("usage: alm tokenize {semantic,codec,text} ...", file=sys.stderr)
+        return 2
+    kind, rest = argv[0], argv[1:]
+    if kind == "semantic":
+        from alm.tokenizers.semantic import main
+    elif kind == "codec":
+        from alm.tokenizers.codec import main
+    else:
+        from alm.tokenizers.text import main
+    return main(rest)
+
+
+def _prep(argv: list[str]) -> int:
+    from data_prep.cli import main
+
+    return main(argv)
+
+
+def _demo(argv: list[str]) -> int:
+    from alm.demo import main
+
+    return main(argv)
+
+
+COMMANDS = {
+    "demo": _demo,
+    "train": _train,
+    "export": _export,
+    "generate": _generate,
+    "tokenize": _tokenize,
+    "prep": _prep,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s: %(message)s"))
+    logging.getLogger("alm").addHandler(handler)
+    logging.getLogger("alm").setLevel(logging.INFO)
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

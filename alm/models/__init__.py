@@ -1,0 +1,1 @@
+"""Model definitions: one file per model, pure PyTorch (no Lightning, no DeepSpeed)."""

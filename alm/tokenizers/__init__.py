@@ -1,0 +1,1 @@
+"""Codec, semantic and text tokenizers."""

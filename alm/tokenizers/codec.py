@@ -1,0 +1,486 @@
+"""Neural-codec (EnCodec) tokenization: audio <-> residual-VQ codes, and the shard pass.
+
+We use transformers' `EncodecModel` (no torchaudio needed). A codec is named by a short name
+(`encodec_24khz`, `encodec_32khz`), a Hugging Face hub id, or a local directory written by
+`save_pretrained` (e.g. the tiny test codec from `make_tiny_codec`).
+
+Shapes used throughout:
+    audio  (B, T)        mono float32 at the codec's sample rate, zero-padded to the longest
+    codes  (B, n_q, F)   int64 codebook indices; F = ceil(T / hop_length)
+
+Residual VQ is greedy, level by level, so the first k levels of n_q-level codes are exactly the
+k-level codes: storing more levels than a model uses costs only disk.
+
+Padding: in a padded batch, frames past a sample's true length are set to `pad_value` (-1), so
+they cannot be mistaken for codes. Codes are deterministic for the same batch, but a sample in a
+padded batch is encoded as if followed by silence: EnCodec pads each convolution by reflection
+at the sequence end (and, for very short inputs, at the start too), so the last frame (all
+frames of clips under ~7 frames; a few more for the non-causal encodec_32khz) can differ from
+encoding the sample alone. Measured on the causal tiny codec: a 29-frame clip batched with a
+50-frame one differs only in its last frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+CODEC_NAMES = {
+    "encodec_24khz": "facebook/encodec_24khz",
+    "encodec_32khz": "facebook/encodec_32khz",
+}
+AUDIO_EXTS = ("flac", "wav", "ogg")
+CODES_MEMBER = "codes.npy"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and describing a codec
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """'org/name' (one slash, no leading '.', '/', '~') is taken for a hub id, anything else
+    that does not exist on disk for a missing local path."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and "\\" not in name
+
+
+def load_codec(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Load an EnCodec model in eval mode on `device`.
+
+    `name_or_path`: 'encodec_24khz' / 'encodec_32khz' (-> facebook/encodec_*), a hub id, or a
+    local directory holding `config.json` + weights (as written by `save_pretrained`).
+    """
+    from transformers import EncodecModel
+
+    name = str(name_or_path)
+    source = CODEC_NAMES.get(name, name)
+    local = Path(os.path.expanduser(source))
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"codec directory {local} has no config.json (write it with save_pretrained)")
+        source = str(local)
+    elif not _looks_like_hub_id(source):
+        raise FileNotFoundError(
+            f"codec {name!r}: no such local path {local}; use encodec_24khz, encodec_32khz, a hub id or a directory"
+        )
+    try:
+        codec = EncodecModel.from_pretrained(source)
+    except OSError as exc:
+        raise OSError(
+            f"could not load codec {name!r} ({source}): {exc}\n"
+            "Without network access, download it beforehand (huggingface-cli download ...) "
+            "or pass a local directory; HF_HUB_OFFLINE=1 makes such failures immediate."
+        ) from exc
+    _check_supported(codec, name)
+    return codec.to(device).eval()
+
+
+def _check_supported(codec, name: str) -> None:
+    cfg = codec.config
+    if cfg.chunk_length_s is not None or cfg.normalize:
+        raise ValueError(
+            f"codec {name!r}: chunked or normalising EnCodec models (e.g. encodec_48khz) are not supported; "
+            "use a non-chunked mono codec such as encodec_24khz or encodec_32khz"
+        )
+    if cfg.audio_channels != 1:
+        raise ValueError(f"codec {name!r}: has {cfg.audio_channels} audio channels; only mono codecs are supported")
+
+
+def codec_info(codec) -> dict[str, Any]:
+    """{name, sample_rate, hop_length, frame_rate, n_q (levels the codec has), codebook_size}."""
+    cfg = codec.config
+    frame_rate = cfg.sampling_rate / cfg.hop_length
+    return {
+        "name": getattr(codec, "name_or_path", "") or "",
+        "sample_rate": int(cfg.sampling_rate),
+        "hop_length": int(cfg.hop_length),
+        "frame_rate": int(frame_rate) if frame_rate == int(frame_rate) else frame_rate,
+        "n_q": int(cfg.num_quantizers),
+        "codebook_size": int(cfg.codebook_size),
+    }
+
+
+def weights_fingerprint(codec) -> str:
+    """sha256 over the codec's state dict (names, shapes and values): identifies the weights."""
+    h = hashlib.sha256()
+    for key, value in sorted(codec.state_dict().items()):
+        t = value.detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def resolve_n_q(codec, n_q: int | None = None, bandwidth: float | None = None) -> int:
+    """Number of RVQ levels for `n_q` or `bandwidth` (kbps); neither -> all levels of the codec."""
+    if n_q is not None and bandwidth is not None:
+        raise ValueError("give n_q or bandwidth, not both")
+    total = int(codec.config.num_quantizers)
+    if bandwidth is not None:
+        if bandwidth <= 0:
+            raise ValueError(f"bandwidth must be > 0 kbps, got {bandwidth}")
+        n_q = codec.quantizer.get_num_quantizers_for_bandwidth(float(bandwidth))
+    if n_q is None:
+        return total
+    if not 1 <= n_q <= total:
+        what = f"bandwidth {bandwidth} kbps needs n_q={n_q}" if bandwidth is not None else f"n_q={n_q}"
+        raise ValueError(f"{what}, but the codec has {total} levels (1..{total})")
+    return int(n_q)
+
+
+def bandwidth_for(codec, n_q: int) -> float:
+    """kbps of `n_q` levels: n_q * log2(codebook_size) * frame_rate / 1000."""
+    cfg = codec.config
+    return n_q * math.log2(cfg.codebook_size) * cfg.sampling_rate / cfg.hop_length / 1000
+
+
+def num_frames(codec, n_samples: int) -> int:
+    """Code frames for `n_samples` audio samples: ceil(n_samples / hop_length)."""
+    return -(-int(n_samples) // int(codec.config.hop_length))
+
+
+# --------------------------------------------------------------------------------------------
+# Encode / decode
+
+
+def _device(codec) -> torch.device:
+    return next(codec.parameters()).device
+
+
+@torch.no_grad()
+def encode(
+    codec,
+    audio: torch.Tensor,
+    lengths: torch.Tensor | Sequence[int] | None = None,
+    n_q: int | None = None,
+    bandwidth: float | None = None,
+    pad_value: int = -1,
+) -> torch.Tensor:
+    """Encode a padded batch of mono audio.
+
+    audio: (B, T) float at the codec's sample rate, zero-padded; lengths: (B,) true lengths in
+    samples (None: all T). Returns codes (B, n_q, F) int64 on the codec's device,
+    F = ceil(max(lengths) / hop); frames past sample b's `num_frames(codec, lengths[b])` hold
+    `pad_value`.
+    """
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be (B, T) mono, got shape {tuple(audio.shape)}")
+    B, T = audio.shape
+    lengths = torch.full((B,), T, dtype=torch.long) if lengths is None else torch.as_tensor(lengths, dtype=torch.long)
+    if lengths.shape != (B,) or int(lengths.min()) < 1 or int(lengths.max()) > T:
+        raise ValueError(f"lengths must be (B,) in 1..{T}, got {lengths.tolist()}")
+    levels = resolve_n_q(codec, n_q, bandwidth)
+    # transformers only accepts one of config.target_bandwidths; RVQ levels are prefix-consistent,
+    # so encode at the smallest listed bandwidth with enough levels and keep the first `levels`.
+    quantizer = codec.quantizer
+    supported = sorted(codec.config.target_bandwidths)
+    enc_bw = next((bw for bw in supported if quantizer.get_num_quantizers_for_bandwidth(bw) >= levels), supported[-1])
+
+    T_used = int(lengths.max())
+    device = _device(codec)
+    x = audio[:, :T_used].to(device=device, dtype=torch.float32)
+    mask = torch.arange(T_used, device=device)[None, :] < lengths.to(device)[:, None]  # (B, T)
+    x = x * mask
+    out = codec.encode(x[:, None, :], padding_mask=mask[:, None, :], bandwidth=enc_bw, return_dict=True)
+    codes = out.audio_codes[0, :, :levels].long()  # (B, n_q, F)
+    frames = -(-lengths.to(device) // int(codec.config.hop_length))  # (B,)
+    if codes.shape[-1] != int(frames.max()):
+        raise RuntimeError(f"codec produced {codes.shape[-1]} frames, expected {int(frames.max())}")
+    pad = torch.arange(codes.shape[-1], device=device)[None, None, :] >= frames[:, None, None]
+    return codes.masked_fill(pad, pad_value)
+
+
+@torch.no_grad()
+def decode(codec, codes: torch.Tensor) -> torch.Tensor:
+    """Decode codes (B, n_q, F) (any n_q up to the codec's levels; negative = padding, a suffix
+    per sample) -> audio (B, F * hop_length) float32 on the codec's device, zero past each
+    sample's frames."""
+    if codes.ndim != 3:
+        raise ValueError(f"codes must be (B, n_q, F), got shape {tuple(codes.shape)}")
+    B, levels, F = codes.shape
+    if levels > codec.config.num_quantizers:
+        raise ValueError(f"codes have {levels} levels; the codec has {codec.config.num_quantizers}")
+    device = _device(codec)
+    codes = torch.as_tensor(codes, dtype=torch.long).to(device)
+    if int(codes.max()) >= codec.config.codebook_size:
+        raise ValueError(f"code {int(codes.max())} out of range for codebook size {codec.config.codebook_size}")
+    valid = codes[:, 0, :] >= 0  # (B, F)
+    frames = valid.long().sum(-1)  # padding is a suffix -> valid frame count
+    hop = int(codec.config.hop_length)
+    audio = codec.decode(codes.clamp(min=0)[None], [None], return_dict=True).audio_values
+    audio = audio[:, 0, : F * hop].float()  # (B, F * hop)
+    keep = torch.arange(audio.shape[-1], device=device)[None, :] < (frames * hop)[:, None]
+    return audio * keep
+
+
+# --------------------------------------------------------------------------------------------
+# Shard pass
+
+
+def _audio_member(sample: dict[str, Any]) -> bytes | None:
+    for ext in AUDIO_EXTS:
+        if ext in sample:
+            return sample[ext]
+    return None
+
+
+def tokenize_codec_shards(
+    shards_spec,
+    out_dir: str | os.PathLike,
+    codec,
+    n_q: int | None = None,
+    bandwidth: float | None = None,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    source_name: str | None = None,
+) -> dict[str, Any]:
+    """Write `out_dir/<shard>.tar` with a `codes.npy` member (n_q, F) per sample (int16 when
+    the codebook fits, else int32) beside the copied `json`, plus `out_dir/codec.json`.
+
+    `codec`: a loaded model or a name/path for `load_codec`. Audio (`flac`/`wav`/`ogg`, mono or
+    downmixed) is resampled to the codec's rate. Undecodable or empty audio -> the sample is
+    left out and listed in `out_dir/errors.json`. Finished shards are skipped on a rerun; a
+    rerun with a different codec or n_q into the same directory is refused.
+    Returns map_shards' summary {"shards", "samples", "errors"}.
+    """
+    from alm.data.audio import load_mono
+    from alm.data.shards import expand_shards, map_shards, npy_bytes
+    from alm.io import atomic_write_text
+
+    if isinstance(codec, (str, os.PathLike)):
+        source_name = source_name or str(codec)
+        codec = load_codec(codec, device or "cpu")
+    elif device is not None:
+        codec = codec.to(device)
+    codec.eval()
+    levels = resolve_n_q(codec, n_q, bandwidth)
+    info = codec_info(codec)
+    rate = info["sample_rate"]
+    dtype = np.int16 if info["codebook_size"] <= 32767 else np.int32
+    urls = expand_shards(shards_spec)
+    out_dir = Path(out_dir)
+
+    meta = {
+        **info,
+        "name": source_name or info["name"],
+        "codec_n_q": info["n_q"],
+        "n_q": levels,
+        "bandwidth_kbps": round(bandwidth_for(codec, levels), 6),
+        "dtype": np.dtype(dtype).name,
+        "member": CODES_MEMBER,
+        "weights_sha256": weights_fingerprint(codec),
+        "source": shards_spec if isinstance(shards_spec, str) else list(shards_spec),
+    }
+    meta_path = out_dir / "codec.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        for field in ("weights_sha256", "n_q", "sample_rate", "codebook_size", "dtype"):
+            if old.get(field) != meta[field]:
+                raise ValueError(
+                    f"{meta_path}: existing codes were made with {field}={old.get(field)!r}, this run has "
+                    f"{meta[field]!r}; use another --out directory (or delete it) to re-tokenize"
+                )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(meta_path, json.dumps(meta, indent=1, ensure_ascii=False))
+
+    def fn(samples: list[dict[str, Any]]) -> list[dict[str, bytes] | None]:
+        results: list[dict[str, bytes] | None] = [None] * len(samples)
+        ok: list[tuple[int, np.ndarray]] = []
+        for i, sample in enumerate(samples):
+            where = f"{sample.get('__url__', '?')}:{sample['__key__']}"
+            data = _audio_member(sample)
+            if data is None:
+                log.warning("%s: no audio member (%s)", where, "/".join(AUDIO_EXTS))
+                continue
+            try:
+                wav, _ = load_mono(data, rate)
+            except ValueError as exc:
+                log.warning("%s: %s", where, exc)
+                continue
+            if wav.size == 0 or not np.isfinite(wav).all():
+                log.warning("%s: empty or non-finite audio", where)
+                continue
+            ok.append((i, wav))
+        if not ok:
+            return results
+        lengths = torch.tensor([len(w) for _, w in ok])
+        batch = torch.zeros(len(ok), int(lengths.max()))  # (B, T)
+        for row, (_, wav) in enumerate(ok):
+            batch[row, : len(wav)] = torch.from_numpy(wav)
+        codes = encode(codec, batch, lengths, n_q=levels).cpu()  # (B, n_q, F)
+        for row, (i, wav) in enumerate(ok):
+            c = codes[row, :, : num_frames(codec, len(wav))].numpy().astype(dtype)  # (n_q, F_i)
+            results[i] = {CODES_MEMBER: npy_bytes(c)}
+        return results
+
+    return map_shards(urls, out_dir, fn, batch_size=batch_size, desc=f"codec {meta['name']}", progress=progress)
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny random codec for tests and the CPU demo
+
+
+def _synthetic_audio(n: int, length: int, sample_rate: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, length) varied test signals: a few random tones under a random envelope, plus noise."""
+    t = torch.arange(length) / sample_rate
+    out = torch.zeros(n, length)
+    for k in range(n):
+        for _ in range(3):
+            freq, amp, phase = torch.rand(3, generator=gen)
+            out[k] += amp * torch.sin(2 * math.pi * (60 + freq * sample_rate / 4) * t + 2 * math.pi * phase)
+        env = torch.linspace(float(torch.rand(1, generator=gen)), float(torch.rand(1, generator=gen)), length)
+        out[k] = out[k] * env + 0.05 * torch.randn(length, generator=gen)
+    return 0.3 * out / out.abs().amax(dim=-1, keepdim=True).clamp(min=1e-6)
+
+
+def _scale_conv(module: torch.nn.Module, factor: float) -> None:
+    """Multiply the (weight-normed) kernel of an EncodecConv1d by `factor` (bias is zero)."""
+    conv = module.conv
+    if hasattr(conv, "parametrizations"):
+        conv.parametrizations.weight.original0.mul_(factor)  # weight norm's magnitude g
+    elif hasattr(conv, "weight_g"):
+        conv.weight_g.mul_(factor)
+    else:
+        conv.weight.mul_(factor)
+
+
+@torch.no_grad()
+def _fit_codebooks(codec, gen: torch.Generator, iters: int = 8) -> None:
+    """Make a random EnCodec a usable (if poor) tokenizer.
+
+    Random init leaves every codebook zero (all codes 0: EnCodec fills them by k-means on its
+    first training batch), and random biases make the encoder's output depend mostly on the
+    frame position (LSTM start-up) rather than the audio. So: zero all biases (output now
+    driven by the input), scale the encoder output to unit std, fill each RVQ level by k-means
+    on the residual of synthetic audio, and scale the decoder output to the input's level.
+    """
+    for name, param in codec.named_parameters():
+        if name.endswith("bias") or ".bias_" in name:
+            param.zero_()
+    cfg = codec.config
+    audio = _synthetic_audio(16, cfg.sampling_rate, cfg.sampling_rate, gen)  # (N, T)
+    emb = codec.encoder(audio[:, None, :])  # (N, D, F)
+    _scale_conv(codec.encoder.layers[-1], 1.0 / float(emb.std().clamp(min=1e-12)))
+    emb = codec.encoder(audio[:, None, :])
+    residual = emb.permute(0, 2, 1).reshape(-1, emb.shape[1])  # (N * F, D)
+    K = cfg.codebook_size
+    for layer in codec.quantizer.layers:
+        book = layer.codebook
+        pick = torch.randperm(residual.shape[0], generator=gen)[:K]
+        centers = residual[pick].clone()
+        if centers.shape[0] < K:  # fewer vectors than codes: jitter copies
+            extra = centers[torch.randint(len(centers), (K - len(centers),), generator=gen)]
+            centers = torch.cat([centers, extra + 0.01 * torch.randn(extra.shape, generator=gen)])
+        for _ in range(iters):
+            assign = torch.cdist(residual, centers).argmin(-1)
+            for k in range(K):
+                members = residual[assign == k]
+                if len(members):
+                    centers[k] = members.mean(0)
+        book.embed.copy_(centers)
+        book.embed_avg.copy_(centers)
+        book.cluster_size.fill_(1.0)
+        book.inited.fill_(1.0)
+        residual = residual - centers[torch.cdist(residual, centers).argmin(-1)]
+    quantized = codec.quantizer.decode(codec.quantizer.encode(emb))  # (N, D, F)
+    recon = codec.decoder(quantized)  # (N, 1, T')
+    _scale_conv(codec.decoder.layers[-1], float(audio.std()) / float(recon.std().clamp(min=1e-12)))
+
+
+def make_tiny_codec(
+    path: str | os.PathLike,
+    seed: int = 0,
+    sample_rate: int = 16000,
+    n_q: int = 4,
+    codebook_size: int = 32,
+) -> str:
+    """Build a tiny random EnCodec (~170k parameters, hop 320, 50 frames/s at 16 kHz, `n_q`
+    levels of `codebook_size` codes, codebooks fitted so codes vary), save it with its feature
+    extractor under `path`, and return the path (load it with `load_codec(path)`)."""
+    from transformers import EncodecConfig, EncodecFeatureExtractor, EncodecModel
+
+    hop = 320
+    bits = math.log2(codebook_size)
+    if bits != int(bits):
+        raise ValueError(f"codebook_size must be a power of 2, got {codebook_size}")
+    per_q = bits * sample_rate / hop / 1000  # kbps per level
+    config = EncodecConfig(
+        sampling_rate=sample_rate,
+        audio_channels=1,
+        num_filters=4,
+        hidden_size=16,
+        num_residual_layers=1,
+        num_lstm_layers=1,
+        upsampling_ratios=[8, 5, 4, 2],
+        codebook_size=codebook_size,
+        target_bandwidths=[round(per_q * k, 6) for k in range(1, n_q + 1)],
+        use_causal_conv=True,
+    )
+    if config.num_quantizers != n_q:
+        raise ValueError(f"tiny codec: got {config.num_quantizers} levels, wanted {n_q}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        codec = EncodecModel(config).eval()
+        gen = torch.Generator().manual_seed(seed)
+        _fit_codebooks(codec, gen)
+    path = Path(path)
+    codec.save_pretrained(path)
+    EncodecFeatureExtractor(feature_size=1, sampling_rate=sample_rate, padding_value=0.0).save_pretrained(path)
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`alm tokenize codec --shards SPEC --out DIR --codec NAME|PATH [--n-q N | --bandwidth KBPS]`."""
+    parser = argparse.ArgumentParser(
+        prog="alm tokenize codec",
+        description="Encode the audio of a shard set into EnCodec codes (a parallel shard set with codes.npy).",
+    )
+    parser.add_argument("--shards", required=True, help="input audio shards: dir, glob, brace pattern, '::'-joined")
+    parser.add_argument("--out", required=True, help="output directory for the parallel code shards")
+    parser.add_argument("--codec", required=True, help="encodec_24khz | encodec_32khz | hub id | local directory")
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument("--n-q", type=int, default=None, help="RVQ levels to keep (default: all the codec has)")
+    levels.add_argument("--bandwidth", type=float, default=None, help="target bandwidth in kbps (sets n_q)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        codec = load_codec(args.codec, args.device)
+        summary = tokenize_codec_shards(
+            args.shards, args.out, codec, n_q=args.n_q, bandwidth=args.bandwidth, batch_size=args.batch_size,
+            progress=not args.no_progress, source_name=args.codec,
+        )
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        print(f"alm tokenize codec: error: {exc}", file=sys.stderr)
+        return 2
+    meta = json.loads((Path(args.out) / "codec.json").read_text())
+    print(
+        f"wrote {len(summary['shards'])} shard(s) to {args.out}: {summary['samples']} new sample(s), "
+        f"{len(summary['errors'])} failed (see errors.json); n_q={meta['n_q']} at {meta['frame_rate']} frames/s"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,273 @@
+"""Semantic tokens (AudioLM stage 1): k-means ids of self-supervised speech features.
+
+    audio (16 kHz mono) -> SSL model (HuBERT / w2v-BERT via transformers) -> hidden states of
+    layer L, (frames, D) at ~50 Hz -> standardise -> nearest of K k-means centroids -> ids (frames,)
+
+k-means: scikit-learn's MiniBatchKMeans. It runs anywhere pip does (faiss's GPU builds are not on
+PyPI), is deterministic for a fixed random_state, and fits from mini-batches, so a few hundred
+thousand frames fit in seconds on a CPU. Assigning ids needs only the centroids (torch argmin),
+so an exported tokenizer works without scikit-learn.
+
+`features: logmel` replaces the SSL model by 64-band log-mel frames at the same 50 Hz frame rate.
+It is a CHEAP FALLBACK FOR THE TINY CPU DEMO ONLY (no pretrained weights needed): log-mel clusters
+capture spectra, not the phonetic content that makes SSL tokens "semantic".
+
+A tokenizer directory holds `semantic_tokenizer.json` (features, model, layer, K, rates) and
+`kmeans.safetensors` (centroids, feature mean/std).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from alm.data.audio import load_mono
+from alm.data.shards import expand_shards, map_shards, npy_bytes, read_shard
+from alm.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "semantic_tokenizer.json"
+CENTROIDS_FILE = "kmeans.safetensors"
+MEMBER = "semantic.npy"  # the token member written into token shards
+
+
+def special_tokens(vocab_size: int) -> tuple[int, int]:
+    """(bos, eos) of a semantic LM vocabulary: the K cluster ids come first, then BOS = K, EOS = K + 1."""
+    return vocab_size - 2, vocab_size - 1
+
+
+@dataclass
+class SemanticTokenizerConfig:
+    features: str = "ssl"  # ssl | logmel (demo fallback)
+    model: str = ""  # SSL model: hub id or local path (features=ssl)
+    layer: int = 6  # hidden layer whose output is clustered (0 = the embeddings' output)
+    n_clusters: int = 500
+    sample_rate: int = 16000
+    frame_rate: float = 50.0
+    chunk_seconds: float = 30.0  # long audio is embedded in chunks of this length
+
+    def validate(self) -> None:
+        if self.features not in ("ssl", "logmel"):
+            raise ValueError(f"features: expected 'ssl' or 'logmel', got {self.features!r}")
+        if self.features == "ssl" and not self.model:
+            raise ValueError("features=ssl needs a model (hub id or local path)")
+        if self.n_clusters < 2:
+            raise ValueError(f"n_clusters must be >= 2, got {self.n_clusters}")
+
+
+FeatureFn = Callable[[np.ndarray], np.ndarray]  # audio (frames,) at cfg.sample_rate -> (n, D)
+
+
+def logmel_features(sample_rate: int, n_mels: int = 64) -> FeatureFn:
+    """Log-mel frames, 25 ms window, 20 ms hop (50 Hz). Demo fallback, see module docstring."""
+    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+    n_fft, hop = int(0.025 * sample_rate), int(0.02 * sample_rate)
+    fft_len = 1 << (n_fft - 1).bit_length()
+    mel = mel_filter_bank(fft_len // 2 + 1, n_mels, 20.0, sample_rate / 2, sample_rate, mel_scale="htk")
+    window = window_function(n_fft, "hann", frame_length=fft_len)
+
+    def features(audio: np.ndarray) -> np.ndarray:
+        if len(audio) < n_fft:
+            audio = np.pad(audio, (0, n_fft - len(audio)))
+        spec = spectrogram(
+            audio.astype(np.float64), window, frame_length=fft_len, hop_length=hop, fft_length=fft_len,
+            power=2.0, center=False, mel_filters=mel, log_mel="log10", mel_floor=1e-10,
+        )  # (n_mels, frames)
+        return spec.T.astype(np.float32)
+
+    return features
+
+
+def ssl_features(model_id: str, layer: int, sample_rate: int, chunk_seconds: float, device: str = "cpu") -> FeatureFn:
+    """Hidden states of `layer` of a transformers SSL speech model (HuBERT, wav2vec 2.0, w2v-BERT)."""
+    from transformers import AutoFeatureExtractor, AutoModel
+
+    if os.path.sep in model_id and not os.path.exists(model_id):
+        raise FileNotFoundError(f"SSL model path {model_id!r} does not exist")
+    model = AutoModel.from_pretrained(model_id).to(device).eval()
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(model_id)
+    except (OSError, ValueError):
+        extractor = None  # raw waveform input, normalised below
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    if n_layers is not None and not 0 <= layer <= n_layers:
+        raise ValueError(f"layer {layer} out of range: {model_id} has {n_layers} layers")
+    chunk = int(chunk_seconds * sample_rate)
+
+    @torch.no_grad()
+    def features(audio: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, max(1, len(audio)), chunk):
+            piece = audio[start : start + chunk]
+            if extractor is not None:
+                inputs = extractor(piece, sampling_rate=sample_rate, return_tensors="pt")
+            else:
+                x = torch.from_numpy((piece - piece.mean()) / (piece.std() + 1e-7))[None]
+                inputs = {"input_values": x}
+            inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_values", "input_features")}
+            hidden = model(**inputs, output_hidden_states=True).hidden_states[layer]  # (1, n, D)
+            out.append(hidden[0].float().cpu().numpy())
+        return np.concatenate(out, axis=0)
+
+    return features
+
+
+def feature_fn(cfg: SemanticTokenizerConfig, device: str = "cpu") -> FeatureFn:
+    if cfg.features == "logmel":
+        return logmel_features(cfg.sample_rate)
+    return ssl_features(cfg.model, cfg.layer, cfg.sample_rate, cfg.chunk_seconds, device)
+
+
+class SemanticTokenizer:
+    """audio -> semantic token ids, from a fitted tokenizer directory."""
+
+    def __init__(self, cfg: SemanticTokenizerConfig, centroids: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                 device: str = "cpu", features: FeatureFn | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.centroids, self.mean, self.std = centroids.float(), mean.float(), std.float()
+        self.features = features or feature_fn(cfg, device)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.n_clusters
+
+    def assign(self, feats: np.ndarray) -> np.ndarray:
+        """(n, D) features -> (n,) nearest-centroid ids."""
+        x = (torch.from_numpy(feats).float() - self.mean) / self.std
+        return torch.cdist(x, self.centroids).argmin(dim=-1).numpy().astype(np.int16 if self.cfg.n_clusters < 32768 else np.int32)
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        """audio (frames,) mono at cfg.sample_rate -> token ids (n,)."""
+        return self.assign(self.features(audio))
+
+    def save(self, out_dir: str | os.PathLike) -> None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file({"centroids": self.centroids.contiguous(), "mean": self.mean, "std": self.std}, str(out_dir / CENTROIDS_FILE))
+        atomic_write_text(out_dir / CONFIG_FILE, json.dumps(asdict(self.cfg), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "cpu") -> "SemanticTokenizer":
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file() or not (path / CENTROIDS_FILE).is_file():
+            raise FileNotFoundError(f"{path}: not a semantic tokenizer directory (needs {CONFIG_FILE} and {CENTROIDS_FILE})")
+        cfg = SemanticTokenizerConfig(**json.loads((path / CONFIG_FILE).read_text()))
+        t = load_file(str(path / CENTROIDS_FILE))
+        return cls(cfg, t["centroids"], t["mean"], t["std"], device)
+
+
+def _sample_audio(sample: dict, sample_rate: int) -> np.ndarray:
+    for ext in ("flac", "wav", "mp3", "ogg"):
+        if ext in sample:
+            return load_mono(sample[ext], sample_rate)[0]
+    raise KeyError(f"sample {sample['__key__']} has no audio member (flac/wav)")
+
+
+def fit_tokenizer(
+    cfg: SemanticTokenizerConfig,
+    samples: Iterable[dict],
+    max_frames: int = 200_000,
+    seed: int = 0,
+    device: str = "cpu",
+) -> SemanticTokenizer:
+    """Fit k-means on features of `samples` (raw shard samples) until `max_frames` frames."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    cfg.validate()
+    extract = feature_fn(cfg, device)
+    chunks, total = [], 0
+    for sample in samples:
+        try:
+            feats = extract(_sample_audio(sample, cfg.sample_rate))
+        except (ValueError, KeyError) as exc:
+            log.warning("k-means fit: skipping %s: %s", sample.get("__key__"), exc)
+            continue
+        chunks.append(feats)
+        total += len(feats)
+        if total >= max_frames:
+            break
+    if total < cfg.n_clusters:
+        raise ValueError(f"only {total} feature frames to fit {cfg.n_clusters} clusters: give more audio")
+    x = np.concatenate(chunks)[:max_frames]
+    mean, std = x.mean(0), x.std(0) + 1e-5
+    km = MiniBatchKMeans(n_clusters=cfg.n_clusters, random_state=seed, batch_size=4096, n_init=3, max_iter=100)
+    km.fit((x - mean) / std)
+    return SemanticTokenizer(cfg, torch.from_numpy(km.cluster_centers_), torch.from_numpy(mean), torch.from_numpy(std),
+                             device, features=extract)
+
+
+def tokenize_shards(tokenizer: SemanticTokenizer, shards: list[str], out_dir: str | os.PathLike, progress: bool = True) -> dict:
+    """Write token shards (member `semantic.npy`, same names and keys) into out_dir."""
+    sr = tokenizer.cfg.sample_rate
+
+    def fn(batch: list[dict]) -> list[dict | None]:
+        out = []
+        for sample in batch:
+            try:
+                out.append({MEMBER: npy_bytes(tokenizer(_sample_audio(sample, sr)))})
+            except (ValueError, KeyError) as exc:
+                log.warning("semantic tokens: skipping %s: %s", sample["__key__"], exc)
+                out.append(None)
+        return out
+
+    return map_shards(shards, out_dir, fn, batch_size=8, desc="semantic tokens", progress=progress)
+
+
+def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, tokenizer_dir: str | None = None,
+        fit_shards: str | None = None, max_fit_frames: int = 200_000, seed: int = 0, device: str = "cpu",
+        progress: bool = True) -> dict:
+    """Fit (or load) a tokenizer, then tokenize `shards` into `out`; the tokenizer goes to out/tokenizer."""
+    urls = expand_shards(shards)
+    out_dir = Path(out)
+    if tokenizer_dir:
+        tok = SemanticTokenizer.load(tokenizer_dir, device)
+    elif (out_dir / "tokenizer" / CONFIG_FILE).is_file():
+        tok = SemanticTokenizer.load(out_dir / "tokenizer", device)
+    else:
+        if cfg is None:
+            raise ValueError("no tokenizer to load and no config to fit one")
+        fit_urls = expand_shards(fit_shards) if fit_shards else urls
+        samples = (s for u in fit_urls for s in read_shard(u))
+        tok = fit_tokenizer(cfg, samples, max_fit_frames, seed, device)
+    tok.save(out_dir / "tokenizer")
+    result = tokenize_shards(tok, urls, out_dir, progress)
+    result["tokenizer"] = str(out_dir / "tokenizer")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="alm tokenize semantic", description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", required=True, help="audio shards (dir, glob or brace pattern)")
+    p.add_argument("--out", required=True, help="output dir: token shards + tokenizer/")
+    p.add_argument("--model", default="", help="SSL model hub id or local path (e.g. facebook/hubert-base-ls960)")
+    p.add_argument("--layer", type=int, default=6)
+    p.add_argument("--clusters", type=int, default=500)
+    p.add_argument("--features", choices=["ssl", "logmel"], default="ssl", help="logmel = demo-only fallback")
+    p.add_argument("--tokenizer", default=None, help="reuse a fitted tokenizer dir instead of fitting")
+    p.add_argument("--fit-shards", default=None, help="shards to fit k-means on (default: --shards)")
+    p.add_argument("--fit-frames", type=int, default=200_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    cfg = SemanticTokenizerConfig(features=a.features, model=a.model, layer=a.layer, n_clusters=a.clusters)
+    if not a.tokenizer:
+        try:
+            cfg.validate()
+        except ValueError as exc:
+            p.error(str(exc))
+    r = run(a.shards, a.out, cfg, a.tokenizer, a.fit_shards, a.fit_frames, a.seed, a.device)
+    print(f"wrote {len(r['shards'])} token shard(s), {r['samples']} samples, {len(r['errors'])} error(s) -> {a.out}")
+    print(f"tokenizer: {r['tokenizer']}")
+    return 0

@@ -1,0 +1,1 @@
+"""Training: the one Trainer builder, strategies, checkpoints, loggers and callbacks (stage-agnostic)."""

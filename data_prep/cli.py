@@ -1,0 +1,91 @@
+"""`alm prep {audiocaps,clotho,musiccaps,librilight,librispeech_finetuning} --src DIR --out DIR
+[--sample-rate HZ] [--shard-size N] [--workers N] [--overwrite]`.
+
+Also `python -m data_prep.<dataset> --src DIR --out DIR ...` and `python -m data_prep <dataset> ...`.
+Exit status: 0 done (skipped samples are listed in manifest.json, not errors), 1 the run could
+not be done (message on stderr), 2 bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Any
+
+from data_prep import DATASETS
+
+HELP = {
+    "audiocaps": "AudioCaps: SRC holds train/val/test.csv and audio/{split}/{ytid}_{start}.flac|wav",
+    "clotho": "Clotho v2.1: SRC holds clotho_captions_*.csv, clotho_metadata_*.csv, clotho_audio_*/",
+    "musiccaps": "MusicCaps: SRC holds musiccaps-public.csv and music/{ytid}.wav",
+    "librilight": "LibriLight unlabelled: SRC is the root holding small/ medium/ large/ duplicate/",
+    "librispeech_finetuning": "LibriLight labelled: SRC is librispeech_finetuning/ (holding 1h/ and 9h/)",
+}
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def build_parser(prog: str = "alm prep") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Convert a downloaded dataset into WebDataset shards.")
+    sub = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    for name in DATASETS:
+        p = sub.add_parser(name, help=HELP[name], description=HELP[name])
+        p.add_argument("--src", required=True, metavar="DIR", help="dataset folder as downloaded")
+        p.add_argument("--out", required=True, metavar="DIR",
+                       help="output folder for {split}-NNNNNN.tar shards and manifest.json")
+        p.add_argument("--sample-rate", type=_positive, default=None, metavar="HZ",
+                       help="resample the shard audio to HZ (default: keep each file's native rate)")
+        p.add_argument("--shard-size", type=_positive, default=None, metavar="N",
+                       help="samples per shard (default: per dataset)")
+        p.add_argument("--workers", type=_positive, default=min(os.cpu_count() or 1, 8), metavar="N",
+                       help="decode/encode processes (output is identical for any value)")
+        p.add_argument("--overwrite", action="store_true", help="replace shards and manifest in a non-empty --out")
+        p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    return parser
+
+
+def run(dataset: str, src, out, sample_rate: int | None = None, shard_size: int | None = None,
+        workers: int = 1, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Prepare one dataset (the programmatic form of the command); returns the manifest.
+
+    Raises data_prep.common.PrepError for anything that stops the run.
+    """
+    from data_prep.pipeline import prepare
+
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    module = importlib.import_module(f"data_prep.{dataset}")
+    scan = module.scan(src)
+    return prepare(dataset, scan, out, sample_rate=sample_rate, shard_size=shard_size or module.DEFAULT_SHARD_SIZE,
+                   workers=workers, overwrite=overwrite, quiet=quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data_prep.common import PrepError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:  # argparse exits on --help / bad usage; return its status instead
+        return int(exc.code or 0)
+    try:
+        run(args.dataset, args.src, args.out, sample_rate=args.sample_rate, shard_size=args.shard_size,
+            workers=args.workers, overwrite=args.overwrite, quiet=args.quiet)
+    except (PrepError, OSError) as exc:
+        print(f"alm prep {args.dataset}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
