@@ -120,6 +120,7 @@ class TarShard:
 
     def abort(self) -> None:
         try:
+            self._tar.close()  # let tarfile finish with the file before it is closed and removed
             self._file.close()
         finally:
             if self._tmp.exists():
