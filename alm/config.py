@@ -52,6 +52,7 @@ class DataConfig:
     train_shards: str = MISSING
     val_shards: Optional[str] = None
     batch_size: int = 8  # examples per batch per process
+    max_tokens: int = 0  # > 0: dynamic batches of at most this many padded tokens (replaces batch_size)
     max_len: int = 512  # longest example in tokens; longer sequences are randomly cropped
     num_workers: int = 2  # loader processes per training process
     shuffle_buffer: int = 500  # samples held in each worker's shuffle buffer
@@ -184,6 +185,10 @@ def validate(run: RunConfig, source: str) -> None:
     for key in _POSITIVE:
         if _get(run, key) <= 0:
             raise RecipeError(f"{source}: key '{key}': must be > 0, got {_get(run, key)!r}")
+    if run.data.max_tokens < 0:
+        raise RecipeError(f"{source}: key 'data.max_tokens': must be >= 0 (0 = fixed batch_size)")
+    if 0 < run.data.max_tokens < run.data.max_len:
+        raise RecipeError(f"{source}: key 'data.max_tokens': {run.data.max_tokens} cannot hold one example of data.max_len={run.data.max_len}")
     if run.data.num_workers < 0:
         raise RecipeError(f"{source}: key 'data.num_workers': must be >= 0")
     if run.trainer.offload and run.trainer.strategy != "deepspeed":

@@ -45,6 +45,7 @@ data:
   train_shards: ???
   val_shards: ???
   batch_size: 16
+  max_tokens: 0
   max_len: 128
   num_workers: 2
   shuffle_buffer: 200

@@ -1,5 +1,5 @@
 """`alm prep {audiocaps,clotho,musiccaps,librilight,librispeech_finetuning} --src DIR --out DIR
-[--sample-rate HZ] [--shard-size N] [--workers N] [--overwrite]`.
+[--sample-rate HZ] [--shard-size N] [--workers N] [--overwrite]`, and `alm prep synthetic --out DIR`.
 
 Also `python -m data_prep.<dataset> --src DIR --out DIR ...` and `python -m data_prep <dataset> ...`.
 Exit status: 0 done (skipped samples are listed in manifest.json, not errors), 1 the run could
@@ -51,6 +51,10 @@ def build_parser(prog: str = "alm prep") -> argparse.ArgumentParser:
                        help="decode/encode processes (output is identical for any value)")
         p.add_argument("--overwrite", action="store_true", help="replace shards and manifest in a non-empty --out")
         p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
+    from data_prep import synthetic
+
+    synthetic.add_arguments(sub.add_parser("synthetic", help="alm's generated captioned audio set (no download)",
+                                           description=synthetic.__doc__.split("\n\n")[0]))
     return parser
 
 
@@ -78,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     except SystemExit as exc:  # argparse exits on --help / bad usage; return its status instead
         return int(exc.code or 0)
+    if args.dataset == "synthetic":
+        from data_prep import synthetic
+
+        try:
+            synthetic.run(args)
+        except OSError as exc:
+            print(f"alm prep synthetic: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         run(args.dataset, args.src, args.out, sample_rate=args.sample_rate, shard_size=args.shard_size,
             workers=args.workers, overwrite=args.overwrite, quiet=args.quiet)

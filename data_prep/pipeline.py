@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from alm.data.shards import ShardWriter, json_bytes, key_from_id, safe_split_name
-from alm.io import fsync_dir
+from alm.io import atomic_write_text
 from data_prep.common import REASONS, Entry, PrepError, Scan, Skip
 from data_prep.decode import process
 from data_prep.pool import ordered_map
@@ -50,19 +50,9 @@ def prepare_out_dir(out: Path, src: Path, overwrite: bool) -> None:
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Atomically: write a temporary file beside it, fsync, rename over (mode from the umask)."""
+    """Atomically (temporary file, fsync, rename), so a manifest never names half-written shards."""
     text = json.dumps(manifest, indent=1, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
-    tmp = path.parent / f".{path.name}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
+    atomic_write_text(path, text)
 
 
 def _check_ids(entries: list[Entry]) -> None:

@@ -20,7 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("ALM_FIXTURES") or REPO.parent / "shared" / "fixtures")
 if not (FIXTURES / "expected.json").is_file():  # a missing fixture set must fail CI, not skip it
     raise FileNotFoundError(f"dataset fixtures not found at {FIXTURES} (set ALM_FIXTURES)")
-needs_fixtures = pytest.mark.usefixtures()  # kept as a marker of the tests that read ../shared/fixtures
 
 
 def tree_bytes(out: Path) -> dict[str, bytes]:
@@ -37,7 +36,6 @@ def ids_in(out: Path, prefix: str) -> list[str]:
     return [json.loads(s["json"])["id"] for p in sorted(out.glob(f"{prefix}-*.tar")) for s in read_shard(str(p))]
 
 
-@needs_fixtures
 @pytest.mark.parametrize("name", ["clotho", "librispeech_finetuning"])
 def test_byte_identical_for_any_worker_count(tmp_path, name):
     sub = {"clotho": "clotho", "librispeech_finetuning": "librilight/librispeech_finetuning"}[name]
@@ -49,7 +47,6 @@ def test_byte_identical_for_any_worker_count(tmp_path, name):
     assert len(a) > 3  # several shards per split + manifest
 
 
-@needs_fixtures
 def test_small_shard_size_gives_several_shards(tmp_path):
     manifest = run("audiocaps", FIXTURES / "audiocaps", tmp_path, shard_size=2, quiet=True)
     train = manifest["splits"]["train"]
@@ -59,7 +56,6 @@ def test_small_shard_size_gives_several_shards(tmp_path):
     assert [len(list(read_shard(str(tmp_path / s)))) for s in train["shards"]] == [2, 1]
 
 
-@needs_fixtures
 def test_refuses_non_empty_out_unless_overwrite(tmp_path, capsys):
     src = FIXTURES / "musiccaps"
     out = tmp_path / "out"
@@ -79,7 +75,6 @@ def test_refuses_non_empty_out_unless_overwrite(tmp_path, capsys):
     assert sorted(p.name for p in out.glob("*.tar")) == ["eval-000000.tar", "train-000000.tar"]
 
 
-@needs_fixtures
 def test_out_inside_src_is_refused(tmp_path):
     src = tmp_path / "audiocaps"
     shutil.copytree(FIXTURES / "audiocaps", src)
@@ -94,7 +89,6 @@ def test_cli_usage_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-@needs_fixtures
 def test_module_entry_point(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(

@@ -69,18 +69,27 @@ def test_kill_resume_exact_two_ranks(tmp_path):
     _check_exact_resume(tmp_path, "trainer.devices=2", "data.num_workers=2")
 
 
+def test_dynamic_token_batches_train(tmp_path):
+    run = tmp_path / "run"
+    train(run, "trainer.max_steps=6", "data.max_tokens=300", "trainer.ckpt_every_n_steps=6")
+    rows = losses(run)
+    assert sorted(rows) == list(range(6)) and all(v == v for v in rows.values())
+
+
 def test_strategies_agree_two_processes(tmp_path):
     common = ("trainer.max_steps=10", "trainer.devices=2", "trainer.ckpt_every_n_steps=10", "data.num_workers=1")
     curves = {}
     for name, extra in {
         "ddp": ("trainer.strategy=ddp",),
         "zero2": ("trainer.strategy=deepspeed", "trainer.zero_stage=2"),
+        "zero1": ("trainer.strategy=deepspeed", "trainer.zero_stage=1"),
         "zero3": ("trainer.strategy=deepspeed", "trainer.zero_stage=3"),
+        "zero3_offload": ("trainer.strategy=deepspeed", "trainer.zero_stage=3", "trainer.offload=true"),
     }.items():
         train(tmp_path / name, *common, *extra)
         curves[name] = torch.tensor([v for _, v in sorted(losses(tmp_path / name).items())])
     assert len(curves["ddp"]) == 10
-    for name in ("zero2", "zero3"):
+    for name in ("zero1", "zero2", "zero3", "zero3_offload"):
         torch.testing.assert_close(curves[name], curves["ddp"], rtol=0, atol=2e-4, msg=lambda m: f"{name}: {m}")
     assert (tmp_path / "zero3" / "checkpoints" / "step-000000010" / "checkpoint").is_dir()
 

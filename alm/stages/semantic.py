@@ -48,6 +48,10 @@ def make_example(sample: dict[str, Any], rng: np.random.Generator, max_len: int,
     return {"tokens": np.concatenate([[bos], seq, tail]).astype(np.int64)}
 
 
+def example_length(example: dict) -> int:
+    return len(example["tokens"])
+
+
 def collate(examples: list[dict]) -> dict[str, Any]:
     """Right-pad to the longest example. inputs/targets: (B, T-1) int64; targets use IGNORE for padding."""
     longest = max(len(e["tokens"]) for e in examples)
@@ -101,10 +105,10 @@ class SemanticStage(L.LightningModule):
         return configure_optimizers(self.model, self.cfg)
 
     def train_dataloader(self):
-        return train_loader(self.trainer, self.cfg, self._example, collate)
+        return train_loader(self.trainer, self.cfg, self._example, collate, example_length)
 
     def val_dataloader(self):
-        return val_loader(self.trainer, self.cfg, self._example, collate)
+        return val_loader(self.trainer, self.cfg, self._example, collate, example_length)
 
 
 SYNTHETIC_AUDIO = "synthetic-v1"

@@ -29,13 +29,20 @@ def train_loader(
         shuffle=True,
         infinite=True,
         start_batch=start,
+        max_tokens=cfg.data.max_tokens,
         length=length,
         rank_world=(trainer.global_rank, trainer.world_size),
     )
     return make_loader(stream, cfg.data.num_workers, pin_memory=trainer.strategy.root_device.type == "cuda")
 
 
-def val_loader(trainer: L.Trainer, cfg: RunConfig, make_example: MakeExample, collate: Collate):
+def val_loader(
+    trainer: L.Trainer,
+    cfg: RunConfig,
+    make_example: MakeExample,
+    collate: Collate,
+    length: Callable[[dict[str, Any]], int] | None = None,
+):
     """The same first `trainer.val_batches` batches at every validation (cyclic, unshuffled), equal
     on every rank — ZeRO-3 needs every rank to run the same number of forwards."""
     stream = ShardStream(
@@ -46,6 +53,8 @@ def val_loader(trainer: L.Trainer, cfg: RunConfig, make_example: MakeExample, co
         seed=cfg.seed,
         shuffle=False,
         infinite=True,
+        max_tokens=cfg.data.max_tokens,
+        length=length,
         rank_world=(trainer.global_rank, trainer.world_size),
     )
     return make_loader(stream, min(cfg.data.num_workers, 1), pin_memory=trainer.strategy.root_device.type == "cuda")
