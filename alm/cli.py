@@ -6,6 +6,8 @@
     alm generate semantic EXPORT_DIR ...       sample tokens from an exported semantic LM
     alm tokenize {semantic,codec,text} ...     write token shards / fit tokenizers
     alm prep DATASET --src DIR --out DIR       dataset on disk -> WebDataset shards
+    alm launch {slurm,local} RECIPE|PIPELINE   submit to SLURM (multi-node, preemption, pipelines) or run locally
+    alm runs [DIR ...]                         list run dirs: state, last step, last checkpoint, W&B id
 """
 
 from __future__ import annotations
@@ -100,6 +102,18 @@ def _demo(argv: list[str]) -> int:
     return main(argv)
 
 
+def _launch(argv: list[str]) -> int:
+    from launch.cli import launch_main
+
+    return launch_main(argv)
+
+
+def _runs(argv: list[str]) -> int:
+    from launch.cli import runs_main
+
+    return runs_main(argv)
+
+
 COMMANDS = {
     "demo": _demo,
     "train": _train,
@@ -107,6 +121,8 @@ COMMANDS = {
     "generate": _generate,
     "tokenize": _tokenize,
     "prep": _prep,
+    "launch": _launch,
+    "runs": _runs,
 }
 
 

@@ -77,3 +77,32 @@ def train_and_kill(run_dir: Path, kill_after_step: int, *overrides: str, timeout
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     return last
+
+
+def train_and_signal(run_dir: Path, after_step: int, *overrides: str, sig: int = signal.SIGUSR1, timeout: float = 300) -> int:
+    """Start training, send `sig` to the main process once step `after_step` is logged, wait for it
+    to exit; returns its exit code."""
+    cmd = [sys.executable, "-m", "alm", "train", TINY, f"run_dir={run_dir}", *FAST, *overrides]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"training ended before the signal (rc={proc.returncode}):\n{proc.stderr.read()[-4000:]}")
+            try:
+                last = max(losses(run_dir), default=-1)
+            except (OSError, ValueError, KeyError):
+                last = -1
+            if last >= after_step:
+                os.kill(proc.pid, sig)
+                break
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.returncode != 0:
+        raise AssertionError(f"signalled run exited with {proc.returncode}:\n{err[-4000:]}")
+    return proc.returncode

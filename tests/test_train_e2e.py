@@ -18,7 +18,7 @@ import torch
 import alm
 from alm.training.checkpoint import list_checkpoints, read_meta
 
-from helpers import FAST, REPO, TINY, alm as run_alm, env, losses, train, train_and_kill
+from helpers import FAST, REPO, TINY, alm as run_alm, env, losses, train, train_and_kill, train_and_signal
 
 pytestmark = pytest.mark.slow
 DROPOUT = "model.dropout=0.1"  # randomness inside the step: resume must reproduce it too
@@ -114,3 +114,23 @@ def test_export_load_same_logits(tmp_path, strategy):
     with torch.no_grad():
         logits = model(probe["probe"])
     torch.testing.assert_close(logits, probe["logits"], rtol=1e-5, atol=1e-5)
+
+
+def test_sigusr1_checkpoints_stops_and_resumes_exactly(tmp_path):
+    """The preemption path without SLURM: USR1 to rank 0 only -> every rank saves at the end of the
+    step (not a periodic step), the run stops as `preempted`, and the resumed run matches."""
+    from alm.training.preemption import read_state
+
+    args = ("trainer.max_steps=40", "trainer.ckpt_every_n_steps=100", "trainer.devices=2", DROPOUT, "data.num_workers=1")
+    full, pre = tmp_path / "full", tmp_path / "pre"
+    train(full, *args)
+    assert read_state(full)["state"] == "done"
+    train_and_signal(pre, 5, *args)
+    state = read_state(pre)
+    assert state["state"] == "preempted" and state["requeued"] is False
+    (step, _), = list_checkpoints(pre)
+    assert 5 <= step < 40 and step == state["step"]
+    train(pre, *args)
+    assert read_state(pre)["state"] == "done"
+    a, b = losses(full), losses(pre)
+    assert [a[s] for s in range(step, 40)] == [b[s] for s in range(step, 40)]

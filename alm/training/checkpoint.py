@@ -93,8 +93,10 @@ def _fsync_tree(path: Path) -> None:
 class PeriodicCheckpoint(L.Callback):
     """Save every `every_n_steps` optimizer steps and at the end of training; keep the newest K.
 
-    `request_save()` asks for a checkpoint at the end of the current step (used on preemption
-    signals); `saved_step` is the step of the last checkpoint written by this process.
+    `request_save(reason)` asks for a checkpoint at the end of the current step (a signal handler
+    may call it: it only sets a flag). All ranks agree on it with one all-reduce, so a signal that
+    reached only some ranks still saves everywhere. `saved_step` / `last_save_reason` describe the
+    last checkpoint written.
     """
 
     def __init__(self, cfg: RunConfig, every_n_steps: int, keep_last_k: int):
@@ -102,10 +104,11 @@ class PeriodicCheckpoint(L.Callback):
         self.every = every_n_steps
         self.keep = keep_last_k
         self.saved_step = -1
-        self._requested = False
+        self.last_save_reason: str | None = None
+        self._requested: str | None = None
 
-    def request_save(self) -> None:
-        self._requested = True
+    def request_save(self, reason: str = "requested") -> None:
+        self._requested = reason
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         checkpoint["alm_config"] = to_yaml(self.cfg)  # the resolved config travels in every checkpoint
@@ -117,13 +120,14 @@ class PeriodicCheckpoint(L.Callback):
         step = trainer.global_step
         if step == self.saved_step:
             return
-        requested = self._requested
+        requested = self._requested is not None
         if trainer.world_size > 1:  # every rank must agree, or the save would deadlock
-            flag = torch.tensor([int(requested)], device=pl_module.device)
+            flag = torch.tensor([float(requested)], device=pl_module.device)
             requested = bool(trainer.strategy.reduce(flag, reduce_op="max").item())
         if step % self.every == 0 or requested:
             self.save(trainer)
-            self._requested = False
+            self.last_save_reason = (self._requested or "preemption") if requested else "periodic"
+            self._requested = None
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.global_step != self.saved_step:
@@ -163,6 +167,9 @@ class PeriodicCheckpoint(L.Callback):
             fsync_dir(root)
             for _, path in list_checkpoints(self.cfg.run_dir)[: -self.keep]:
                 shutil.rmtree(path, ignore_errors=True)
+            from alm.training.preemption import write_state
+
+            write_state(self.cfg.run_dir, "running", step=step, last_checkpoint=str(final))
         trainer.strategy.barrier("alm_ckpt_done")
         self.saved_step = step
         return final

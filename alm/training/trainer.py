@@ -24,6 +24,7 @@ from alm.stages import lightning_module
 from alm.training.callbacks import StepMetrics, StepProgressBar, StepSeed
 from alm.training.checkpoint import PeriodicCheckpoint, fit_path, latest_checkpoint, read_meta, remove_partial
 from alm.training.loggers import build_loggers
+from alm.training.preemption import Preemption, write_state
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,13 @@ def build_trainer(cfg: RunConfig, extra_callbacks: tuple = ()) -> tuple[L.Traine
     accelerator = resolve_accelerator(cfg)
     deepspeed = t.strategy == "deepspeed"
     ckpt = PeriodicCheckpoint(cfg, t.ckpt_every_n_steps, t.keep_last_k)
-    callbacks = [StepSeed(cfg.seed), StepMetrics(0.0 if deepspeed else t.gradient_clip_val), ckpt, *extra_callbacks]
+    callbacks = [
+        StepSeed(cfg.seed),
+        StepMetrics(0.0 if deepspeed else t.gradient_clip_val),
+        ckpt,
+        Preemption(ckpt, cfg.run_dir),  # after ckpt: acts on the checkpoint a signal asked for
+        *extra_callbacks,
+    ]
     if t.progress_bar:
         callbacks.append(StepProgressBar())
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
@@ -159,7 +166,16 @@ def train(cfg: RunConfig) -> L.Trainer:
     trainer, _ = build_trainer(cfg)
     if ckpt_path:
         rank_zero_info(f"resuming from {ckpt_path}")
-    trainer.fit(module, ckpt_path=ckpt_path)
+    write_state(cfg.run_dir, "running", stage=cfg.stage, max_steps=cfg.trainer.max_steps, resumed_from=ckpt_path)
+    try:
+        trainer.fit(module, ckpt_path=ckpt_path)
+    except BaseException as exc:
+        write_state(cfg.run_dir, "failed", step=trainer.global_step, error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+    if trainer.global_step >= cfg.trainer.max_steps:
+        write_state(cfg.run_dir, "done", step=trainer.global_step)
+    elif trainer.interrupted:
+        write_state(cfg.run_dir, "interrupted", step=trainer.global_step)
     return trainer
 
 
