@@ -52,27 +52,44 @@ def _export(argv: list[str]) -> int:
 
 
 def _generate(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="alm generate", description="Sample from an exported model.")
-    p.add_argument("kind", choices=["semantic"])
-    p.add_argument("export_dir")
-    p.add_argument("--tokens", type=int, default=100, help="tokens to sample")
-    p.add_argument("--num", type=int, default=1, help="sequences to sample")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="save the token ids as .npy")
+    p = argparse.ArgumentParser(prog="alm generate", description="Generate from exported models.")
+    sub = p.add_subparsers(dest="kind", required=True)
+    sem = sub.add_parser("semantic", help="sample semantic tokens from an exported semantic LM")
+    sem.add_argument("export_dir")
+    sem.add_argument("--tokens", type=int, default=100, help="tokens to sample")
+    sem.add_argument("--num", type=int, default=1, help="sequences to sample")
+    sem.add_argument("--out", default=None, help="save the token ids as .npy")
+    chain = sub.add_parser("audiolm", help="semantic -> coarse -> fine -> codec: write a wav")
+    chain.add_argument("--semantic", required=True, help="exported semantic stage")
+    chain.add_argument("--coarse", required=True, help="exported coarse stage")
+    chain.add_argument("--fine", required=True, help="exported fine stage")
+    chain.add_argument("--prompt", default=None, help="a recording to continue (its semantic tokens prefix the output)")
+    chain.add_argument("--seconds", type=float, default=3.0, help="seconds to generate (after the prompt)")
+    chain.add_argument("--out", required=True, help="output .wav")
+    for q in (sem, chain):
+        q.add_argument("--temperature", type=float, default=1.0)
+        q.add_argument("--top-k", type=int, default=0)
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--device", default="cpu")
+    sem.add_argument("--top-p", type=float, default=1.0)
     a = p.parse_args(argv)
-    from alm.generate import sample_semantic
+    if a.kind == "semantic":
+        from alm.generate import sample_semantic
 
-    tokens = sample_semantic(a.export_dir, a.tokens, a.num, a.temperature, a.top_k, a.top_p, a.seed)
-    for row in tokens:
-        print(" ".join(str(int(t)) for t in row))
-    if a.out:
-        import numpy as np
+        tokens = sample_semantic(a.export_dir, a.tokens, a.num, a.temperature, a.top_k, a.top_p, a.seed, a.device)
+        for row in tokens:
+            print(" ".join(str(int(t)) for t in row))
+        if a.out:
+            import numpy as np
 
-        np.save(a.out, tokens)
-        print(f"[alm] saved {tokens.shape} token ids to {a.out}")
+            np.save(a.out, tokens)
+            print(f"[alm] saved {tokens.shape} token ids to {a.out}")
+        return 0
+    from alm.generate import generate_audiolm
+
+    r = generate_audiolm(a.semantic, a.coarse, a.fine, a.seconds, a.out, a.prompt, a.temperature, a.top_k, a.seed, a.device)
+    print(f"[alm] wrote {r['wav']}: {r['seconds']:.2f} s at {r['sample_rate']} Hz "
+          f"({r['semantic_tokens']} semantic tokens, codes {tuple(r['codes'].shape)})")
     return 0
 
 

@@ -57,6 +57,7 @@ class DataConfig:
     num_workers: int = 2  # loader processes per training process
     shuffle_buffer: int = 500  # samples held in each worker's shuffle buffer
     tokenizer: Optional[str] = None  # directory of the tokenizer that made the tokens (exported with the model)
+    codec: Optional[str] = None  # codec that made codes.npy (name, hub id or local dir); acoustic stages
 
 
 @dataclass

@@ -50,6 +50,7 @@ data:
   num_workers: 2
   shuffle_buffer: 200
   tokenizer: ???
+  codec: null
 optim:
   lr: 0.002
   weight_decay: 0.1

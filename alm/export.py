@@ -4,8 +4,9 @@
 
 writes DIR/model.safetensors (full fp32 weights, consolidated from ZeRO shards when needed),
 DIR/config.yaml (the run's resolved config: stage + model define the architecture),
-DIR/tokenizer/ (the tokenizer files the tokens came from, e.g. k-means centroids) and
-DIR/export.json (provenance). `alm.load_pretrained(DIR)` rebuilds the pure-torch model from these
+DIR/tokenizer/ (the tokenizer files the tokens came from, e.g. k-means centroids), DIR/codec/
+(a local codec the codes came from; a hub codec is named in config.yaml) and DIR/export.json
+(provenance). `alm.load_pretrained(DIR)` rebuilds the pure-torch model from these
 files alone: no pickle, no optimizer state, no Lightning.
 """
 
@@ -81,6 +82,8 @@ def export(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     atomic_write_text(out / "config.yaml", to_yaml(cfg))
     if cfg.data.tokenizer and Path(cfg.data.tokenizer).is_dir():
         shutil.copytree(cfg.data.tokenizer, out / "tokenizer", dirs_exist_ok=True)
+    if cfg.data.codec and Path(cfg.data.codec).is_dir():  # a local codec travels with the export
+        shutil.copytree(cfg.data.codec, out / "codec", dirs_exist_ok=True)
     meta = {"stage": cfg.stage, "source": str(step_dir), "step": int(step_dir.name.split("-")[-1]),
             "parameters": sum(p.numel() for p in model.parameters())}
     atomic_write_text(out / "export.json", json.dumps(meta, indent=1))

@@ -1,12 +1,27 @@
-"""Sampling from exported models (the `alm generate` command)."""
+"""Generation from exported models (the `alm generate` command).
+
+AudioLM chain:  semantic LM  -> semantic tokens (sampled from BOS, or continuing a prompt's tokens)
+                coarse LM    -> RVQ levels 0..Q'-1, window by window, conditioned on the semantic tokens
+                fine LM      -> levels Q'..Q-1, window by window, conditioned on the coarse levels
+                codec        -> waveform
+Every AR stage samples with its KV cache.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from alm.export import load_config, load_pretrained
 from alm.tokenizers.semantic import special_tokens
+
+
+def _bar(total: int, desc: str, progress: bool):
+    return tqdm(total=total, desc=desc, unit="tok", disable=not progress, leave=True)
 
 
 def sample_semantic(
@@ -18,14 +33,119 @@ def sample_semantic(
     top_p: float = 1.0,
     seed: int = 0,
     device: str = "cpu",
+    prompt: np.ndarray | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
-    """Sample `num` sequences of `num_tokens` semantic tokens from BOS (KV-cached) -> (num, num_tokens)."""
+    """Sample `num` sequences of `num_tokens` semantic tokens (after the prompt's, if given) from BOS.
+
+    Sequences longer than the model's context are generated with a sliding window: the last half
+    of the context is kept as the prompt of the next chunk. -> (num, num_tokens) cluster ids.
+    """
     cfg = load_config(export_dir)
     model = load_pretrained(export_dir, device)
     bos, eos = special_tokens(cfg.model.vocab_size)
     allowed = torch.ones(cfg.model.vocab_size, dtype=torch.bool, device=device)
     allowed[[bos, eos]] = False  # continue the stream: only cluster ids
-    prompt = torch.full((num, 1), bos, dtype=torch.long, device=device)
     g = torch.Generator(device=device).manual_seed(seed)
-    out = model.generate(prompt, num_tokens, temperature, top_k, top_p, generator=g, allowed=allowed)
-    return out[:, 1:].cpu().numpy()
+    body = torch.as_tensor(np.asarray(prompt if prompt is not None else [], dtype=np.int64), device=device)
+    body = body[None].repeat(num, 1)
+    context = cfg.model.max_seq_len
+    bar = _bar(num_tokens, "semantic", progress)
+    produced = 0
+    while produced < num_tokens:
+        keep = body[:, -(context // 2) :] if body.size(1) + 1 >= context else body
+        start = torch.cat([torch.full((num, 1), bos, dtype=torch.long, device=device), keep], dim=1)
+        n = min(num_tokens - produced, context - start.size(1))
+        out = model.generate(start, n, temperature, top_k, top_p, generator=g, allowed=allowed,
+                             on_token=lambda i: bar.update(1))
+        body = torch.cat([body, out[:, start.size(1) :]], dim=1)
+        produced += n
+    bar.close()
+    return body[:, -num_tokens:].cpu().numpy()
+
+
+def _windows(total: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(total, a + size)) for a in range(0, total, size)]
+
+
+def acoustic_codes(export_dir: str, condition: np.ndarray, frames: int, temperature: float, top_k: int, seed: int,
+                   device: str = "cpu", progress: bool = False) -> np.ndarray:
+    """Run a coarse or fine export over `frames` codec frames, window by window.
+
+    condition: semantic ids (S,) for a coarse export, coarse codes (Q', frames) for a fine one.
+    -> generated codes (target_levels, frames).
+    """
+    cfg = load_config(export_dir)
+    m = cfg.model
+    model = load_pretrained(export_dir, device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    per = m.frames(m.window_s)
+    out = []
+    bar = _bar(frames * m.target_levels, cfg.stage, progress)
+    for f0, f1 in _windows(frames, per):
+        if m.semantic_vocab:
+            s0, s1 = int(round(f0 / m.frame_rate * m.semantic_rate)), int(round(f1 / m.frame_rate * m.semantic_rate))
+            prefix = model.prefix_ids(semantic=condition[s0:s1])
+        else:
+            prefix = model.prefix_ids(coarse=condition[:, f0:f1])
+        p = torch.as_tensor(prefix, device=device)[None]
+        q = m.target_levels
+        allowed = model.layout.level_masks(model.first_target_level, q, f1 - f0).to(device)
+        ids = model.generate(p, (f1 - f0) * q, temperature, top_k, generator=g, allowed=allowed,
+                             on_token=lambda i: bar.update(1))
+        out.append(model.layout.unflatten(ids[0, p.size(1) :], model.first_target_level, q).cpu().numpy())
+    bar.close()
+    return np.concatenate(out, axis=1)
+
+
+def codec_of(export_dir: str) -> str:
+    """The codec an acoustic export was trained on: its copied codec/ folder, else the configured name."""
+    local = Path(export_dir) / "codec"
+    if local.is_dir():
+        return str(local)
+    codec = load_config(export_dir).data.codec
+    if not codec:
+        raise ValueError(f"{export_dir}: no codec recorded (data.codec) — cannot decode to audio")
+    return codec
+
+
+def prompt_semantic(semantic_dir: str, wav: str, device: str = "cpu") -> np.ndarray:
+    """Semantic tokens of a prompt recording, with the tokenizer exported beside the semantic LM."""
+    from alm.data.audio import load_mono
+    from alm.tokenizers.semantic import SemanticTokenizer
+
+    tok = SemanticTokenizer.load(Path(semantic_dir) / "tokenizer", device)
+    audio, _ = load_mono(Path(wav).read_bytes(), tok.cfg.sample_rate)
+    return tok(audio).astype(np.int64)
+
+
+def generate_audiolm(semantic: str, coarse: str, fine: str, seconds: float, out_wav: str, prompt_wav: str | None = None,
+                     temperature: float = 0.9, top_k: int = 0, seed: int = 0, device: str = "cpu",
+                     progress: bool = True) -> dict:
+    """semantic -> coarse -> fine -> codec: write `seconds` of audio (after the prompt, if any) to out_wav."""
+    import soundfile as sf
+
+    from alm.tokenizers.codec import decode, load_codec
+
+    cc, fc = load_config(coarse).model, load_config(fine).model
+    sem_vocab = load_config(semantic).model.vocab_size - 2
+    if cc.semantic_vocab != sem_vocab:
+        raise ValueError(f"coarse export expects {cc.semantic_vocab} semantic ids, the semantic export has {sem_vocab}")
+    if fc.prefix_levels != cc.target_levels or fc.codebook_size != cc.codebook_size or fc.frame_rate != cc.frame_rate:
+        raise ValueError("fine export does not continue the coarse export (levels, codebook size or frame rate differ)")
+    prompt = prompt_semantic(semantic, prompt_wav, device) if prompt_wav else None
+    n_new = int(round(seconds * cc.semantic_rate))
+    sem = sample_semantic(semantic, n_new, 1, temperature, top_k, seed=seed, device=device, prompt=prompt, progress=progress)[0]
+    if prompt is not None:
+        sem = np.concatenate([prompt, sem])
+    frames = int(round(len(sem) / cc.semantic_rate * cc.frame_rate))
+    coarse_codes = acoustic_codes(coarse, sem, frames, temperature, top_k, seed + 1, device, progress)
+    fine_codes = acoustic_codes(fine, coarse_codes, frames, temperature, top_k, seed + 2, device, progress)
+    codes = np.concatenate([coarse_codes, fine_codes], axis=0)  # (Q, T)
+    codec = load_codec(codec_of(coarse), device)
+    audio = decode(codec, torch.as_tensor(codes)[None])[0].cpu().numpy()
+    rate = int(codec.config.sampling_rate)
+    os.makedirs(os.path.dirname(os.path.abspath(out_wav)), exist_ok=True)
+    sf.write(out_wav, audio, rate, subtype="PCM_16")
+    return {"wav": out_wav, "seconds": len(audio) / rate, "sample_rate": rate, "semantic_tokens": len(sem),
+            "codes": codes}

@@ -27,7 +27,8 @@ from alm.config import load_recipe  # noqa: E402
 from alm.data.audio import encode_flac, load_mono  # noqa: E402
 from alm.data.stream import ShardStream, make_loader, resolve_shard_sets  # noqa: E402
 from alm.data.synthetic import make_clip, write_synthetic  # noqa: E402
-from alm.stages.semantic import collate, lm_loss, make_example  # noqa: E402
+from alm.stages.lm import collate, lm_loss  # noqa: E402
+from alm.stages.semantic import make_example  # noqa: E402
 from alm.models.transformer import TransformerLM  # noqa: E402
 from alm.tokenizers.semantic import SemanticTokenizerConfig, run as tokenize  # noqa: E402
 from alm.training.optim import configure_optimizers  # noqa: E402

@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from alm.config import load_recipe  # noqa: E402
 from alm.models.transformer import TransformerLM  # noqa: E402
-from alm.stages.semantic import IGNORE, SemanticStage  # noqa: E402
+from alm.stages.lm import IGNORE  # noqa: E402
+from alm.stages.semantic import build  # noqa: E402
 from alm.training.optim import configure_optimizers  # noqa: E402
 from alm.training.trainer import build_trainer  # noqa: E402
 
@@ -66,16 +67,13 @@ class Timer(L.Callback):
 
 
 def alm_steps(cfg, batch: dict, steps: int) -> list[float]:
-    class Stage(SemanticStage):
-        def train_dataloader(self):
-            return torch.utils.data.DataLoader(FixedBatches(batch), batch_size=None)
-
     with tempfile.TemporaryDirectory() as run_dir:
         cfg.run_dir = run_dir
         cfg.trainer.max_steps = steps
         cfg.trainer.ckpt_every_n_steps = 10**9  # measure steps, not checkpoint writes
         L.seed_everything(cfg.seed, verbose=False)
-        module = Stage(cfg)
+        module = build(cfg)
+        module.train_dataloader = lambda: torch.utils.data.DataLoader(FixedBatches(batch), batch_size=None)
         timer = Timer()
         trainer, _ = build_trainer(cfg, extra_callbacks=(timer,))
         trainer.fit(module)

@@ -13,6 +13,8 @@ from alm.training.loggers import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "recipes" / "tiny" / "semantic.yaml")
+TINY_COARSE = str(REPO / "recipes" / "tiny" / "coarse.yaml")
+TINY_FINE = str(REPO / "recipes" / "tiny" / "fine.yaml")
 
 # a smaller net and shorter sequences than the tiny recipe: seconds per run on 2 cores
 FAST = [
@@ -42,8 +44,8 @@ def alm(*args: str, timeout: float = 600, check: bool = True) -> subprocess.Comp
     return p
 
 
-def train(run_dir: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return alm("train", TINY, f"run_dir={run_dir}", *FAST, *overrides, timeout=timeout)
+def train(run_dir: Path, *overrides: str, timeout: float = 600, recipe: str = TINY) -> subprocess.CompletedProcess:
+    return alm("train", recipe, f"run_dir={run_dir}", *FAST, *overrides, timeout=timeout)
 
 
 def losses(run_dir: Path) -> dict[int, float]:

@@ -63,3 +63,5 @@ def resolve_synthetic(cfg) -> None:
         cfg.data.val_shards = made["val_shards"]
     if cfg.data.tokenizer in (None, "synthetic"):
         cfg.data.tokenizer = made.get("tokenizer")
+    if cfg.data.codec == "synthetic":
+        cfg.data.codec = made.get("codec")

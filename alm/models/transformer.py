@@ -208,23 +208,28 @@ class TransformerLM(nn.Module):
         generator: torch.Generator | None = None,
         use_cache: bool = True,
         allowed: torch.Tensor | None = None,
+        on_token=None,
     ) -> torch.Tensor:
         """Continue `prompt` (B, T0) by `max_new_tokens` sampled tokens -> (B, T0 + max_new_tokens).
 
-        `allowed` (V,) bool restricts sampling to a subset of the vocabulary (e.g. no special
-        tokens). use_cache=False recomputes the whole prefix at every step (for comparison).
+        `allowed` restricts sampling to part of the vocabulary: (V,) bool for every step, or
+        (max_new_tokens, V) for a different set per step (e.g. the ids of the codebook level that
+        a position holds). use_cache=False recomputes the whole prefix at every step (for comparison).
+        `on_token(i)` is called after each new token (progress bars).
         """
         was_training = self.training
         self.eval()
         tokens = prompt
         cache = self.new_cache(prompt.size(0), prompt.size(1) + max_new_tokens) if use_cache else None
         next_input = prompt
-        for _ in range(max_new_tokens):
+        for i in range(max_new_tokens):
             logits = self(next_input if use_cache else tokens, cache)[:, -1]  # (B, V)
             if allowed is not None:
-                logits = logits.masked_fill(~allowed, float("-inf"))
+                logits = logits.masked_fill(~(allowed if allowed.dim() == 1 else allowed[i]), float("-inf"))
             nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
             tokens = torch.cat([tokens, nxt[:, None]], dim=1)
             next_input = nxt[:, None]
+            if on_token is not None:
+                on_token(i)
         self.train(was_training)
         return tokens

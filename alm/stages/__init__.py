@@ -1,34 +1,42 @@
 """The trainable stages of the family, and the one table that maps a recipe's `stage:` to code.
 
-A stage is one model file (alm/models/, pure torch), one small LightningModule (alm/stages/<name>.py)
-and one recipe. This table names, for each stage, its model config dataclass and model class —
-light imports only (no Lightning), so loading an export needs nothing but torch.
-`lightning_module(stage)` imports the LightningModule of a stage explicitly.
+A stage is one model file (alm/models/, pure torch), one small stage file (alm/stages/<name>.py:
+how a shard sample becomes an example, and which LightningModule trains it) and one recipe.
+MODEL_OF_STAGE names each stage's model config dataclass and model class — light imports only (no
+Lightning), so loading an export needs nothing but torch. `stage_builder(stage)` imports the stage
+file explicitly and returns its `build(cfg) -> LightningModule`.
 """
 
 from __future__ import annotations
 
+from alm.models.acoustic_lm import AcousticLM, AcousticLMConfig
 from alm.models.transformer import TransformerConfig, TransformerLM
 
 MODEL_OF_STAGE = {
-    "semantic": (TransformerConfig, TransformerLM),
+    "semantic": (TransformerConfig, TransformerLM),  # AudioLM stage 1
+    "coarse": (AcousticLMConfig, AcousticLM),  # AudioLM stage 2: semantic -> first Q' RVQ levels
+    "fine": (AcousticLMConfig, AcousticLM),  # AudioLM stage 3: coarse -> remaining levels
 }
 
 
-def lightning_module(stage: str):
-    """The LightningModule class that trains `stage`."""
+def _stage_module(stage: str):
     if stage == "semantic":
-        from alm.stages.semantic import SemanticStage
+        from alm.stages import semantic
 
-        return SemanticStage
+        return semantic
+    if stage in ("coarse", "fine"):
+        from alm.stages import acoustic
+
+        return acoustic
     raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(sorted(MODEL_OF_STAGE))}")
+
+
+def stage_builder(stage: str):
+    """build(cfg) -> the LightningModule that trains `stage`."""
+    return _stage_module(stage).build
 
 
 def synthetic_data(stage: str):
     """The function that makes (once, cached) the synthetic training data of `stage`:
-    f(cfg, cache_root) -> {"train_shards", "val_shards", "tokenizer"}."""
-    if stage == "semantic":
-        from alm.stages.semantic import synthetic_data as make
-
-        return make
-    raise ValueError(f"stage {stage!r} has no synthetic dataset")
+    f(cfg, cache_root) -> {"train_shards", "val_shards", "tokenizer", ...}."""
+    return _stage_module(stage).synthetic_data

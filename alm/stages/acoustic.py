@@ -1,0 +1,127 @@
+"""AudioLM stages 2 and 3: coarse and fine acoustic LMs (model: alm/models/acoustic_lm.py).
+
+Data: codec token shards (`codes.npy`, (n_q, T), from `alm tokenize codec`) and, for the coarse
+stage, the semantic token shards of the same clips, joined by key:
+
+    coarse: data.train_shards: "semantic/train-*.tar + codes/train-*.tar"
+    fine:   data.train_shards: "codes/train-*.tar"
+
+Example: a random window of model.window_s seconds, the same span in both streams:
+    coarse: [BOS] semantic [SEP] levels 0..Q'-1 flattened          loss on the acoustic tokens
+    fine:   [BOS] levels 0..Q'-1 [SEP] levels Q'..Q-1 flattened    loss on the fine tokens
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from alm.config import RunConfig
+from alm.data.shards import npy_load
+from alm.models.acoustic_lm import AcousticLM, AcousticLMConfig, aligned_window
+from alm.stages.lm import TokenLMStage
+
+SEMANTIC = "semantic.npy"
+CODES = "codes.npy"
+
+
+def make_example(sample: dict[str, Any], rng: np.random.Generator, model: AcousticLMConfig) -> dict | None:
+    if CODES not in sample:
+        raise KeyError(f"no {CODES} member (are these codec token shards?)")
+    codes = npy_load(sample[CODES]).astype(np.int64)  # (n_q, T)
+    levels = model.prefix_levels + model.target_levels
+    if codes.ndim != 2 or codes.shape[0] < levels:
+        raise ValueError(f"codes of shape {codes.shape}: the model needs {levels} RVQ levels")
+    if codes.min() < 0 or codes.max() >= model.codebook_size:
+        raise ValueError(f"codes outside [0, {model.codebook_size}) — codec and model.codebook_size disagree")
+    lay = model.layout
+    if model.semantic_vocab:  # coarse
+        if SEMANTIC not in sample:
+            raise KeyError(f"no {SEMANTIC} member: join the semantic shards (data.train_shards: 'SEM + CODES')")
+        sem = npy_load(sample[SEMANTIC]).astype(np.int64).reshape(-1)
+        if sem.size and (sem.min() < 0 or sem.max() >= model.semantic_vocab):
+            raise ValueError(f"semantic ids outside [0, {model.semantic_vocab})")
+        f0, n, s0, ns = aligned_window(codes.shape[1], sem.size, model, rng)
+        if n == 0 or ns == 0:
+            return None
+        prefix = np.concatenate([[lay.bos], sem[s0 : s0 + ns], [lay.sep]])
+        target = lay.flatten(codes[: model.target_levels, f0 : f0 + n], first_level=0)
+    else:  # fine
+        f0, n, _, _ = aligned_window(codes.shape[1], 0, model, rng)
+        if n == 0:
+            return None
+        q0 = model.prefix_levels
+        prefix = np.concatenate([[lay.bos], lay.flatten(codes[:q0, f0 : f0 + n], first_level=0), [lay.sep]])
+        target = lay.flatten(codes[q0:levels, f0 : f0 + n], first_level=q0)
+    return {"tokens": np.concatenate([prefix, target]).astype(np.int64), "n_prefix": len(prefix)}
+
+
+def check_data(cfg: RunConfig) -> None:
+    """The model's layout must match the tokenizers the data came from (when they are known)."""
+    m: AcousticLMConfig = cfg.model
+    if cfg.stage == "coarse" and cfg.data.tokenizer:
+        path = Path(cfg.data.tokenizer) / "semantic_tokenizer.json"
+        if path.is_file():
+            t = json.loads(path.read_text())
+            if t["n_clusters"] != m.semantic_vocab:
+                raise ValueError(f"model.semantic_vocab={m.semantic_vocab} but {path} has {t['n_clusters']} clusters")
+            if abs(t.get("frame_rate", m.semantic_rate) - m.semantic_rate) > 1e-6:
+                raise ValueError(f"model.semantic_rate={m.semantic_rate} but {path} has frame_rate {t['frame_rate']}")
+    if cfg.stage == "fine" and m.semantic_vocab:
+        raise ValueError("stage fine: model.semantic_vocab must be 0 (the fine stage is conditioned on coarse codes)")
+    if cfg.stage == "coarse" and not m.semantic_vocab:
+        raise ValueError("stage coarse: model.semantic_vocab must be the number of semantic clusters (> 0)")
+    if cfg.data.codec:
+        info = codec_meta(cfg.data.codec)
+        if info:
+            for key, want in (("codebook_size", m.codebook_size), ("frame_rate", m.frame_rate)):
+                if key in info and abs(float(info[key]) - float(want)) > 1e-6:
+                    raise ValueError(f"model.{key}={want} but the codec {cfg.data.codec} has {key}={info[key]}")
+            if m.prefix_levels + m.target_levels > info.get("n_q", 1 << 30):
+                raise ValueError(f"the model uses {m.prefix_levels + m.target_levels} RVQ levels; the codec has {info['n_q']}")
+
+
+def codec_meta(codec: str) -> dict:
+    """Facts of a local codec directory from its config.json ({} for a hub id: checked when loaded)."""
+    if not (Path(codec) / "config.json").is_file():
+        return {}
+    from transformers import EncodecConfig
+
+    c = EncodecConfig.from_pretrained(codec)
+    return {"codebook_size": c.codebook_size, "n_q": c.num_quantizers, "frame_rate": c.frame_rate}
+
+
+def build(cfg: RunConfig) -> TokenLMStage:
+    check_data(cfg)
+    example = functools.partial(make_example, model=cfg.model)
+    return TokenLMStage(cfg, AcousticLM(cfg.model), example)
+
+
+TINY_CODEC = "tiny-codec-16k-q4-c32"
+
+
+def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
+    """The synthetic audio set as semantic tokens (log-mel demo tokenizer) + tiny-codec codes."""
+    from alm.data.cache import cached
+    from alm.stages.semantic import SYNTHETIC_AUDIO, synthetic_semantic
+    from alm.tokenizers.codec import make_tiny_codec, tokenize_codec_shards
+
+    m: AcousticLMConfig = cfg.model
+    if m.codebook_size != 32 or m.prefix_levels + m.target_levels > 4 or m.frame_rate != 50:
+        raise ValueError("data.train_shards=synthetic uses alm's tiny codec: model.codebook_size must be 32, "
+                         "model.frame_rate 50 and at most 4 RVQ levels")
+    codec = cached(root / TINY_CODEC, lambda d: make_tiny_codec(d, seed=0), "a tiny random EnCodec (demo codec)")
+    audio = root / SYNTHETIC_AUDIO
+    sem = synthetic_semantic(root, m.semantic_vocab or 64)  # also makes the audio set
+    codes = cached(root / f"{SYNTHETIC_AUDIO}-codes-{TINY_CODEC}",
+                   lambda d: tokenize_codec_shards(str(audio), d, str(codec), progress=False), "tiny-codec codes")
+
+    def spec(split: str) -> str:
+        return f"{sem}/{split}-*.tar + {codes}/{split}-*.tar" if m.semantic_vocab else f"{codes}/{split}-*.tar"
+
+    return {"train_shards": spec("train"), "val_shards": spec("val"), "tokenizer": str(sem / "tokenizer"),
+            "codec": str(codec)}
