@@ -262,7 +262,8 @@ class SoundStorm(nn.Module):
         x = self.code_embed(codes + self.level_offsets[:, None]).sum(dim=1)  # (B, T, C)
         x = self.drop(x + self.semantic_embed(semantic))
         rope = self.rope[:T]
-        key_mask = valid[:, None, None, :]  # (B, 1, 1, T)
+        # (B, 1, 1, T); an example of length 0 attends to everything rather than to nothing (NaN)
+        key_mask = (valid | ~valid.any(-1, keepdim=True))[:, None, None, :]
         for block in self.blocks:
             x = block(x, rope, key_mask, valid)
         return self.norm(x)
@@ -282,13 +283,11 @@ class SoundStorm(nn.Module):
         B, Q, T = codes.shape
         dev = codes.device
         lengths = self._lengths(lengths, B, T, dev)
-        if int(lengths.min()) < 1 or int(lengths.max()) > T:
-            raise ValueError(f"lengths must be in [1, {T}], got {lengths.tolist()}")
         t = torch.arange(T, device=dev)
         valid = t < lengths[:, None]  # (B, T)
         prompt_len = (torch.rand(B, generator=generator, device=dev) * (lengths // 2).clamp(min=1)).long()
         level = torch.randint(0, Q, (B,), generator=generator, device=dev)
-        todo = valid & (t >= prompt_len[:, None])  # (B, T) non-prompt frames, L - P >= 1 of them
+        todo = valid & (t >= prompt_len[:, None])  # (B, T) non-prompt frames, L - P >= 1 of them if L >= 1
         n_todo = todo.sum(-1)
         p = torch.cos(torch.rand(B, generator=generator, device=dev) * math.pi / 2)  # (0, 1]
         n_mask = torch.minimum((p * n_todo).ceil().long().clamp(min=1), n_todo)  # (B,)
@@ -310,9 +309,10 @@ class SoundStorm(nn.Module):
         m = self.training_mask(codes, lengths, generator)
         logits = self.heads(self.hidden(m.inputs, semantic, lengths), m.level)  # (B, T, V)
         target = codes.gather(1, m.level[:, None, None].expand(B, 1, T)).squeeze(1)  # (B, T)
+        target = target.masked_fill(~m.targets, -100)  # only the masked frames of level q count
         n = m.targets.sum()
-        loss = F.cross_entropy(logits[m.targets].float(), target[m.targets], reduction="sum") / n
-        return loss, n
+        loss = F.cross_entropy(logits.float().transpose(1, 2), target, ignore_index=-100, reduction="sum")
+        return loss / n.clamp(min=1), n
 
     # ---------------------------------------------------------------- generation
 
