@@ -35,7 +35,10 @@ def _train(argv: list[str]) -> int:
     resolve_synthetic(cfg)
     trainer = train(cfg)
     if trainer.is_global_zero:
-        print(f"[alm] done: {cfg.run_dir} (step {trainer.global_step})")
+        from alm.training.preemption import read_state
+
+        state = read_state(cfg.run_dir).get("state", "?")
+        print(f"[alm] {state}: {cfg.run_dir} (step {trainer.global_step})")
     return 0
 
 
@@ -66,7 +69,14 @@ def _generate(argv: list[str]) -> int:
     chain.add_argument("--prompt", default=None, help="a recording to continue (its semantic tokens prefix the output)")
     chain.add_argument("--seconds", type=float, default=3.0, help="seconds to generate (after the prompt)")
     chain.add_argument("--out", required=True, help="output .wav")
-    for q in (sem, chain):
+    storm = sub.add_parser("soundstorm", help="semantic LM -> SoundStorm (parallel decoding) -> codec: write a wav")
+    storm.add_argument("--semantic", required=True, help="exported semantic stage")
+    storm.add_argument("--soundstorm", required=True, help="exported SoundStorm stage")
+    storm.add_argument("--prompt", default=None, help="a recording to continue (its semantic tokens prefix the output)")
+    storm.add_argument("--seconds", type=float, default=3.0, help="seconds to generate (after the prompt)")
+    storm.add_argument("--steps", default=None, help="forward passes per RVQ level, e.g. 16,1,1,1 (default 16 then 1s)")
+    storm.add_argument("--out", required=True, help="output .wav")
+    for q in (sem, chain, storm):
         q.add_argument("--temperature", type=float, default=1.0)
         q.add_argument("--top-k", type=int, default=0)
         q.add_argument("--seed", type=int, default=0)
@@ -84,6 +94,15 @@ def _generate(argv: list[str]) -> int:
 
             np.save(a.out, tokens)
             print(f"[alm] saved {tokens.shape} token ids to {a.out}")
+        return 0
+    if a.kind == "soundstorm":
+        from alm.generate import generate_soundstorm
+
+        steps = [int(x) for x in a.steps.split(",")] if a.steps else None
+        r = generate_soundstorm(a.semantic, a.soundstorm, a.seconds, a.out, a.prompt, steps, a.temperature, a.top_k,
+                                a.seed, a.device)
+        print(f"[alm] wrote {r['wav']}: {r['seconds']:.2f} s at {r['sample_rate']} Hz "
+              f"(codes {tuple(r['codes'].shape)} in {r['forward_passes']} SoundStorm forward passes)")
         return 0
     from alm.generate import generate_audiolm
 

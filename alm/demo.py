@@ -1,9 +1,11 @@
-"""`alm demo`: the whole path on a CPU in a few minutes, on data it makes itself.
+"""`alm demo`: the whole AudioLM path on a CPU in a few minutes, on data it makes itself.
 
   1. a synthetic captioned audio set (melodies, chords, speech-like babble, noise events) -> shards
-  2. semantic tokens: k-means on log-mel frames (the demo's stand-in for HuBERT features)
-  3. a tiny AudioLM semantic LM trained with the same Trainer, checkpoints and loggers as any run
-  4. export to safetensors, 5. reload the export and sample tokens with the KV cache
+  2. tokens: semantic = k-means on log-mel frames (the demo's stand-in for HuBERT features);
+     acoustic = a tiny random EnCodec with k-means-filled codebooks (no pretrained weights offline)
+  3. three tiny stages — semantic, coarse, fine — trained with the same Trainer, checkpoints and
+     loggers as any run, each exported to safetensors
+  4. generation from the exports: semantic tokens -> coarse -> fine -> codec -> a wav
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ from omegaconf import OmegaConf
 
 from alm.config import build_config
 
-# The embedded default recipe (complete, like every recipe); paths are filled in at run time.
-DEMO_RECIPE = """
-stage: semantic
+# The embedded default recipes: one shared body + each stage's model (complete once merged).
+BASE = """
 run_dir: ???
 seed: 0
 resume: auto
@@ -31,7 +32,7 @@ trainer:
   zero_stage: 2
   offload: false
   precision: 32-true
-  max_steps: 600
+  max_steps: ???
   accumulate_grad_batches: 1
   gradient_clip_val: 1.0
   ckpt_every_n_steps: 100
@@ -49,7 +50,7 @@ data:
   max_len: 128
   num_workers: 2
   shuffle_buffer: 200
-  tokenizer: ???
+  tokenizer: null
   codec: null
 optim:
   lr: 0.002
@@ -64,8 +65,8 @@ wandb:
   entity: null
   mode: offline
   name: null
-model:
-  vocab_size: 66
+"""
+TRANSFORMER = """
   n_layer: 4
   n_head: 4
   d_model: 128
@@ -76,83 +77,119 @@ model:
   rope_theta: 10000.0
   tie_embeddings: true
 """
-
+MODELS = {
+    "semantic": "model:\n  vocab_size: 66" + TRANSFORMER,  # 64 clusters + BOS + EOS
+    "coarse": "model:\n  vocab_size: 131" + TRANSFORMER + """  semantic_vocab: 64
+  codebook_size: 32
+  prefix_levels: 0
+  target_levels: 2
+  semantic_rate: 50.0
+  frame_rate: 50.0
+  window_s: 1.0
+""",
+    "fine": "model:\n  vocab_size: 131" + TRANSFORMER + """  semantic_vocab: 0
+  codebook_size: 32
+  prefix_levels: 2
+  target_levels: 2
+  semantic_rate: 50.0
+  frame_rate: 50.0
+  window_s: 1.0
+""",
+}
 CLUSTERS = 64
+
+
+def demo_recipe(stage: str):
+    return OmegaConf.merge(OmegaConf.create(BASE), OmegaConf.create(f"stage: {stage}\n" + MODELS[stage]))
 
 
 def say(msg: str) -> None:
     print(f"\n[alm demo] {msg}", flush=True)
 
 
+def train_stage(stage: str, out: Path, steps: int, overrides: list[str]) -> dict:
+    """Train one embedded tiny stage, export it; -> {"first", "last", "val", "run", "export"}."""
+    from alm.export import export
+    from alm.training.loggers import read_metrics
+    from alm.training.trainer import train
+
+    run_dir, exp = out / "runs" / stage, out / "exports" / stage
+    cfg = build_config(demo_recipe(stage), f"alm demo (embedded {stage} recipe)",
+                       [f"run_dir={run_dir}", f"trainer.max_steps={steps}", *overrides])
+    train(cfg)
+    export(run_dir, exp)
+    metrics = read_metrics(run_dir)
+    loss = [m["train/loss"] for m in metrics.values() if "train/loss" in m]
+    val = [m["val/loss"] for m in metrics.values() if "val/loss" in m]
+    return {"first": float(np.mean(loss[:10])), "last": float(np.mean(loss[-10:])), "val": val[-1] if val else None,
+            "run": run_dir, "export": exp}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="alm demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="alm-demo", help="where data, run, export and samples go")
-    p.add_argument("--steps", type=int, default=600, help="training steps")
+    p.add_argument("--out", default="alm-demo", help="where data, runs, exports and samples go")
+    p.add_argument("--steps", type=int, default=300, help="training steps per stage")
     p.add_argument("--clips", type=int, default=240, help="synthetic training clips (4 s each)")
+    p.add_argument("--seconds", type=float, default=4.0, help="seconds of audio to generate at the end")
     a = p.parse_args(argv)
     t0 = time.time()
     out = Path(a.out).resolve()
 
     from alm.data.synthetic import write_synthetic
+    from alm.tokenizers.codec import make_tiny_codec, tokenize_codec_shards
     from alm.tokenizers.semantic import SemanticTokenizerConfig, run as tokenize
 
-    audio, tokens = out / "data" / "audio", out / "data" / "semantic"
+    audio, sem, codes, codec = out / "data" / "audio", out / "data" / "semantic", out / "data" / "codes", out / "codec"
     if not (audio / "manifest.json").is_file():
-        say(f"1/5 making a synthetic captioned audio dataset ({a.clips} clips of 4 s) -> {audio}")
+        say(f"1/4 making a synthetic captioned audio dataset ({a.clips} clips of 4 s) -> {audio}")
         manifest = write_synthetic(audio, num_clips=a.clips)
         print(f"  {sum(s['num_samples'] for s in manifest['splits'].values())} clips in "
               f"{sum(len(s['shards']) for s in manifest['splits'].values())} shards")
     else:
-        say(f"1/5 synthetic dataset already in {audio}")
-    if not (tokens / "tokenizer").is_dir() or not list(tokens.glob("val-*.tar")):
-        say(f"2/5 learning semantic tokens: k-means (K={CLUSTERS}) on log-mel frames "
-            f"(demo stand-in for HuBERT features) -> {tokens}")
-        cfg_tok = SemanticTokenizerConfig(features="logmel", n_clusters=CLUSTERS)
-        tokenize(str(audio), str(tokens), cfg_tok, fit_shards=str(audio / "train-*.tar"))
-    else:
-        say(f"2/5 semantic tokens already in {tokens}")
+        say(f"1/4 synthetic dataset already in {audio}")
+    say(f"2/4 tokens: semantic = k-means (K={CLUSTERS}) on log-mel frames (demo stand-in for HuBERT) -> {sem}\n"
+        f"           acoustic = a tiny random EnCodec, 4 RVQ levels x 32 codes at 50 Hz -> {codes}")
+    if not list(sem.glob("val-*.tar")):
+        tokenize(str(audio), str(sem), SemanticTokenizerConfig(features="logmel", n_clusters=CLUSTERS),
+                 fit_shards=str(audio / "train-*.tar"))
+    if not (codec / "config.json").is_file():
+        make_tiny_codec(codec, seed=0)
+    if not list(codes.glob("val-*.tar")):
+        tokenize_codec_shards(str(audio), codes, str(codec))
 
-    run_dir = out / "run"
-    overrides = [
-        f"run_dir={run_dir}",
-        f"data.train_shards={tokens}/train-*.tar",
-        f"data.val_shards={tokens}/val-*.tar",
-        f"data.tokenizer={tokens}/tokenizer",
-        f"trainer.max_steps={a.steps}",
+    def data(split_sets: str) -> list[str]:
+        return [f"data.train_shards={split_sets.format(split='train')}", f"data.val_shards={split_sets.format(split='val')}"]
+
+    stages = {}
+    plan = {
+        "semantic": data(f"{sem}/{{split}}-*.tar") + [f"data.tokenizer={sem}/tokenizer"],
+        "coarse": data(f"{sem}/{{split}}-*.tar + {codes}/{{split}}-*.tar") + [f"data.tokenizer={sem}/tokenizer", f"data.codec={codec}"],
+        "fine": data(f"{codes}/{{split}}-*.tar") + [f"data.codec={codec}"],
+    }
+    for i, (stage, overrides) in enumerate(plan.items()):
+        say(f"3/4 training stage {i + 1}/3: tiny {stage} LM ({a.steps} steps on CPU) -> {out / 'runs' / stage}")
+        stages[stage] = train_stage(stage, out, a.steps, overrides)
+
+    say(f"4/4 generating {a.seconds:.0f} s: semantic -> coarse -> fine (KV cache) -> codec decoder")
+    from alm.generate import generate_audiolm
+
+    wav = out / "generated.wav"
+    r = generate_audiolm(str(stages["semantic"]["export"]), str(stages["coarse"]["export"]), str(stages["fine"]["export"]),
+                         a.seconds, str(wav), temperature=0.9, top_k=20, seed=0)
+    np.save(out / "generated_codes.npy", r["codes"])
+
+    lines = [f"\n[alm demo] done in {time.time() - t0:.0f} s"]
+    for stage, s in stages.items():
+        val = f", val {s['val']:.3f}" if s["val"] is not None else ""
+        lines.append(f"  {stage:<8} train loss {s['first']:.3f} (first 10 steps) -> {s['last']:.3f} (last 10){val}")
+    lines += [
+        f"  audio shards    {audio}",
+        f"  token shards    {sem}  and  {codes}",
+        f"  runs            {out / 'runs'}/{{semantic,coarse,fine}}  (config.yaml, checkpoints/, logs/attempt-*/metrics.csv, wandb/)",
+        f"  exports         {out / 'exports'}/{{semantic,coarse,fine}}  (model.safetensors, config.yaml, tokenizer/, codec/)",
+        f"  generated audio {wav}  ({r['seconds']:.2f} s at {r['sample_rate']} Hz; the tiny random codec shows the",
+        "                  plumbing, not audio quality: use a pretrained EnCodec for real sound)",
+        f"  load a model:   python -c \"import alm; print(alm.load_pretrained('{out / 'exports' / 'semantic'}'))\"",
     ]
-    cfg = build_config(OmegaConf.create(DEMO_RECIPE), "alm demo (embedded recipe)", overrides)
-    say(f"3/5 training a tiny semantic LM ({a.steps} steps on CPU) -> {run_dir}")
-    from alm.training.loggers import read_metrics
-    from alm.training.trainer import train
-
-    train(cfg)
-    metrics = read_metrics(run_dir)
-    train_loss = [m["train/loss"] for m in metrics.values() if "train/loss" in m]
-    val_loss = [(s, m["val/loss"]) for s, m in metrics.items() if "val/loss" in m]
-
-    say(f"4/5 exporting -> {out / 'export'}")
-    from alm.export import export
-
-    export(run_dir, out / "export")
-
-    say("5/5 sampling 150 semantic tokens from the export (KV cache, temperature 0.8, top-k 20)")
-    from alm.generate import sample_semantic
-
-    sample = sample_semantic(str(out / "export"), 150, num=1, temperature=0.8, top_k=20, seed=0)
-    np.save(out / "sample_tokens.npy", sample)
-    print("  " + " ".join(str(int(t)) for t in sample[0]))
-
-    first = float(np.mean(train_loss[:10])) if train_loss else float("nan")
-    last = float(np.mean(train_loss[-10:])) if train_loss else float("nan")
-    print(
-        f"\n[alm demo] done in {time.time() - t0:.0f} s\n"
-        f"  train loss      {first:.3f} (first 10 steps) -> {last:.3f} (last 10 steps)\n"
-        + (f"  val loss        {val_loss[-1][1]:.3f} at step {val_loss[-1][0]}\n" if val_loss else "")
-        + f"  audio shards    {audio}\n"
-        f"  token shards    {tokens}  (tokenizer: {tokens / 'tokenizer'})\n"
-        f"  run             {run_dir}  (config.yaml, checkpoints/, logs/attempt-*/metrics.csv, wandb/)\n"
-        f"  export          {out / 'export'}  (model.safetensors, config.yaml, tokenizer/)\n"
-        f"  sampled tokens  {out / 'sample_tokens.npy'}\n"
-        f"  load it:        python -c \"import alm; print(alm.load_pretrained('{out / 'export'}'))\"\n"
-    )
+    print("\n".join(lines))
     return 0

@@ -149,3 +149,65 @@ def generate_audiolm(semantic: str, coarse: str, fine: str, seconds: float, out_
     sf.write(out_wav, audio, rate, subtype="PCM_16")
     return {"wav": out_wav, "seconds": len(audio) / rate, "sample_rate": rate, "semantic_tokens": len(sem),
             "codes": codes}
+
+
+def soundstorm_codes(export_dir: str, semantic: np.ndarray, frames: int, steps: list[int] | None = None,
+                     temperature: float = 1.0, top_k: int = 0, seed: int = 0, device: str = "cpu",
+                     progress: bool = False) -> tuple[np.ndarray, int]:
+    """All RVQ levels for `frames` codec frames from semantic ids (S,), window by window.
+
+    Windows after the first are prompted with the previous window's last second of codes, so the
+    acoustics continue across window boundaries. -> (codes (Q, frames), forward passes)."""
+    from alm.models.acoustic_lm import semantic_per_frame
+
+    cfg = load_config(export_dir)
+    m = cfg.model
+    model = load_pretrained(export_dir, device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    per_frame = semantic_per_frame(np.asarray(semantic), frames, m.frame_rate, m.semantic_rate)
+    window = int(round(m.window_s * m.frame_rate))
+    overlap = min(int(round(m.frame_rate)), window // 2)
+    codes = np.zeros((m.n_q, frames), dtype=np.int64)
+    passes, f0 = 0, 0
+    bar = tqdm(total=frames, desc="soundstorm", unit="frame", disable=not progress)
+    while f0 < frames:
+        p = min(overlap, f0)  # prompt frames from the previous window
+        start, end = f0 - p, min(frames, f0 - p + window)
+        sem = torch.as_tensor(per_frame[start:end], device=device)[None]
+        prompt = torch.as_tensor(codes[:, start:f0], device=device)[None] if p else None
+        out = model.generate(sem, steps_per_level=steps, temperature=temperature, top_k=top_k, prompt_codes=prompt,
+                             generator=g)
+        codes[:, f0:end] = out[0, :, p:].cpu().numpy()
+        passes += model.last_forward_passes
+        bar.update(end - f0)
+        f0 = end
+    bar.close()
+    return codes, passes
+
+
+def generate_soundstorm(semantic: str, soundstorm: str, seconds: float, out_wav: str, prompt_wav: str | None = None,
+                        steps: list[int] | None = None, temperature: float = 0.9, top_k: int = 0, seed: int = 0,
+                        device: str = "cpu", progress: bool = True) -> dict:
+    """semantic LM -> SoundStorm (parallel decoding of all levels) -> codec: write a wav."""
+    import soundfile as sf
+
+    from alm.tokenizers.codec import decode, load_codec
+
+    m = load_config(soundstorm).model
+    sem_vocab = load_config(semantic).model.vocab_size - 2
+    if m.semantic_vocab != sem_vocab:
+        raise ValueError(f"SoundStorm export expects {m.semantic_vocab} semantic ids, the semantic export has {sem_vocab}")
+    prompt = prompt_semantic(semantic, prompt_wav, device) if prompt_wav else None
+    sem = sample_semantic(semantic, int(round(seconds * m.semantic_rate)), 1, temperature, top_k, seed=seed,
+                          device=device, prompt=prompt, progress=progress)[0]
+    if prompt is not None:
+        sem = np.concatenate([prompt, sem])
+    frames = int(round(len(sem) / m.semantic_rate * m.frame_rate))
+    codes, passes = soundstorm_codes(soundstorm, sem, frames, steps, temperature, top_k, seed + 1, device, progress)
+    codec = load_codec(codec_of(soundstorm), device)
+    audio = decode(codec, torch.as_tensor(codes)[None])[0].cpu().numpy()
+    rate = int(codec.config.sampling_rate)
+    os.makedirs(os.path.dirname(os.path.abspath(out_wav)), exist_ok=True)
+    sf.write(out_wav, audio, rate, subtype="PCM_16")
+    return {"wav": out_wav, "seconds": len(audio) / rate, "sample_rate": rate, "semantic_tokens": len(sem),
+            "codes": codes, "forward_passes": passes}

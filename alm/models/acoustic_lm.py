@@ -147,21 +147,28 @@ class AcousticLM(TransformerLM):
         return self.layout.unflatten(out[:, prefix.size(1):], self.first_target_level, q)
 
 
-def aligned_window(n_frames: int, n_semantic: int, cfg: AcousticLMConfig, rng: np.random.Generator
-                   ) -> tuple[int, int, int, int]:
-    """A random window of at most cfg.window_s seconds, the same span of time in both streams:
-    -> (frame_start, frame_count, semantic_start, semantic_count)."""
-    want = cfg.frames(cfg.window_s)
-    if cfg.semantic_vocab:  # keep the semantic window inside the clip too
-        n_frames = min(n_frames, int(math.floor(n_semantic / cfg.semantic_rate * cfg.frame_rate + 1e-6)))
-    count = min(want, n_frames)
+def aligned_window(n_frames: int, n_semantic: int, frame_rate: float, semantic_rate: float, window_frames: int,
+                   rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A random window of at most `window_frames` codec frames and the same span of time in the
+    semantic stream (n_semantic = 0: codes only) -> (frame_start, frame_count, semantic_start, semantic_count)."""
+    if n_semantic:  # keep the semantic window inside the clip too
+        n_frames = min(n_frames, int(math.floor(n_semantic / semantic_rate * frame_rate + 1e-6)))
+    count = min(window_frames, n_frames)
     # start on frames whose time is also a semantic frame boundary (e.g. every 3rd 75 Hz frame for 50 Hz)
     step = 1
-    if cfg.semantic_vocab:
-        ratio = cfg.frame_rate / cfg.semantic_rate
+    if n_semantic:
+        ratio = frame_rate / semantic_rate
         step = next((k for k in range(1, 101) if abs(k / ratio - round(k / ratio)) < 1e-6), 1)
     starts = max(0, n_frames - count) // step
     f0 = int(rng.integers(0, starts + 1)) * step
-    s0 = int(round(f0 / cfg.frame_rate * cfg.semantic_rate)) if cfg.semantic_vocab else 0
-    s_count = int(round(count / cfg.frame_rate * cfg.semantic_rate)) if cfg.semantic_vocab else 0
+    if not n_semantic:
+        return f0, count, 0, 0
+    s0 = int(round(f0 / frame_rate * semantic_rate))
+    s_count = min(int(round(count / frame_rate * semantic_rate)), n_semantic - s0)
     return f0, count, s0, s_count
+
+
+def semantic_per_frame(semantic: np.ndarray, n_frames: int, frame_rate: float, semantic_rate: float) -> np.ndarray:
+    """Semantic ids (S,) -> one id per codec frame (n_frames,): the semantic frame covering each codec frame."""
+    idx = np.floor(np.arange(n_frames) / frame_rate * semantic_rate + 1e-6).astype(np.int64)
+    return semantic[np.minimum(idx, len(semantic) - 1)]

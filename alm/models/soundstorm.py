@@ -48,8 +48,14 @@ class SoundStormConfig:
     max_frames: int = 1024  # longest sequence of codec frames the rotary table covers
     rope_theta: float = 10000.0
     conv_kernel: int = 0  # 0: plain transformer blocks; > 0 (odd): conformer blocks, depthwise conv kernel
+    # the streams the model was trained on (used to align semantic tokens to codec frames, not by the network)
+    semantic_rate: float = 50.0  # semantic tokens per second
+    frame_rate: float = 50.0  # codec frames per second
+    window_s: float = 10.0  # seconds per training example / generation window
 
     def validate(self) -> None:
+        if round(self.window_s * self.frame_rate) > self.max_frames:
+            raise ValueError(f"key 'model.window_s': {self.window_s} s is more than model.max_frames={self.max_frames} frames")
         for name in ("n_q", "semantic_vocab", "n_layer", "n_head", "d_model", "max_frames"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"key 'model.{name}': must be > 0, got {getattr(self, name)}")

@@ -10,12 +10,14 @@ file explicitly and returns its `build(cfg) -> LightningModule`.
 from __future__ import annotations
 
 from alm.models.acoustic_lm import AcousticLM, AcousticLMConfig
+from alm.models.soundstorm import SoundStorm, SoundStormConfig
 from alm.models.transformer import TransformerConfig, TransformerLM
 
 MODEL_OF_STAGE = {
     "semantic": (TransformerConfig, TransformerLM),  # AudioLM stage 1
     "coarse": (AcousticLMConfig, AcousticLM),  # AudioLM stage 2: semantic -> first Q' RVQ levels
     "fine": (AcousticLMConfig, AcousticLM),  # AudioLM stage 3: coarse -> remaining levels
+    "soundstorm": (SoundStormConfig, SoundStorm),  # semantic -> all RVQ levels, parallel decoding
 }
 
 
@@ -28,6 +30,10 @@ def _stage_module(stage: str):
         from alm.stages import acoustic
 
         return acoustic
+    if stage == "soundstorm":
+        from alm.stages import soundstorm
+
+        return soundstorm
     raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(sorted(MODEL_OF_STAGE))}")
 
 

@@ -45,13 +45,15 @@ def make_example(sample: dict[str, Any], rng: np.random.Generator, model: Acoust
         sem = npy_load(sample[SEMANTIC]).astype(np.int64).reshape(-1)
         if sem.size and (sem.min() < 0 or sem.max() >= model.semantic_vocab):
             raise ValueError(f"semantic ids outside [0, {model.semantic_vocab})")
-        f0, n, s0, ns = aligned_window(codes.shape[1], sem.size, model, rng)
+        f0, n, s0, ns = aligned_window(codes.shape[1], sem.size, model.frame_rate, model.semantic_rate,
+                                       model.frames(model.window_s), rng)
         if n == 0 or ns == 0:
             return None
         prefix = np.concatenate([[lay.bos], sem[s0 : s0 + ns], [lay.sep]])
         target = lay.flatten(codes[: model.target_levels, f0 : f0 + n], first_level=0)
     else:  # fine
-        f0, n, _, _ = aligned_window(codes.shape[1], 0, model, rng)
+        f0, n, _, _ = aligned_window(codes.shape[1], 0, model.frame_rate, model.semantic_rate,
+                                     model.frames(model.window_s), rng)
         if n == 0:
             return None
         q0 = model.prefix_levels
@@ -63,26 +65,37 @@ def make_example(sample: dict[str, Any], rng: np.random.Generator, model: Acoust
 def check_data(cfg: RunConfig) -> None:
     """The model's layout must match the tokenizers the data came from (when they are known)."""
     m: AcousticLMConfig = cfg.model
-    if cfg.stage == "coarse" and cfg.data.tokenizer:
-        path = Path(cfg.data.tokenizer) / "semantic_tokenizer.json"
-        if path.is_file():
-            t = json.loads(path.read_text())
-            if t["n_clusters"] != m.semantic_vocab:
-                raise ValueError(f"model.semantic_vocab={m.semantic_vocab} but {path} has {t['n_clusters']} clusters")
-            if abs(t.get("frame_rate", m.semantic_rate) - m.semantic_rate) > 1e-6:
-                raise ValueError(f"model.semantic_rate={m.semantic_rate} but {path} has frame_rate {t['frame_rate']}")
+    if cfg.stage == "coarse":
+        check_semantic_tokenizer(cfg, m.semantic_vocab, m.semantic_rate)
     if cfg.stage == "fine" and m.semantic_vocab:
         raise ValueError("stage fine: model.semantic_vocab must be 0 (the fine stage is conditioned on coarse codes)")
     if cfg.stage == "coarse" and not m.semantic_vocab:
         raise ValueError("stage coarse: model.semantic_vocab must be the number of semantic clusters (> 0)")
-    if cfg.data.codec:
-        info = codec_meta(cfg.data.codec)
-        if info:
-            for key, want in (("codebook_size", m.codebook_size), ("frame_rate", m.frame_rate)):
-                if key in info and abs(float(info[key]) - float(want)) > 1e-6:
-                    raise ValueError(f"model.{key}={want} but the codec {cfg.data.codec} has {key}={info[key]}")
-            if m.prefix_levels + m.target_levels > info.get("n_q", 1 << 30):
-                raise ValueError(f"the model uses {m.prefix_levels + m.target_levels} RVQ levels; the codec has {info['n_q']}")
+    check_codec(cfg, m.codebook_size, m.frame_rate, m.prefix_levels + m.target_levels)
+
+
+def check_semantic_tokenizer(cfg: RunConfig, semantic_vocab: int, semantic_rate: float) -> None:
+    """The semantic tokenizer (data.tokenizer) must have model.semantic_vocab clusters at model.semantic_rate."""
+    path = Path(cfg.data.tokenizer) / "semantic_tokenizer.json" if cfg.data.tokenizer else None
+    if path is None or not path.is_file():
+        return
+    t = json.loads(path.read_text())
+    if t["n_clusters"] != semantic_vocab:
+        raise ValueError(f"model.semantic_vocab={semantic_vocab} but {path} has {t['n_clusters']} clusters")
+    if abs(t.get("frame_rate", semantic_rate) - semantic_rate) > 1e-6:
+        raise ValueError(f"model.semantic_rate={semantic_rate} but {path} has frame_rate {t['frame_rate']}")
+
+
+def check_codec(cfg: RunConfig, codebook_size: int, frame_rate: float, levels: int) -> None:
+    """A local codec (data.codec) must have the model's codebook size, frame rate and enough levels."""
+    info = codec_meta(cfg.data.codec) if cfg.data.codec else {}
+    if not info:
+        return
+    for key, want in (("codebook_size", codebook_size), ("frame_rate", frame_rate)):
+        if abs(float(info[key]) - float(want)) > 1e-6:
+            raise ValueError(f"model.{key}={want} but the codec {cfg.data.codec} has {key}={info[key]}")
+    if levels > info["n_q"]:
+        raise ValueError(f"the model uses {levels} RVQ levels; the codec {cfg.data.codec} has {info['n_q']}")
 
 
 def codec_meta(codec: str) -> dict:
@@ -104,21 +117,29 @@ def build(cfg: RunConfig) -> TokenLMStage:
 TINY_CODEC = "tiny-codec-16k-q4-c32"
 
 
-def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
-    """The synthetic audio set as semantic tokens (log-mel demo tokenizer) + tiny-codec codes."""
+def synthetic_tokens(root: Path, semantic_vocab: int, codebook_size: int, frame_rate: float, levels: int):
+    """(semantic token dir, codes dir, codec dir) of the synthetic audio set: log-mel semantic tokens
+    with K = semantic_vocab (64 when 0) and codes of alm's tiny codec, all made once into the cache."""
     from alm.data.cache import cached
     from alm.stages.semantic import SYNTHETIC_AUDIO, synthetic_semantic
     from alm.tokenizers.codec import make_tiny_codec, tokenize_codec_shards
 
-    m: AcousticLMConfig = cfg.model
-    if m.codebook_size != 32 or m.prefix_levels + m.target_levels > 4 or m.frame_rate != 50:
+    if codebook_size != 32 or levels > 4 or frame_rate != 50:
         raise ValueError("data.train_shards=synthetic uses alm's tiny codec: model.codebook_size must be 32, "
                          "model.frame_rate 50 and at most 4 RVQ levels")
     codec = cached(root / TINY_CODEC, lambda d: make_tiny_codec(d, seed=0), "a tiny random EnCodec (demo codec)")
+    sem = synthetic_semantic(root, semantic_vocab or 64)  # also makes the audio set
     audio = root / SYNTHETIC_AUDIO
-    sem = synthetic_semantic(root, m.semantic_vocab or 64)  # also makes the audio set
     codes = cached(root / f"{SYNTHETIC_AUDIO}-codes-{TINY_CODEC}",
                    lambda d: tokenize_codec_shards(str(audio), d, str(codec), progress=False), "tiny-codec codes")
+    return sem, codes, codec
+
+
+def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
+    """The synthetic audio set as semantic tokens (log-mel demo tokenizer) + tiny-codec codes."""
+    m: AcousticLMConfig = cfg.model
+    sem, codes, codec = synthetic_tokens(root, m.semantic_vocab, m.codebook_size, m.frame_rate,
+                                         m.prefix_levels + m.target_levels)
 
     def spec(split: str) -> str:
         return f"{sem}/{split}-*.tar + {codes}/{split}-*.tar" if m.semantic_vocab else f"{codes}/{split}-*.tar"

@@ -2,9 +2,11 @@
 
 SLURM sends SIGUSR1 ahead of the time limit when the job asks for it (`#SBATCH --signal=USR1@90`),
 and `scancel -s USR1 JOBID` sends it by hand. Every rank's handler only sets a flag; at the end of
-the current step the checkpoint callback agrees across ranks (an all-reduce) and saves; then
-global rank 0 runs `scontrol requeue $SLURM_JOB_ID` and training stops. The requeued job starts
-the same command, which resumes exactly from that checkpoint (resume=auto) into the same W&B run.
+the current step the checkpoint callback agrees across ranks (an all-reduce) and saves; training
+stops, and once `fit()` has returned (metrics and state written, W&B flushed) global rank 0 runs
+`scontrol requeue $SLURM_JOB_ID` as the run's last act — SLURM kills the job's processes at once.
+The requeued job starts the same command, which resumes exactly from that checkpoint
+(resume=auto) into the same W&B run.
 
 `ALM_MAX_REQUEUES` (set by the sbatch template, default 20) bounds the number of requeues: past it
 the job checkpoints and ends as `preempted` instead of looping forever. Outside SLURM the signal
@@ -76,6 +78,7 @@ class Preemption(L.Callback):
         self.run_dir = run_dir
         self.signum = signum
         self._previous = None
+        self.requeue_pending: str | None = None
 
     def _handler(self, signum, frame) -> None:
         self.ckpt.request_save(reason="preemption")
@@ -97,11 +100,28 @@ class Preemption(L.Callback):
         self.ckpt.last_save_reason = None
         trainer.should_stop = True
         job = os.environ.get("SLURM_JOB_ID")
-        requeued = False
         if trainer.is_global_zero and job:
             if requeue_allowed():
-                requeued = requeue_job(job)
+                self.requeue_pending = job  # requeue_if_pending(), after fit() returns
             else:
                 rank_zero_warn(f"not requeueing job {job}: SLURM_RESTART_COUNT reached ALM_MAX_REQUEUES")
-        rank_zero_info(f"preempted at step {trainer.global_step}: checkpoint saved" + (f", job {job} requeued" if requeued else ""))
-        write_state(self.run_dir, "preempted", step=trainer.global_step, requeued=requeued)
+        rank_zero_info(f"preempted at step {trainer.global_step}: checkpoint saved"
+                       + (f", requeueing job {job}" if self.requeue_pending else ""))
+        write_state(self.run_dir, "preempted", step=trainer.global_step, requeued=self.requeue_pending is not None)
+
+    def requeue_if_pending(self) -> bool:
+        """`scontrol requeue` as the last thing the run does (after fit): SLURM kills the job at once."""
+        job, self.requeue_pending = self.requeue_pending, None
+        if not job:
+            return False
+        try:  # flush W&B before SLURM's SIGTERM arrives
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+        except Exception as exc:  # never let logging stop the requeue
+            rank_zero_warn(f"wandb.finish before requeue failed: {exc}")
+        if not requeue_job(job):
+            write_state(self.run_dir, "preempted", requeued=False)
+            return False
+        return True

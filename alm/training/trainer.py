@@ -176,7 +176,22 @@ def train(cfg: RunConfig) -> L.Trainer:
         write_state(cfg.run_dir, "done", step=trainer.global_step)
     elif trainer.interrupted:
         write_state(cfg.run_dir, "interrupted", step=trainer.global_step)
+    finish_wandb(trainer)
+    for callback in trainer.callbacks:  # after fit() returned: metrics, state and W&B are written
+        if isinstance(callback, Preemption):
+            callback.requeue_if_pending()
     return trainer
+
+
+def finish_wandb(trainer: L.Trainer) -> None:
+    """Close this process's W&B run (several trainings in one process each get their own run)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if trainer.is_global_zero and any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish()
 
 
 def config_from_checkpoint(step_dir: str | os.PathLike) -> RunConfig:

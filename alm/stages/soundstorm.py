@@ -1,0 +1,111 @@
+"""SoundStorm: parallel (MaskGIT-style) decoding of all RVQ levels from semantic tokens
+(model: alm/models/soundstorm.py). Replaces AudioLM's coarse + fine AR stages.
+
+Data: semantic token shards + codec token shards of the same clips, joined by key:
+    data.train_shards: "semantic/train-*.tar + codes/train-*.tar"
+Example: a random window of model.window_s seconds; codes (Q, T) and the semantic token covering
+each codec frame (T,). Loss: the model's level-wise masked cross-entropy (random masking per step;
+StepSeed makes it reproducible on resume).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from alm.config import RunConfig
+from alm.data.shards import npy_load
+from alm.models.acoustic_lm import aligned_window, semantic_per_frame
+from alm.models.soundstorm import SoundStorm, SoundStormConfig
+from alm.training.data import train_loader, val_loader
+from alm.training.optim import configure_optimizers
+
+SEMANTIC = "semantic.npy"
+CODES = "codes.npy"
+
+
+def make_example(sample: dict[str, Any], rng: np.random.Generator, model: SoundStormConfig) -> dict | None:
+    for member in (SEMANTIC, CODES):
+        if member not in sample:
+            raise KeyError(f"no {member} member: data.train_shards must join semantic and codec shards ('SEM + CODES')")
+    codes = npy_load(sample[CODES]).astype(np.int64)
+    sem = npy_load(sample[SEMANTIC]).astype(np.int64).reshape(-1)
+    if codes.ndim != 2 or codes.shape[0] < model.n_q:
+        raise ValueError(f"codes of shape {codes.shape}: the model needs {model.n_q} RVQ levels")
+    if codes.min() < 0 or codes.max() >= model.codebook_size or (sem.size and (sem.min() < 0 or sem.max() >= model.semantic_vocab)):
+        raise ValueError("codes or semantic ids out of range for model.codebook_size / model.semantic_vocab")
+    f0, n, s0, ns = aligned_window(codes.shape[1], sem.size, model.frame_rate, model.semantic_rate,
+                                   int(round(model.window_s * model.frame_rate)), rng)
+    if n == 0 or ns == 0:
+        return None
+    return {"codes": codes[: model.n_q, f0 : f0 + n],
+            "semantic": semantic_per_frame(sem[s0 : s0 + ns], n, model.frame_rate, model.semantic_rate)}
+
+
+def example_length(example: dict) -> int:
+    return example["codes"].shape[1]
+
+
+def collate(examples: list[dict]) -> dict[str, Any]:
+    """codes (B, Q, T) and semantic (B, T) zero-padded; lengths (B,)."""
+    q = examples[0]["codes"].shape[0]
+    longest = max(example_length(e) for e in examples)
+    codes = np.zeros((len(examples), q, longest), dtype=np.int64)
+    semantic = np.zeros((len(examples), longest), dtype=np.int64)
+    lengths = np.zeros(len(examples), dtype=np.int64)
+    for i, e in enumerate(examples):
+        n = example_length(e)
+        codes[i, :, :n], semantic[i, :n], lengths[i] = e["codes"], e["semantic"], n
+    return {"codes": torch.from_numpy(codes), "semantic": torch.from_numpy(semantic), "lengths": torch.from_numpy(lengths),
+            "_tokens": int(lengths.sum()) * q}
+
+
+class SoundStormStage(L.LightningModule):
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = SoundStorm(cfg.model)
+        self.make_example = functools.partial(make_example, model=cfg.model)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _ = self.model.training_loss(batch["codes"], batch["semantic"], batch["lengths"])
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True, batch_size=1)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # the same masks at every validation, so the numbers are comparable across steps
+        g = torch.Generator(device=batch["codes"].device).manual_seed(self.cfg.seed * 1000 + batch_idx)
+        loss, _ = self.model.training_loss(batch["codes"], batch["semantic"], batch["lengths"], generator=g)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=1)
+
+    def configure_optimizers(self):
+        return configure_optimizers(self.model, self.cfg)
+
+    def train_dataloader(self):
+        return train_loader(self.trainer, self.cfg, self.make_example, collate, example_length)
+
+    def val_dataloader(self):
+        return val_loader(self.trainer, self.cfg, self.make_example, collate, example_length)
+
+
+def build(cfg: RunConfig) -> SoundStormStage:
+    from alm.stages.acoustic import check_codec, check_semantic_tokenizer
+
+    check_semantic_tokenizer(cfg, cfg.model.semantic_vocab, cfg.model.semantic_rate)
+    check_codec(cfg, cfg.model.codebook_size, cfg.model.frame_rate, cfg.model.n_q)
+    return SoundStormStage(cfg)
+
+
+def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
+    """Synthetic semantic tokens (log-mel, K = model.semantic_vocab) + tiny-codec codes, joined by key."""
+    from alm.stages.acoustic import synthetic_tokens
+
+    sem, codes, codec = synthetic_tokens(root, cfg.model.semantic_vocab, cfg.model.codebook_size, cfg.model.frame_rate,
+                                         cfg.model.n_q)
+    return {"train_shards": f"{sem}/train-*.tar + {codes}/train-*.tar", "val_shards": f"{sem}/val-*.tar + {codes}/val-*.tar",
+            "tokenizer": str(sem / "tokenizer"), "codec": str(codec)}

@@ -1,0 +1,276 @@
+"""`alm launch` / `alm runs` without a cluster: rendering, validation, pipeline references, the runs
+table on fabricated run dirs, and one real `alm launch local --nprocs 2` run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import FAST, REPO, TINY, env, losses
+from launch import runs
+from launch.cli import launch_main, runs_main
+from launch.pipeline import is_pipeline, load_pipeline, resolve
+from launch.slurm import (
+    LaunchError,
+    SbatchTemplate,
+    load_cluster,
+    prepare_recipe,
+    render_training,
+    resources,
+    time_seconds,
+)
+
+AUDIOLM = str(REPO / "recipes" / "audiolm" / "semantic.yaml")
+CPU = ["--gpus-per-node", "0", "--tasks-per-node", "1"]
+
+
+def _launch(capsys, *argv):
+    rc = launch_main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_render_two_node_cpu_job(capsys, tmp_path):
+    rc, script, err = _launch(capsys, "slurm", TINY, f"run_dir={tmp_path}/r", "trainer.accelerator=cpu", "--nodes", "2",
+                              *CPU, "--cluster", "local", "--signal-seconds", "90", "--max-requeues", "3", "--dry-run")
+    assert rc == 0, err
+    d = re.findall(r"^#SBATCH (\S+)", script, re.M)
+    assert {"--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1", "--partition=debug", "--time=01:00:00",
+            "--signal=USR1@90", "--requeue", "--open-mode=append", f"--output={tmp_path}/r/slurm-%j.out",
+            f"--chdir={os.getcwd()}"} <= set(d), d
+    assert not any(x.startswith(("--gpus", "--gres")) for x in d)  # CPU partition: no GPU request
+    assert "export ALM_MAX_REQUEUES=3" in script
+    srun = [line for line in script.splitlines() if line.startswith("srun")]
+    assert srun == ["srun --nodes=2 --ntasks-per-node=1 --ntasks=2 --cpus-per-task=1 --kill-on-bad-exit=1 --label \\"]
+    assert not re.search(r"\{\{\s*\w+\s*\}\}", script)  # every placeholder filled
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert not (tmp_path / "r").exists()
+
+
+def test_cluster_file_defaults_and_flags_override(capsys, tmp_path):
+    rc, script, err = _launch(capsys, "slurm", AUDIOLM, f"run_dir={tmp_path}/r", "--cluster", "example", "--nodes", "2",
+                              "--partition", "other", "--dry-run")
+    assert rc == 0, err
+    d = re.findall(r"^#SBATCH (\S+)", script, re.M)
+    # gpus (8) and the rest come from launch/clusters/example.yaml; --partition from the command line
+    assert {"--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--cpus-per-task=12", "--partition=other",
+            "--account=my-project", "--qos=normal", "--constraint=a100_80g", "--time=24:00:00", "--mem=0",
+            "--exclusive", "--mail-type=FAIL"} <= set(d), d
+    assert "module load cuda/12.4" in script and "source /shared/envs/alm/bin/activate" in script
+    assert 'export ALM_CACHE="/scratch/$USER/alm-cache"' in script  # $VARS expand on the node
+    assert "PYTHON=python" in script  # the cluster file's python
+    assert "--ntasks=16" in script
+
+
+def test_contradicting_overrides_and_bad_requests_fail_with_the_key(capsys, tmp_path):
+    base = ("slurm", AUDIOLM, f"run_dir={tmp_path}/r", "--nodes", "2", "--gpus-per-node", "8", "--dry-run")
+    rc, _, err = _launch(capsys, *base, "trainer.num_nodes=4")
+    assert rc == 2 and "trainer.num_nodes=4" in err and "--nodes 2" in err
+    rc, _, err = _launch(capsys, *base, "trainer.devices=4")
+    assert rc == 2 and "trainer.devices=4" in err and "--tasks-per-node 8" in err
+    rc, out, err = _launch(capsys, *base, "trainer.devices=8", "trainer.num_nodes=2")  # agreeing is fine
+    assert rc == 0 and "--ntasks=16" in out, err
+    rc, _, err = _launch(capsys, *base, "trainer.max_stepz=3")
+    assert rc == 2 and "max_stepz" in err
+    rc, _, err = _launch(capsys, "slurm", AUDIOLM, "--gpus-per-node", "0", "--dry-run")
+    assert rc == 2 and "--tasks-per-node" in err
+    rc, _, err = _launch(capsys, "slurm", AUDIOLM, "--gpus-per-node", "0", "--tasks-per-node", "2", "--dry-run")
+    assert rc == 2 and "trainer.accelerator=gpu" in err  # the recipe wants GPUs
+    rc, _, err = _launch(capsys, *base, "--time", "00:01:00")
+    assert rc == 2 and "--signal-seconds" in err
+    rc, _, err = _launch(capsys, *base, "--cluster", "nosuchcluster")
+    assert rc == 2 and "nosuchcluster" in err
+    bad = tmp_path / "c.yaml"
+    bad.write_text("partition: x\npartitions: y\n")
+    with pytest.raises(LaunchError, match="partitions"):
+        load_cluster(str(bad))
+    bad.write_text("cpus_per_task: many\n")
+    with pytest.raises(LaunchError, match="cpus_per_task"):
+        load_cluster(str(bad))
+
+
+def test_prepare_recipe_forces_topology_and_absolute_run_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = prepare_recipe(TINY, ["run_dir=rel/run", "trainer.accelerator=cpu"], num_nodes=3, devices=2, gpus_per_node=0)
+    assert cfg.trainer.num_nodes == 3 and cfg.trainer.devices == 2
+    assert cfg.run_dir == str(tmp_path / "rel" / "run")
+
+
+def test_time_formats_and_template_placeholders():
+    assert time_seconds("30") == 1800 and time_seconds("1:30") == 90 and time_seconds("2:00:00") == 7200
+    assert time_seconds("1-00") == 86400 and time_seconds("1-2:03:04") == 93784 and time_seconds("x") is None
+    t = SbatchTemplate('echo "${A:-$B}" {{ x }} {{y}}')
+    assert t.substitute(x=1, y=2) == 'echo "${A:-$B}" 1 2'
+
+
+def test_render_training_with_export_step(tmp_path):
+    cluster = load_cluster("local")
+    res = resources(cluster, {"nodes": 1, "tasks_per_node": 1})
+    cfg = prepare_recipe(TINY, [f"run_dir={tmp_path}/r", "trainer.accelerator=cpu"], 1, 1, 0)
+    script = render_training(cfg, res, cluster, recipe_source=TINY, export=True)
+    tail = script.split('state=$("${PYTHON}" -m alm runs --state "${RUN_DIR}")', 1)[1]
+    assert '-m alm export "${RUN_DIR}" --out "${RUN_DIR}/export"' in tail  # only after training reports done
+    assert tail.index("done) ;;") < tail.index("alm export")
+
+
+# ----------------------------------------------------------------------------------------------
+# pipelines
+
+
+def _pipeline(tmp_path, text: str) -> Path:
+    p = tmp_path / "p.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_pipeline_references_resolve_to_earlier_stages(tmp_path):
+    path = _pipeline(tmp_path, f"""
+name: demo
+dir: {tmp_path}/pd
+stages:
+  - {{name: a, recipe: {TINY}, export: true, tasks_per_node: 1}}
+  - name: b
+    command: alm generate semantic {{stages.a.export}} --out {{pipeline.dir}}/x.npy data/{{000000..000009}}.tar
+""")
+    assert is_pipeline(str(path)) and not is_pipeline(TINY)
+    p = load_pipeline(str(path))
+    assert p.dir == f"{tmp_path}/pd" and [s.kind for s in p.stages] == ["train", "command"]
+    a = p.stages[0]
+    a.dir, a.export, a.job_id, a.log = "/runs/a", "/runs/a/export", "17", "/runs/a/slurm-17.out"
+    done = {"a": a}
+    text = resolve(p.stages[1].spec["command"], p, done, "here")
+    assert text == f"alm generate semantic /runs/a/export --out {tmp_path}/pd/x.npy data/{{000000..000009}}.tar"
+    assert resolve("{stages.a.run_dir} {stages.a.job_id} {stages.a.log}", p, done, "x") == "/runs/a 17 /runs/a/slurm-17.out"
+    with pytest.raises(LaunchError, match="comes later"):
+        resolve("{stages.b.dir}", p, done, "x")
+    with pytest.raises(LaunchError, match="no stage named 'zz'"):
+        resolve("{stages.zz.export}", p, done, "x")
+    with pytest.raises(LaunchError, match="unknown field"):
+        resolve("{stages.a.weights}", p, done, "x")
+    a.export = None
+    with pytest.raises(LaunchError, match="export: true"):
+        resolve("{stages.a.export}", p, done, "x")
+
+
+def test_pipeline_validation_errors(tmp_path):
+    cases = {
+        "stages: []\n": "non-empty",
+        "stages:\n  - {name: a}\n": "exactly one of",
+        "stages:\n  - {name: a, command: x, recipe: y}\n": "exactly one of",
+        "stages:\n  - {name: a, command: x}\n  - {name: a, command: y}\n": "duplicate",
+        "stages:\n  - {name: 'a b', command: x}\n": "letters",
+        "stages:\n  - {name: a, command: x, nodez: 2}\n": "nodez",
+        "stages:\n  - {name: a, command: x, export: true}\n": "training stages",
+        "stagez: 1\nstages:\n  - {name: a, command: x}\n": "stagez",
+        "slurm: {partitio: x}\nstages:\n  - {name: a, command: x}\n": "partitio",
+    }
+    for text, message in cases.items():
+        with pytest.raises(LaunchError, match=message):
+            load_pipeline(str(_pipeline(tmp_path, text)))
+
+
+def test_pipeline_dry_run_prints_every_stage_resolved(capsys, tmp_path):
+    example = str(REPO / "launch" / "pipelines" / "audiolm_example.yaml")
+    rc, out, err = _launch(capsys, "slurm", example, "--dir", str(tmp_path / "pd"), "--dry-run")
+    assert rc == 0, err
+    scripts = out.split("# ===== stage ")[1:]
+    assert [s.split(":")[0] for s in scripts] == ["tokenize", "semantic", "sample"]
+    heads = [s.splitlines()[0] for s in scripts]
+    assert "afterok" not in heads[0] and "afterok:<job of tokenize>" in heads[1] and "afterok:<job of semantic>" in heads[2]
+    assert f"RUN_DIR={tmp_path}/pd/semantic" in scripts[1] and "--ntasks=32" in scripts[1]
+    assert '-m alm export "${RUN_DIR}" --out "${RUN_DIR}/export"' in scripts[1]
+    assert f"-m alm generate semantic {tmp_path}/pd/semantic/export" in scripts[2]
+    assert "#SBATCH --time=12:00:00" in scripts[0] and "#SBATCH --time=24:00:00" not in scripts[0]
+    assert "--signal=USR1" not in scripts[0] and "--signal=USR1@120" in scripts[1]
+    assert not (tmp_path / "pd").exists()
+    rc, _, err = _launch(capsys, "slurm", example, "x=1", "--dry-run")
+    assert rc == 2 and "pipeline" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# alm runs
+
+
+def _fake_run(root: Path, name: str, state: dict | None, steps: list[int] = (), logged: int | None = None,
+              stage: str = "semantic") -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"stage: {stage}\nrun_dir: {run}\n")
+    if state is not None:
+        (run / "state.json").write_text(json.dumps(state))
+    for s in steps:
+        (run / "checkpoints" / f"step-{s:09d}").mkdir(parents=True)
+    if logged is not None:
+        (run / "logs" / "attempt-0").mkdir(parents=True)
+        rows = "".join(f"{i},{3.0 - i / 100},0.001\n" for i in range(logged))
+        (run / "logs" / "attempt-0" / "metrics.csv").write_text("step,train/loss,train/lr\n" + rows)
+    (run / "wandb_id").write_text(f"id-{name}\n")
+    return run
+
+
+def test_runs_table_on_fabricated_run_dirs(tmp_path, capsys):
+    here = socket.gethostname()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    root = tmp_path / "runs"
+    _fake_run(root, "done", {"state": "done", "step": 30, "max_steps": 30}, [20, 30], logged=30)
+    _fake_run(root, "alive", {"state": "running", "step": 10, "max_steps": 50, "host": here, "pid": os.getpid()},
+              [10], logged=17)
+    _fake_run(root, "crashed", {"state": "running", "step": 5, "host": here, "pid": gone.pid}, [5], logged=7)
+    _fake_run(root, "elsewhere", {"state": "running", "step": 5, "host": "some-other-host", "pid": gone.pid}, [])
+    _fake_run(root / "nested", "pre", {"state": "preempted", "step": 12, "requeued": True}, [12], stage="coarse")
+    _fake_run(root, "failed", {"state": "failed", "step": 3}, [])
+    (root / "not-a-run").mkdir()
+    (root / "done" / "checkpoints" / "step-000000030" / "config.yaml").write_text("stage: semantic\n")
+    infos = {Path(i.run_dir).name: i for i in map(runs.run_info, runs.find_runs([str(root)]))}
+    assert sorted(infos) == ["alive", "crashed", "done", "elsewhere", "failed", "pre"]
+    assert (infos["done"].state, infos["done"].step, Path(infos["done"].last_checkpoint).name) == ("done", 30, "step-000000030")
+    assert (infos["alive"].state, infos["alive"].step) == ("running", 17)  # metrics are fresher than state.json
+    assert infos["crashed"].state == "dead"
+    assert infos["elsewhere"].state == "running"  # another host's pid cannot be checked from here
+    assert (infos["pre"].state, infos["pre"].stage, infos["pre"].requeued) == ("preempted", "coarse", True)
+    assert infos["failed"].state == "failed" and infos["done"].wandb_id == "id-done"
+
+    assert runs_main([str(root)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["RUN", "DIR", "STAGE", "STATE", "STEP", "CHECKPOINT", "W&B", "ID", "SLURM", "JOB"]
+    rows = {Path(line.split()[0]).name: line.split() for line in table[1:]}
+    assert rows["done"][1:] == ["semantic", "done", "30/30", "step-000000030", "id-done", "-"]
+    assert rows["crashed"][2] == "dead" and rows["alive"][3] == "17/50"
+
+    assert runs_main(["--state", str(root / "nested" / "pre")]) == 0
+    assert capsys.readouterr().out.strip() == "requeued"
+    assert runs_main(["--json", str(root)]) == 0
+    assert {r["state"] for r in json.loads(capsys.readouterr().out)} == {"done", "running", "dead", "preempted", "failed"}
+    assert runs_main([str(tmp_path / "missing")]) == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# alm launch local
+
+
+@pytest.mark.slow
+def test_launch_local_two_processes(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "alm", "launch", "local", TINY, f"run_dir={run}", *FAST, "trainer.max_steps=6",
+           "trainer.ckpt_every_n_steps=3", "data.num_workers=1", "--nprocs", "2"]
+    dry = subprocess.run([*cmd, "--dry-run"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert dry.returncode == 0 and dry.stdout.strip().endswith(f"-m alm train {run}/launch/recipe.yaml"), dry.stderr
+    bad = subprocess.run([*cmd, "trainer.devices=3"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "trainer.devices=3" in bad.stderr and "--nprocs 2" in bad.stderr
+    t = time.time()
+    p = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in p.stderr + p.stdout
+    assert json.loads((run / "state.json").read_text())["state"] == "done"
+    assert sorted(losses(run)) == list(range(6))
+    assert "devices: 2" in (run / "launch" / "recipe.yaml").read_text()
+    print(f"[test] alm launch local --nprocs 2: {time.time() - t:.1f} s")
