@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from alm.data.shards import npy_bytes
-from alm.models.acoustic_lm import AcousticLM, AcousticLMConfig, TokenLayout, aligned_window
+from alm.models.acoustic_lm import AcousticLM, AcousticLMConfig, TokenLayout, aligned_window, semantic_per_frame
 from alm.stages.acoustic import make_example
 from alm.stages.lm import IGNORE, collate, lm_loss
 
@@ -51,9 +51,9 @@ def test_aligned_window_keeps_streams_in_step():
     cfg = coarse_cfg(frame_rate=75.0, max_seq_len=512, window_s=1.0)  # EnCodec 24 kHz vs 50 Hz semantic
     rng = np.random.default_rng(0)
     for _ in range(50):
-        f0, n, s0, ns = aligned_window(750, 500, cfg, rng)
+        f0, n, s0, ns = aligned_window(750, 500, 75.0, 50.0, cfg.frames(cfg.window_s), rng)
         assert n == 75 and ns == 50 and f0 % 3 == 0 and abs(f0 / 75 - s0 / 50) < 1e-9 and s0 + ns <= 500
-    f0, n, s0, ns = aligned_window(30, 20, cfg, rng)  # a clip shorter than the window: all of it
+    f0, n, s0, ns = aligned_window(30, 20, 75.0, 50.0, 75, rng)  # a clip shorter than the window: all of it
     assert (f0, n, s0, ns) == (0, 30, 0, 20)
 
 
@@ -111,3 +111,9 @@ def test_coarse_lm_reproduces_training_codes_from_the_semantic_prefix():
     for sem, codes in clips:
         got = model.generate_codes(torch.as_tensor(model.prefix_ids(semantic=sem))[None], 10, temperature=0)
         assert np.array_equal(got[0].numpy(), codes)
+
+
+def test_semantic_per_frame():
+    sem = np.array([5, 6, 7, 8])  # 50 Hz
+    assert semantic_per_frame(sem, 6, 75.0, 50.0).tolist() == [5, 5, 6, 7, 7, 8]
+    assert semantic_per_frame(sem, 4, 50.0, 50.0).tolist() == [5, 6, 7, 8]
