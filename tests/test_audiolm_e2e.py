@@ -37,3 +37,23 @@ def test_acoustic_stages_other_strategies(tmp_path):
     for stage in ("coarse", "fine"):
         curve = losses(tmp_path / stage)
         assert sorted(curve) == [0, 1, 2, 3] and all(np.isfinite(v) and v > 0 for v in curve.values())
+
+
+def test_soundstorm_trains_exports_and_decodes_in_parallel(tmp_path):
+    from helpers import REPO
+
+    recipe = str(REPO / "recipes" / "tiny" / "soundstorm.yaml")
+    small = ("model.d_model=64", "model.n_head=2", "model.n_layer=2", "trainer.ckpt_every_n_steps=5", "trainer.max_steps=5")
+    train(tmp_path / "ss_ddp", *small, "trainer.devices=2", recipe=recipe)
+    train(tmp_path / "ss_zero2", *small, "trainer.devices=2", "trainer.strategy=deepspeed", "trainer.zero_stage=2",
+          recipe=recipe)
+    train(tmp_path / "semantic", "trainer.max_steps=3", "trainer.ckpt_every_n_steps=3")
+    for run in ("ss_ddp", "ss_zero2", "semantic"):
+        assert all(np.isfinite(v) for v in losses(tmp_path / run).values())
+        alm("export", str(tmp_path / run), "--out", str(tmp_path / f"{run}-export"))
+    out = tmp_path / "storm.wav"
+    p = alm("generate", "soundstorm", "--semantic", str(tmp_path / "semantic-export"), "--soundstorm",
+            str(tmp_path / "ss_zero2-export"), "--seconds", "1.6", "--steps", "6,1,1,1", "--out", str(out))
+    assert "in 9 SoundStorm forward passes" in p.stdout  # one window: 6 + 1 + 1 + 1
+    audio, rate = sf.read(out)
+    assert rate == 16000 and len(audio) == 80 * 320  # 1.6 s = 80 frames

@@ -6,7 +6,8 @@ from omegaconf import OmegaConf
 from alm.config import RecipeError, RunConfig, load_recipe, schema_for
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+PIPELINES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "stages" in OmegaConf.load(p))
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if p not in PIPELINES)
 TINY = REPO / "recipes" / "tiny" / "semantic.yaml"
 
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from helpers import FAST, REPO, TINY, env, losses
 from launch import runs
@@ -274,3 +275,14 @@ def test_launch_local_two_processes(tmp_path):
     assert sorted(losses(run)) == list(range(6))
     assert "devices: 2" in (run / "launch" / "recipe.yaml").read_text()
     print(f"[test] alm launch local --nprocs 2: {time.time() - t:.1f} s")
+
+
+@pytest.mark.parametrize("pipeline", sorted((REPO / "recipes").rglob("pipeline*.yaml")) + sorted((REPO / "launch" / "pipelines").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_pipelines_render(pipeline, tmp_path):
+    """Every shipped pipeline renders (its recipes validate, its references resolve) in a dry run."""
+    p = subprocess.run([sys.executable, "-m", "alm", "launch", "slurm", str(pipeline), "--cluster", "example",
+                        "--dir", str(tmp_path / "p"), "--dry-run"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.count("# ===== stage") == len(OmegaConf.load(pipeline).stages)
+    assert "{stages." not in p.stdout and "{pipeline." not in p.stdout
