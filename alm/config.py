@@ -42,6 +42,7 @@ class TrainerConfig:
     val_batches: int = 10  # batches per rank per validation
     log_every_n_steps: int = 1
     progress_bar: bool = True
+    audio_samples: int = 0  # stages that make audio: examples generated, decoded and logged at each validation
     threads: int = 0  # torch intra-op threads per process; 0 = torch's default
 
 
@@ -190,6 +191,8 @@ def validate(run: RunConfig, source: str) -> None:
         raise RecipeError(f"{source}: key 'data.max_tokens': must be >= 0 (0 = fixed batch_size)")
     if 0 < run.data.max_tokens < run.data.max_len:
         raise RecipeError(f"{source}: key 'data.max_tokens': {run.data.max_tokens} cannot hold one example of data.max_len={run.data.max_len}")
+    if run.trainer.audio_samples < 0:
+        raise RecipeError(f"{source}: key 'trainer.audio_samples': must be >= 0")
     if run.data.num_workers < 0:
         raise RecipeError(f"{source}: key 'data.num_workers': must be >= 0")
     if run.trainer.offload and run.trainer.strategy != "deepspeed":

@@ -41,6 +41,7 @@ trainer:
   val_batches: 4
   log_every_n_steps: 1
   progress_bar: true
+  audio_samples: 0
   threads: 0
 data:
   train_shards: ???

@@ -30,13 +30,22 @@ def test_chain_from_exports_writes_wav(tmp_path):
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
 
 
-def test_acoustic_stages_other_strategies(tmp_path):
+def test_acoustic_stages_other_strategies_with_audio_samples(tmp_path):
+    """Coarse under ZeRO-3 and fine under DDP, 2 processes, with validation audio samples: every rank
+    takes part in the sample's generation (ZeRO-3), rank 0 writes wavs and logs audio + spectrograms."""
+    samples = ("trainer.val_every_n_steps=2", "trainer.val_batches=1", "trainer.audio_samples=1")
     train(tmp_path / "coarse", "trainer.max_steps=4", "trainer.devices=2", "trainer.strategy=deepspeed",
-          "trainer.zero_stage=3", recipe=TINY_COARSE)
-    train(tmp_path / "fine", "trainer.max_steps=4", "trainer.devices=2", recipe=TINY_FINE)
+          "trainer.zero_stage=3", *samples, recipe=TINY_COARSE)
+    train(tmp_path / "fine", "trainer.max_steps=4", "trainer.devices=2", *samples, recipe=TINY_FINE)
     for stage in ("coarse", "fine"):
         curve = losses(tmp_path / stage)
         assert sorted(curve) == [0, 1, 2, 3] and all(np.isfinite(v) and v > 0 for v in curve.values())
+        wavs = sorted(p.name for p in (tmp_path / stage / "samples").glob("*.wav"))
+        assert wavs == [f"step-{s:09d}-0-{k}.wav" for s in (2, 4) for k in ("generated", "reference")]
+        audio, rate = sf.read(tmp_path / stage / "samples" / wavs[0])
+        assert rate == 16000 and len(audio) == 50 * 320  # one 1 s window
+        media = list((tmp_path / stage / "wandb").glob("offline-run-*/files/media/*/samples/*"))
+        assert media and list((tmp_path / stage / "wandb").glob("offline-run-*/files/media/images/spectrograms/*.png"))
 
 
 def test_soundstorm_trains_exports_and_decodes_in_parallel(tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from alm.config import RunConfig
 from alm.data.shards import npy_load
@@ -108,10 +109,34 @@ def codec_meta(codec: str) -> dict:
     return {"codebook_size": c.codebook_size, "n_q": c.num_quantizers, "frame_rate": c.frame_rate}
 
 
+@torch.no_grad()
+def sample_codes(model: AcousticLM, batch: dict[str, Any], i: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Continue example i of a batch from its prefix -> (generated, reference) codes (levels, T), with the
+    fine stage's coarse prefix levels in front so both decode to full audio."""
+    from alm.stages.lm import IGNORE
+
+    m, lay = model.cfg, model.layout
+    targets = batch["targets"][i]
+    real = (targets != IGNORE).nonzero().flatten()
+    n_prefix = int(real[0]) + 1
+    prefix = batch["inputs"][i, :n_prefix]
+    q, first = m.target_levels, m.prefix_levels
+    reference = lay.unflatten(targets[real].cpu().numpy(), first, q)
+    frames = reference.shape[1]
+    was_training = model.training
+    g = torch.Generator(device=prefix.device).manual_seed(seed)
+    generated = model.generate_codes(prefix[None], frames, temperature=0.9, generator=g)[0].cpu().numpy()
+    model.train(was_training)
+    if m.prefix_levels:  # fine: prepend the coarse levels it was conditioned on
+        coarse = lay.unflatten(prefix[1:-1].cpu().numpy(), 0, m.prefix_levels)
+        generated, reference = np.concatenate([coarse, generated]), np.concatenate([coarse, reference])
+    return generated, reference
+
+
 def build(cfg: RunConfig) -> TokenLMStage:
     check_data(cfg)
     example = functools.partial(make_example, model=cfg.model)
-    return TokenLMStage(cfg, AcousticLM(cfg.model), example)
+    return TokenLMStage(cfg, AcousticLM(cfg.model), example, sample_codes)
 
 
 TINY_CODEC = "tiny-codec-16k-q4-c32"

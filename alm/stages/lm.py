@@ -45,11 +45,23 @@ def lm_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
 
 
 class TokenLMStage(L.LightningModule):
-    def __init__(self, cfg: RunConfig, model: torch.nn.Module, make_example: Callable):
+    def __init__(self, cfg: RunConfig, model: torch.nn.Module, make_example: Callable,
+                 sample_codes: Callable | None = None):
         super().__init__()
         self.cfg = cfg
         self.model = model
         self.make_example = make_example
+        self._sample_codes = sample_codes  # (model, batch, i, seed) -> (generated, reference) codes, for audio stages
+
+    def sample_codes(self, batch: dict[str, Any], i: int):
+        return self._sample_codes(self.model, batch, i, self.cfg.seed + self.global_step)
+
+    def configure_callbacks(self):
+        if self._sample_codes is None or not self.cfg.trainer.audio_samples or not self.cfg.data.codec:
+            return []
+        from alm.training.audio_samples import AudioSamples
+
+        return [AudioSamples(self.cfg.data.codec, self.cfg.run_dir, self.cfg.trainer.audio_samples)]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = lm_loss(self.model, batch)

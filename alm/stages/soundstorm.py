@@ -83,6 +83,22 @@ class SoundStormStage(L.LightningModule):
         loss, _ = self.model.training_loss(batch["codes"], batch["semantic"], batch["lengths"], generator=g)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=1)
 
+    @torch.no_grad()
+    def sample_codes(self, batch: dict[str, Any], i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decode example i's codes from its semantic tokens alone -> (generated, reference) (Q, T)."""
+        n = int(batch["lengths"][i])
+        g = torch.Generator(device=batch["codes"].device).manual_seed(self.cfg.seed + self.global_step)
+        steps = [8] + [1] * (self.cfg.model.n_q - 1)
+        generated = self.model.generate(batch["semantic"][i : i + 1, :n], steps_per_level=steps, generator=g)
+        return generated[0].cpu().numpy(), batch["codes"][i, :, :n].cpu().numpy()
+
+    def configure_callbacks(self):
+        if not self.cfg.trainer.audio_samples or not self.cfg.data.codec:
+            return []
+        from alm.training.audio_samples import AudioSamples
+
+        return [AudioSamples(self.cfg.data.codec, self.cfg.run_dir, self.cfg.trainer.audio_samples)]
+
     def configure_optimizers(self):
         return configure_optimizers(self.model, self.cfg)
 
