@@ -119,36 +119,46 @@ def prompt_semantic(semantic_dir: str, wav: str, device: str = "cpu") -> np.ndar
     return tok(audio).astype(np.int64)
 
 
-def generate_audiolm(semantic: str, coarse: str, fine: str, seconds: float, out_wav: str, prompt_wav: str | None = None,
-                     temperature: float = 0.9, top_k: int = 0, seed: int = 0, device: str = "cpu",
-                     progress: bool = True) -> dict:
-    """semantic -> coarse -> fine -> codec: write `seconds` of audio (after the prompt, if any) to out_wav."""
+def chain_semantic(semantic: str, semantic_rate: float, seconds: float, prompt_wav: str | None, temperature: float,
+                   top_k: int, seed: int, device: str, progress: bool) -> np.ndarray:
+    """The semantic tokens a chain renders: the prompt's (if any) followed by `seconds` of sampled ones."""
+    prompt = prompt_semantic(semantic, prompt_wav, device) if prompt_wav else None
+    sem = sample_semantic(semantic, int(round(seconds * semantic_rate)), 1, temperature, top_k, seed=seed,
+                          device=device, prompt=prompt, progress=progress)[0]
+    return np.concatenate([prompt, sem]) if prompt is not None else sem
+
+
+def write_codes_audio(export_dir: str, codes: np.ndarray, out_wav: str, device: str = "cpu") -> tuple[int, int]:
+    """Decode codes (Q, T) with the codec of an acoustic export and write a 16-bit wav -> (samples, rate)."""
     import soundfile as sf
 
     from alm.tokenizers.codec import decode, load_codec
 
+    codec = load_codec(codec_of(export_dir), device)
+    audio = decode(codec, torch.as_tensor(codes)[None])[0].cpu().numpy()
+    rate = int(codec.config.sampling_rate)
+    os.makedirs(os.path.dirname(os.path.abspath(out_wav)), exist_ok=True)
+    sf.write(out_wav, audio, rate, subtype="PCM_16")
+    return len(audio), rate
+
+
+def generate_audiolm(semantic: str, coarse: str, fine: str, seconds: float, out_wav: str, prompt_wav: str | None = None,
+                     temperature: float = 0.9, top_k: int = 0, seed: int = 0, device: str = "cpu",
+                     progress: bool = True) -> dict:
+    """semantic -> coarse -> fine -> codec: write `seconds` of audio (after the prompt, if any) to out_wav."""
     cc, fc = load_config(coarse).model, load_config(fine).model
     sem_vocab = load_config(semantic).model.vocab_size - 2
     if cc.semantic_vocab != sem_vocab:
         raise ValueError(f"coarse export expects {cc.semantic_vocab} semantic ids, the semantic export has {sem_vocab}")
     if fc.prefix_levels != cc.target_levels or fc.codebook_size != cc.codebook_size or fc.frame_rate != cc.frame_rate:
         raise ValueError("fine export does not continue the coarse export (levels, codebook size or frame rate differ)")
-    prompt = prompt_semantic(semantic, prompt_wav, device) if prompt_wav else None
-    n_new = int(round(seconds * cc.semantic_rate))
-    sem = sample_semantic(semantic, n_new, 1, temperature, top_k, seed=seed, device=device, prompt=prompt, progress=progress)[0]
-    if prompt is not None:
-        sem = np.concatenate([prompt, sem])
+    sem = chain_semantic(semantic, cc.semantic_rate, seconds, prompt_wav, temperature, top_k, seed, device, progress)
     frames = int(round(len(sem) / cc.semantic_rate * cc.frame_rate))
     coarse_codes = acoustic_codes(coarse, sem, frames, temperature, top_k, seed + 1, device, progress)
     fine_codes = acoustic_codes(fine, coarse_codes, frames, temperature, top_k, seed + 2, device, progress)
     codes = np.concatenate([coarse_codes, fine_codes], axis=0)  # (Q, T)
-    codec = load_codec(codec_of(coarse), device)
-    audio = decode(codec, torch.as_tensor(codes)[None])[0].cpu().numpy()
-    rate = int(codec.config.sampling_rate)
-    os.makedirs(os.path.dirname(os.path.abspath(out_wav)), exist_ok=True)
-    sf.write(out_wav, audio, rate, subtype="PCM_16")
-    return {"wav": out_wav, "seconds": len(audio) / rate, "sample_rate": rate, "semantic_tokens": len(sem),
-            "codes": codes}
+    n, rate = write_codes_audio(coarse, codes, out_wav, device)
+    return {"wav": out_wav, "seconds": n / rate, "sample_rate": rate, "semantic_tokens": len(sem), "codes": codes}
 
 
 def soundstorm_codes(export_dir: str, semantic: np.ndarray, frames: int, steps: list[int] | None = None,
@@ -189,25 +199,13 @@ def generate_soundstorm(semantic: str, soundstorm: str, seconds: float, out_wav:
                         steps: list[int] | None = None, temperature: float = 0.9, top_k: int = 0, seed: int = 0,
                         device: str = "cpu", progress: bool = True) -> dict:
     """semantic LM -> SoundStorm (parallel decoding of all levels) -> codec: write a wav."""
-    import soundfile as sf
-
-    from alm.tokenizers.codec import decode, load_codec
-
     m = load_config(soundstorm).model
     sem_vocab = load_config(semantic).model.vocab_size - 2
     if m.semantic_vocab != sem_vocab:
         raise ValueError(f"SoundStorm export expects {m.semantic_vocab} semantic ids, the semantic export has {sem_vocab}")
-    prompt = prompt_semantic(semantic, prompt_wav, device) if prompt_wav else None
-    sem = sample_semantic(semantic, int(round(seconds * m.semantic_rate)), 1, temperature, top_k, seed=seed,
-                          device=device, prompt=prompt, progress=progress)[0]
-    if prompt is not None:
-        sem = np.concatenate([prompt, sem])
+    sem = chain_semantic(semantic, m.semantic_rate, seconds, prompt_wav, temperature, top_k, seed, device, progress)
     frames = int(round(len(sem) / m.semantic_rate * m.frame_rate))
     codes, passes = soundstorm_codes(soundstorm, sem, frames, steps, temperature, top_k, seed + 1, device, progress)
-    codec = load_codec(codec_of(soundstorm), device)
-    audio = decode(codec, torch.as_tensor(codes)[None])[0].cpu().numpy()
-    rate = int(codec.config.sampling_rate)
-    os.makedirs(os.path.dirname(os.path.abspath(out_wav)), exist_ok=True)
-    sf.write(out_wav, audio, rate, subtype="PCM_16")
-    return {"wav": out_wav, "seconds": len(audio) / rate, "sample_rate": rate, "semantic_tokens": len(sem),
-            "codes": codes, "forward_passes": passes}
+    n, rate = write_codes_audio(soundstorm, codes, out_wav, device)
+    return {"wav": out_wav, "seconds": n / rate, "sample_rate": rate, "semantic_tokens": len(sem), "codes": codes,
+            "forward_passes": passes}

@@ -20,7 +20,7 @@ def _one_thread():
 def tiny(conv_kernel: int = 0, **kw) -> SoundStorm:
     torch.manual_seed(0)
     cfg = SoundStormConfig(n_q=Q, codebook_size=V, semantic_vocab=K, d_model=32, n_layer=2, n_head=2,
-                           max_frames=64, conv_kernel=conv_kernel, **kw)
+                           max_frames=64, conv_kernel=conv_kernel, window_s=1.0, **kw)
     return SoundStorm(cfg).eval()
 
 

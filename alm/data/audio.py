@@ -47,18 +47,18 @@ def load_mono(data: bytes, sample_rate: int | None = None) -> tuple[np.ndarray, 
     return audio, rate
 
 
-def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
-    """float array [frames] or [channels, frames] in [-1, 1] -> 16-bit FLAC bytes."""
+def encode(audio: np.ndarray, sample_rate: int, fmt: str = "FLAC") -> bytes:
+    """float array [frames] or [channels, frames] in [-1, 1] -> 16-bit FLAC / WAV bytes."""
     audio = np.asarray(audio, dtype=np.float32)
     frames_first = audio.T if audio.ndim == 2 else audio
     buf = io.BytesIO()
-    sf.write(buf, np.clip(frames_first, -1.0, 1.0), sample_rate, format="FLAC", subtype="PCM_16")
+    sf.write(buf, np.clip(frames_first, -1.0, 1.0), sample_rate, format=fmt, subtype="PCM_16")
     return buf.getvalue()
+
+
+def encode_flac(audio: np.ndarray, sample_rate: int) -> bytes:
+    return encode(audio, sample_rate, "FLAC")
 
 
 def encode_wav(audio: np.ndarray, sample_rate: int) -> bytes:
-    audio = np.asarray(audio, dtype=np.float32)
-    frames_first = audio.T if audio.ndim == 2 else audio
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(frames_first, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
+    return encode(audio, sample_rate, "WAV")

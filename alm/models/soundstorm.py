@@ -54,8 +54,6 @@ class SoundStormConfig:
     window_s: float = 10.0  # seconds per training example / generation window
 
     def validate(self) -> None:
-        if round(self.window_s * self.frame_rate) > self.max_frames:
-            raise ValueError(f"key 'model.window_s': {self.window_s} s is more than model.max_frames={self.max_frames} frames")
         for name in ("n_q", "semantic_vocab", "n_layer", "n_head", "d_model", "max_frames"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"key 'model.{name}': must be > 0, got {getattr(self, name)}")
@@ -71,6 +69,9 @@ class SoundStormConfig:
             raise ValueError(f"key 'model.dropout': must be in [0, 1), got {self.dropout}")
         if self.conv_kernel < 0 or (self.conv_kernel > 0 and self.conv_kernel % 2 == 0):
             raise ValueError(f"key 'model.conv_kernel': must be 0 (no conv) or an odd size > 0, got {self.conv_kernel}")
+        if round(self.window_s * self.frame_rate) > self.max_frames:
+            raise ValueError(f"key 'model.window_s': {self.window_s} s at {self.frame_rate} frames/s is more than "
+                             f"model.max_frames={self.max_frames}")
 
     @property
     def head_dim(self) -> int:

@@ -57,11 +57,9 @@ class TokenLMStage(L.LightningModule):
         return self._sample_codes(self.model, batch, i, self.cfg.seed + self.global_step)
 
     def configure_callbacks(self):
-        if self._sample_codes is None or not self.cfg.trainer.audio_samples or not self.cfg.data.codec:
-            return []
-        from alm.training.audio_samples import AudioSamples
+        from alm.training.audio_samples import audio_sample_callbacks
 
-        return [AudioSamples(self.cfg.data.codec, self.cfg.run_dir, self.cfg.trainer.audio_samples)]
+        return audio_sample_callbacks(self.cfg) if self._sample_codes is not None else []
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = lm_loss(self.model, batch)

@@ -93,11 +93,9 @@ class SoundStormStage(L.LightningModule):
         return generated[0].cpu().numpy(), batch["codes"][i, :, :n].cpu().numpy()
 
     def configure_callbacks(self):
-        if not self.cfg.trainer.audio_samples or not self.cfg.data.codec:
-            return []
-        from alm.training.audio_samples import AudioSamples
+        from alm.training.audio_samples import audio_sample_callbacks
 
-        return [AudioSamples(self.cfg.data.codec, self.cfg.run_dir, self.cfg.trainer.audio_samples)]
+        return audio_sample_callbacks(self.cfg)
 
     def configure_optimizers(self):
         return configure_optimizers(self.model, self.cfg)

@@ -31,6 +31,13 @@ def spectrogram_image(audio: np.ndarray, n_fft: int = 512, hop: int = 128) -> np
     return (db.flip(0).numpy() * 255).astype(np.uint8)
 
 
+def audio_sample_callbacks(cfg) -> list:
+    """[AudioSamples] when the run asks for samples (trainer.audio_samples) and has a codec, else []."""
+    if not cfg.trainer.audio_samples or not cfg.data.codec:
+        return []
+    return [AudioSamples(cfg.data.codec, cfg.run_dir, cfg.trainer.audio_samples)]
+
+
 class AudioSamples(L.Callback):
     def __init__(self, codec: str, run_dir: str, count: int = 1):
         self.codec_name = codec
