@@ -28,6 +28,15 @@ def test_chain_from_exports_writes_wav(tmp_path):
     audio, rate = sf.read(out)
     assert rate == 16000 and audio.ndim == 1 and len(audio) == 24000  # 1.5 s = 75 codec frames of 320 samples
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
+    # continuation of a recording: its semantic tokens (exported tokenizer) prefix the generated ones
+    from alm.data.synthetic import make_clip
+
+    sf.write(tmp_path / "prompt.wav", make_clip(3, 0, 16000, 1.0)[0], 16000)
+    alm("generate", "audiolm", "--semantic", str(tmp_path / "semantic-export"), "--coarse",
+        str(tmp_path / "coarse-export"), "--fine", str(tmp_path / "fine-export"), "--seconds", "1.0",
+        "--prompt", str(tmp_path / "prompt.wav"), "--out", str(tmp_path / "cont.wav"))
+    cont, _ = sf.read(tmp_path / "cont.wav")
+    assert abs(len(cont) - 2 * 16000) <= 320  # 1 s of prompt (re-synthesised) + 1 s continuation
 
 
 def test_acoustic_stages_other_strategies_with_audio_samples(tmp_path):

@@ -131,3 +131,18 @@ def test_token_budget_batches(tmp_path):
     batches = [b["lens"] for b in make_loader(st, 0)]
     assert sum(len(b) for b in batches) == 30
     assert all(max(b) * len(b) <= 24 for b in batches) and max(len(b) for b in batches) > 1
+
+
+def test_resume_mid_epoch_2_ranks_x_2_workers_sees_every_sample_once(tmp_path):
+    """Stop each rank after a few batches of its first epoch, resume its stream there: the samples
+    before + after the resume point, over both ranks, are the dataset exactly once."""
+    spec = shards(tmp_path, n_samples=48, per_shard=4)  # 12 shards over 2 ranks x 2 workers
+    seen = []
+    for rank in range(2):
+        whole = [b["keys"] for b in make_loader(stream(spec, rank=rank, world=2, infinite=False), 2)]
+        stop = len(whole) // 2
+        before = take(make_loader(stream(spec, rank=rank, world=2, infinite=False), 2), stop)
+        after = [b["keys"] for b in make_loader(stream(spec, start=stop, rank=rank, world=2, infinite=False), 2)]
+        assert [list(k) for _, k, _ in before] + after == whole
+        seen += [k for ks in whole for k in ks]
+    assert sorted(seen) == sorted(key_from_id(f"s{i:03d}") for i in range(48))
