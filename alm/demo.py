@@ -129,7 +129,7 @@ def train_stage(stage: str, out: Path, steps: int, overrides: list[str]) -> dict
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="alm demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="alm-demo", help="where data, runs, exports and samples go")
-    p.add_argument("--steps", type=int, default=300, help="training steps per stage")
+    p.add_argument("--steps", type=int, default=250, help="training steps per stage")
     p.add_argument("--clips", type=int, default=240, help="synthetic training clips (4 s each)")
     p.add_argument("--seconds", type=float, default=4.0, help="seconds of audio to generate at the end")
     a = p.parse_args(argv)

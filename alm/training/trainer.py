@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from alm.config import RunConfig, from_yaml_text, to_yaml
@@ -59,6 +59,8 @@ def deepspeed_config(cfg: RunConfig, accelerator: str) -> dict:
 
 def build_strategy(cfg: RunConfig, accelerator: str):
     if cfg.trainer.strategy == "ddp":
+        if cfg.trainer.devices * cfg.trainer.num_nodes == 1:  # one process: no DDP wrapper, no gradient all-reduce
+            return SingleDeviceStrategy(device=torch.device("cuda", 0) if accelerator == "gpu" else torch.device("cpu"))
         return DDPStrategy(process_group_backend="nccl" if accelerator == "gpu" else "gloo")
     if accelerator == "cpu":
         from alm.training.deepspeed_cpu import CPUDeepSpeedStrategy
