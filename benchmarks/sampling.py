@@ -51,8 +51,9 @@ def kv_cache(args) -> None:
     print(f"\n[1] KV cache vs recompute: TransformerLM {args.layers} layers x {args.width} wide, {args.heads} heads, "
           f"vocab {args.vocab}, {params(model, ('embed', 'lm_head'))}; batch 1, prompt {args.prompt}, "
           f"{args.tokens} new tokens, temperature 1.0")
-    model.generate(prompt, 16, use_cache=True)  # warm-up
-    model.generate(prompt, 16, use_cache=False)
+    warm = min(16, args.tokens)
+    model.generate(prompt, warm, use_cache=True)  # warm-up
+    model.generate(prompt, warm, use_cache=False)
     runs = {}
     for use_cache in (True, False):
         g = torch.Generator().manual_seed(1)
@@ -86,7 +87,8 @@ def soundstorm_vs_ar(args) -> None:
     # the transformer variant has exactly the AR trunk; the conformer variant is the paper's block
     for kernel, ratio in ((0, 4.0), (args.conv_kernel, args.ss_mlp_ratio)):
         cfg = SoundStormConfig(n_q=Q, codebook_size=C, semantic_vocab=K, d_model=args.width, n_layer=args.layers,
-                               n_head=args.heads, mlp_ratio=ratio, conv_kernel=kernel, max_frames=T)
+                               n_head=args.heads, mlp_ratio=ratio, conv_kernel=kernel, max_frames=T,
+                               window_s=T / 50.0)
         torch.manual_seed(0)
         ss = SoundStorm(cfg).eval()
         kind = f"conformer (kernel {kernel}, 2 x FFN/2 ratio {ratio})" if kernel else f"transformer (MLP ratio {ratio})"

@@ -1,0 +1,25 @@
+"""The benchmarks are not tests (they measure, on a quiet machine), but they must keep running:
+each one is run here with tiny settings and must print its ratio line. Nothing is timed."""
+
+import subprocess
+import sys
+
+import pytest
+
+from helpers import REPO, env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("script,args,expect", [
+    ("step_overhead.py", ["--rounds", "1", "--steps", "3", "--warmup", "1"], "overhead ratio (alm / bare)"),
+    ("sampling.py", ["--layers", "1", "--width", "32", "--heads", "2", "--vocab", "64", "--tokens", "12",
+                     "--frames", "10", "--levels", "3", "--codebook", "16", "--semantic-vocab", "8",
+                     "--first-steps", "4"], "fewer passes"),
+    ("loader_throughput.py", ["--batches", "3"], "audio-hours/minute"),
+])
+def test_benchmark_runs(script, args, expect):
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, env=env(),
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert expect in p.stdout
