@@ -64,38 +64,56 @@ def sample_semantic(
     return body[:, -num_tokens:].cpu().numpy()
 
 
-def _windows(total: int, size: int) -> list[tuple[int, int]]:
-    return [(a, min(total, a + size)) for a in range(0, total, size)]
-
-
 def acoustic_codes(export_dir: str, condition: np.ndarray, frames: int, temperature: float, top_k: int, seed: int,
-                   device: str = "cpu", progress: bool = False) -> np.ndarray:
-    """Run a coarse or fine export over `frames` codec frames, window by window.
+                   device: str = "cpu", progress: bool = False, known: np.ndarray | None = None) -> np.ndarray:
+    """Run a coarse or fine export over `frames` codec frames with sliding windows.
 
     condition: semantic ids (S,) for a coarse export, coarse codes (Q', frames) for a fine one.
-    -> generated codes (target_levels, frames).
+    known: target-level codes (target_levels, K) of the first K frames (e.g. a prompt's), kept as they are.
+    Each window spans model.window_s; after the first, it overlaps the previous one by half a window
+    whose codes are given after [SEP] as an acoustic prompt (teacher forcing, exactly the training
+    format), so the acoustics continue across windows. -> codes (target_levels, frames).
     """
     cfg = load_config(export_dir)
     m = cfg.model
     model = load_pretrained(export_dir, device)
+    lay, q, first = model.layout, m.target_levels, model.first_target_level
     g = torch.Generator(device=device).manual_seed(seed)
     per = m.frames(m.window_s)
-    out = []
-    bar = _bar(frames * m.target_levels, cfg.stage, progress)
-    for f0, f1 in _windows(frames, per):
+    overlap = per // 2
+    codes = np.zeros((q, frames), dtype=np.int64)
+    done = 0
+    if known is not None and known.shape[1]:
+        done = min(frames, known.shape[1])
+        codes[:, :done] = known[:q, :done]
+    bar = _bar((frames - done) * q, cfg.stage, progress)
+    while done < frames:
+        start = max(0, done - overlap)
+        end = min(frames, start + per)
         if m.semantic_vocab:
-            s0, s1 = int(round(f0 / m.frame_rate * m.semantic_rate)), int(round(f1 / m.frame_rate * m.semantic_rate))
+            s0, s1 = int(round(start / m.frame_rate * m.semantic_rate)), int(round(end / m.frame_rate * m.semantic_rate))
             prefix = model.prefix_ids(semantic=condition[s0:s1])
         else:
-            prefix = model.prefix_ids(coarse=condition[:, f0:f1])
+            prefix = model.prefix_ids(coarse=condition[:, start:end])
+        prefix = np.concatenate([prefix, lay.flatten(codes[:, start:done], first_level=first)])
         p = torch.as_tensor(prefix, device=device)[None]
-        q = m.target_levels
-        allowed = model.layout.level_masks(model.first_target_level, q, f1 - f0).to(device)
-        ids = model.generate(p, (f1 - f0) * q, temperature, top_k, generator=g, allowed=allowed,
+        allowed = lay.level_masks(first, q, end - done).to(device)
+        ids = model.generate(p, (end - done) * q, temperature, top_k, generator=g, allowed=allowed,
                              on_token=lambda i: bar.update(1))
-        out.append(model.layout.unflatten(ids[0, p.size(1) :], model.first_target_level, q).cpu().numpy())
+        codes[:, done:end] = lay.unflatten(ids[0, p.size(1) :], first, q).cpu().numpy()
+        done = end
     bar.close()
-    return np.concatenate(out, axis=1)
+    return codes
+
+
+def prompt_codes(export_dir: str, wav: str, device: str = "cpu") -> np.ndarray:
+    """Codec codes (all levels the codec has, (Q, T)) of a prompt recording, with an acoustic export's codec."""
+    from alm.data.audio import load_mono
+    from alm.tokenizers.codec import encode, load_codec
+
+    codec = load_codec(codec_of(export_dir), device)
+    audio, _ = load_mono(Path(wav).read_bytes(), int(codec.config.sampling_rate))
+    return encode(codec, torch.as_tensor(audio)[None])[0].cpu().numpy()
 
 
 def codec_of(export_dir: str) -> str:
@@ -154,8 +172,12 @@ def generate_audiolm(semantic: str, coarse: str, fine: str, seconds: float, out_
         raise ValueError("fine export does not continue the coarse export (levels, codebook size or frame rate differ)")
     sem = chain_semantic(semantic, cc.semantic_rate, seconds, prompt_wav, temperature, top_k, seed, device, progress)
     frames = int(round(len(sem) / cc.semantic_rate * cc.frame_rate))
-    coarse_codes = acoustic_codes(coarse, sem, frames, temperature, top_k, seed + 1, device, progress)
-    fine_codes = acoustic_codes(fine, coarse_codes, frames, temperature, top_k, seed + 2, device, progress)
+    known = prompt_codes(coarse, prompt_wav, device) if prompt_wav else np.zeros((fc.prefix_levels + fc.target_levels, 0))
+    known = known[:, :frames]  # the prompt's own codes: speaker and recording conditions carry over
+    coarse_codes = acoustic_codes(coarse, sem, frames, temperature, top_k, seed + 1, device, progress,
+                                  known=known[: cc.target_levels])
+    fine_codes = acoustic_codes(fine, coarse_codes, frames, temperature, top_k, seed + 2, device, progress,
+                                known=known[cc.target_levels : cc.target_levels + fc.target_levels])
     codes = np.concatenate([coarse_codes, fine_codes], axis=0)  # (Q, T)
     n, rate = write_codes_audio(coarse, codes, out_wav, device)
     return {"wav": out_wav, "seconds": n / rate, "sample_rate": rate, "semantic_tokens": len(sem), "codes": codes}
@@ -163,11 +185,12 @@ def generate_audiolm(semantic: str, coarse: str, fine: str, seconds: float, out_
 
 def soundstorm_codes(export_dir: str, semantic: np.ndarray, frames: int, steps: list[int] | None = None,
                      temperature: float = 1.0, top_k: int = 0, seed: int = 0, device: str = "cpu",
-                     progress: bool = False) -> tuple[np.ndarray, int]:
+                     progress: bool = False, known: np.ndarray | None = None) -> tuple[np.ndarray, int]:
     """All RVQ levels for `frames` codec frames from semantic ids (S,), window by window.
 
-    Windows after the first are prompted with the previous window's last second of codes, so the
-    acoustics continue across window boundaries. -> (codes (Q, frames), forward passes)."""
+    known: codes (Q, K) of the first K frames (a prompt's), kept. Each window is prompted with up to
+    one second of the codes before it, so the acoustics continue across window boundaries.
+    -> (codes (Q, frames), forward passes)."""
     from alm.models.acoustic_lm import semantic_per_frame
 
     cfg = load_config(export_dir)
@@ -179,7 +202,10 @@ def soundstorm_codes(export_dir: str, semantic: np.ndarray, frames: int, steps: 
     overlap = min(int(round(m.frame_rate)), window // 2)
     codes = np.zeros((m.n_q, frames), dtype=np.int64)
     passes, f0 = 0, 0
-    bar = tqdm(total=frames, desc="soundstorm", unit="frame", disable=not progress)
+    if known is not None and known.shape[1]:
+        f0 = min(frames, known.shape[1])
+        codes[:, :f0] = known[: m.n_q, :f0]
+    bar = tqdm(total=frames - f0, desc="soundstorm", unit="frame", disable=not progress)
     while f0 < frames:
         p = min(overlap, f0)  # prompt frames from the previous window
         start, end = f0 - p, min(frames, f0 - p + window)
@@ -205,7 +231,9 @@ def generate_soundstorm(semantic: str, soundstorm: str, seconds: float, out_wav:
         raise ValueError(f"SoundStorm export expects {m.semantic_vocab} semantic ids, the semantic export has {sem_vocab}")
     sem = chain_semantic(semantic, m.semantic_rate, seconds, prompt_wav, temperature, top_k, seed, device, progress)
     frames = int(round(len(sem) / m.semantic_rate * m.frame_rate))
-    codes, passes = soundstorm_codes(soundstorm, sem, frames, steps, temperature, top_k, seed + 1, device, progress)
+    known = prompt_codes(soundstorm, prompt_wav, device)[:, :frames] if prompt_wav else None
+    codes, passes = soundstorm_codes(soundstorm, sem, frames, steps, temperature, top_k, seed + 1, device, progress,
+                                     known=known)
     n, rate = write_codes_audio(soundstorm, codes, out_wav, device)
     return {"wav": out_wav, "seconds": n / rate, "sample_rate": rate, "semantic_tokens": len(sem), "codes": codes,
             "forward_passes": passes}

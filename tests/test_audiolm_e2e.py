@@ -37,6 +37,14 @@ def test_chain_from_exports_writes_wav(tmp_path):
         "--prompt", str(tmp_path / "prompt.wav"), "--out", str(tmp_path / "cont.wav"))
     cont, _ = sf.read(tmp_path / "cont.wav")
     assert abs(len(cont) - 2 * 16000) <= 320  # 1 s of prompt (re-synthesised) + 1 s continuation
+    from alm.generate import generate_audiolm, prompt_codes
+
+    r = generate_audiolm(str(tmp_path / "semantic-export"), str(tmp_path / "coarse-export"),
+                         str(tmp_path / "fine-export"), 1.0, str(tmp_path / "cont2.wav"), str(tmp_path / "prompt.wav"),
+                         progress=False)
+    own = prompt_codes(str(tmp_path / "coarse-export"), str(tmp_path / "prompt.wav"))
+    k = min(own.shape[1], r["codes"].shape[1])
+    assert k >= 45 and np.array_equal(r["codes"][:, :k], own[:4, :k])  # the prompt's own codes carry over
 
 
 def test_acoustic_stages_other_strategies_with_audio_samples(tmp_path):
