@@ -48,9 +48,10 @@ def dist_rank_world() -> tuple[int, int]:
 
 def resolve_shard_sets(spec: str) -> list[list[str]]:
     """'a/*.tar + b/*.tar' -> [[a shards], [b shards]]: parallel sets joined by file name and key."""
-    sets = [expand_shards(s) for s in join_sets(spec)]
+    specs = join_sets(spec)
+    sets = [expand_shards(s) for s in specs]
     names = [os.path.basename(u) for u in sets[0]]
-    for other, s in zip(sets[1:], join_sets(spec)[1:]):
+    for other, s in zip(sets[1:], specs[1:]):
         by_name = {os.path.basename(u): u for u in other}
         missing = [n for n in names if n not in by_name]
         if missing:
