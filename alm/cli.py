@@ -171,7 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s: %(message)s"))
     logging.getLogger("alm").addHandler(handler)
     logging.getLogger("alm").setLevel(logging.INFO)
-    return COMMANDS[argv[0]](argv[1:])
+    from alm.errors import UserError
+
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except UserError as exc:  # a user's mistake: one line, no traceback
+        print(f"alm {argv[0]}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

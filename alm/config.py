@@ -20,7 +20,10 @@ from omegaconf.errors import OmegaConfBaseException
 from alm.stages import MODEL_OF_STAGE
 
 
-class RecipeError(ValueError):
+from alm.errors import UserError
+
+
+class RecipeError(UserError):
     """A recipe or override is invalid; the message names the key and where it came from."""
 
 
