@@ -3,7 +3,7 @@
     alm demo                                   the embedded default: data -> tokens -> train -> export -> sample
     alm train RECIPE.yaml [key=value ...]      train a stage (resumes from run_dir automatically)
     alm export RUN_DIR|CHECKPOINT --out DIR    consolidated safetensors + config + tokenizer
-    alm generate semantic EXPORT_DIR ...       sample tokens from an exported semantic LM
+    alm generate {semantic,audiolm,soundstorm} ...   generate from exports (commands declared by the stages)
     alm tokenize {semantic,codec,text} ...     write token shards / fit tokenizers
     alm prep DATASET --src DIR --out DIR       dataset on disk -> WebDataset shards
     alm launch {slurm,local} RECIPE|PIPELINE   submit to SLURM (multi-node, preemption, pipelines) or run locally
@@ -54,62 +54,21 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
-def _generate(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="alm generate", description="Generate from exported models.")
-    sub = p.add_subparsers(dest="kind", required=True)
-    sem = sub.add_parser("semantic", help="sample semantic tokens from an exported semantic LM")
-    sem.add_argument("export_dir")
-    sem.add_argument("--tokens", type=int, default=100, help="tokens to sample")
-    sem.add_argument("--num", type=int, default=1, help="sequences to sample")
-    sem.add_argument("--out", default=None, help="save the token ids as .npy")
-    chain = sub.add_parser("audiolm", help="semantic -> coarse -> fine -> codec: write a wav")
-    chain.add_argument("--semantic", required=True, help="exported semantic stage")
-    chain.add_argument("--coarse", required=True, help="exported coarse stage")
-    chain.add_argument("--fine", required=True, help="exported fine stage")
-    chain.add_argument("--prompt", default=None, help="a recording to continue (its semantic tokens prefix the output)")
-    chain.add_argument("--seconds", type=float, default=3.0, help="seconds to generate (after the prompt)")
-    chain.add_argument("--out", required=True, help="output .wav")
-    storm = sub.add_parser("soundstorm", help="semantic LM -> SoundStorm (parallel decoding) -> codec: write a wav")
-    storm.add_argument("--semantic", required=True, help="exported semantic stage")
-    storm.add_argument("--soundstorm", required=True, help="exported SoundStorm stage")
-    storm.add_argument("--prompt", default=None, help="a recording to continue (its semantic tokens prefix the output)")
-    storm.add_argument("--seconds", type=float, default=3.0, help="seconds to generate (after the prompt)")
-    storm.add_argument("--steps", default=None, help="forward passes per RVQ level, e.g. 16,1,1,1 (default 16 then 1s)")
-    storm.add_argument("--out", required=True, help="output .wav")
-    for q in (sem, chain, storm):
-        q.add_argument("--temperature", type=float, default=1.0)
-        q.add_argument("--top-k", type=int, default=0)
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--device", default="cpu")
-    sem.add_argument("--top-p", type=float, default=1.0)
-    a = p.parse_args(argv)
-    if a.kind == "semantic":
-        from alm.generate import sample_semantic
+def _stage_verb(verb: str):
+    """`alm VERB NAME ...` for the commands the stages declare (alm/stages/: Stage.commands)."""
 
-        tokens = sample_semantic(a.export_dir, a.tokens, a.num, a.temperature, a.top_k, a.top_p, a.seed, a.device)
-        for row in tokens:
-            print(" ".join(str(int(t)) for t in row))
-        if a.out:
-            import numpy as np
+    def run(argv: list[str]) -> int:
+        from alm.stages import all_commands
 
-            np.save(a.out, tokens)
-            print(f"[alm] saved {tokens.shape} token ids to {a.out}")
-        return 0
-    if a.kind == "soundstorm":
-        from alm.generate import generate_soundstorm
+        commands = [c for c in all_commands() if c.verb == verb]
+        p = argparse.ArgumentParser(prog=f"alm {verb}", description=f"alm {verb}: commands of the stages")
+        sub = p.add_subparsers(dest="name", required=True)
+        for c in commands:
+            c.add_arguments(sub.add_parser(c.name, help=c.help, description=c.help))
+        a = p.parse_args(argv)
+        return next(c for c in commands if c.name == a.name).run(a)
 
-        steps = [int(x) for x in a.steps.split(",")] if a.steps else None
-        r = generate_soundstorm(a.semantic, a.soundstorm, a.seconds, a.out, a.prompt, steps, a.temperature, a.top_k,
-                                a.seed, a.device)
-        print(f"[alm] wrote {r['wav']}: {r['seconds']:.2f} s at {r['sample_rate']} Hz "
-              f"(codes {tuple(r['codes'].shape)} in {r['forward_passes']} SoundStorm forward passes)")
-        return 0
-    from alm.generate import generate_audiolm
-
-    r = generate_audiolm(a.semantic, a.coarse, a.fine, a.seconds, a.out, a.prompt, a.temperature, a.top_k, a.seed, a.device)
-    print(f"[alm] wrote {r['wav']}: {r['seconds']:.2f} s at {r['sample_rate']} Hz "
-          f"({r['semantic_tokens']} semantic tokens, codes {tuple(r['codes'].shape)})")
-    return 0
+    return run
 
 
 def _tokenize(argv: list[str]) -> int:
@@ -154,7 +113,7 @@ COMMANDS = {
     "demo": _demo,
     "train": _train,
     "export": _export,
-    "generate": _generate,
+    "generate": _stage_verb("generate"),
     "tokenize": _tokenize,
     "prep": _prep,
     "launch": _launch,
@@ -164,6 +123,11 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
+        from alm.stages import all_commands  # verbs only stages declare (e.g. `alm embed`, `alm convert`)
+
+        if any(c.verb == argv[0] for c in all_commands()):
+            COMMANDS[argv[0]] = _stage_verb(argv[0])
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -17,7 +17,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from alm.stages import MODEL_OF_STAGE
+from alm.stages import STAGE_NAMES
 
 
 from alm.errors import UserError
@@ -47,6 +47,7 @@ class TrainerConfig:
     progress_bar: bool = True
     audio_samples: int = 0  # stages that make audio: examples generated, decoded and logged at each validation
     threads: int = 0  # torch intra-op threads per process; 0 = torch's default
+    activation_checkpointing: bool = False  # recompute each transformer block in the backward pass
 
 
 @dataclass
@@ -65,6 +66,17 @@ class DataConfig:
 
 
 @dataclass
+class ParamGroupConfig:
+    """Parameters whose names match `params` (a glob over the model's parameter names, e.g.
+    "text_encoder.*" or "blocks.0.*") train with their own lr / weight decay, or not at all."""
+
+    params: str = MISSING
+    lr: Optional[float] = None  # None: optim.lr
+    weight_decay: Optional[float] = None  # None: optim.weight_decay (matrices only; never biases / norms)
+    freeze: bool = False  # no gradients, not in the optimizer
+
+
+@dataclass
 class OptimConfig:
     lr: float = 3e-4
     weight_decay: float = 0.1
@@ -72,6 +84,7 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio at trainer.max_steps
+    groups: list[ParamGroupConfig] = field(default_factory=list)  # first matching group wins
 
 
 @dataclass
@@ -89,11 +102,12 @@ class RunConfig:
     run_dir: str = MISSING
     seed: int = 0
     resume: str = "auto"  # auto (newest checkpoint in run_dir) | never | PATH of a checkpoint
+    init_from: Optional[str] = None  # an alm export dir: its weights start a fresh run (fresh optimizer)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = field(default_factory=DataConfig)  # DataConfig, or the stage's subclass of it
     optim: OptimConfig = field(default_factory=OptimConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    model: Any = None  # the stage's model config dataclass (see alm.stages.MODEL_OF_STAGE)
+    model: Any = None  # the stage's model config dataclass (Stage.model_config in alm/stages/)
 
 
 _CHOICES = {
@@ -118,12 +132,13 @@ _POSITIVE = (
 
 
 def schema_for(stage: str, source: str) -> DictConfig:
-    if stage not in MODEL_OF_STAGE:
-        raise RecipeError(
-            f"{source}: key 'stage': unknown stage {stage!r}; expected one of {', '.join(sorted(MODEL_OF_STAGE))}"
-        )
-    model_config_cls, _ = MODEL_OF_STAGE[stage]
-    return OmegaConf.structured(RunConfig(stage=stage, model=model_config_cls()))
+    """The recipe schema of `stage`: RunConfig with the stage's model (and data) config sections."""
+    if stage not in STAGE_NAMES:
+        raise RecipeError(f"{source}: key 'stage': unknown stage {stage!r}; expected one of {', '.join(STAGE_NAMES)}")
+    from alm.stages import get_stage
+
+    spec = get_stage(stage)
+    return OmegaConf.structured(RunConfig(stage=stage, model=spec.model_config(), data=(spec.data_config or DataConfig)()))
 
 
 def _error(source: str, exc: OmegaConfBaseException) -> RecipeError:
@@ -150,10 +165,11 @@ def build_config(raw: DictConfig, source: str, overrides: list[str] | tuple[str,
     for item in overrides:
         if "=" not in item:
             raise RecipeError(f"command line: override {item!r} is not of the form key=value")
-    stage = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "stage"), raw.get("stage"))
+    override = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "stage"), None)
+    stage = override if override is not None else raw.get("stage")
     if stage is None:
         raise RecipeError(f"{source}: key 'stage': missing required value")
-    cfg = schema_for(str(stage), source)
+    cfg = schema_for(str(stage), "command-line override" if override is not None else source)
     try:
         cfg = OmegaConf.merge(cfg, raw)
     except OmegaConfBaseException as exc:

@@ -22,7 +22,7 @@ from safetensors.torch import load_model, save_model
 
 from alm.config import RunConfig, from_yaml_text, to_yaml
 from alm.io import atomic_write_text
-from alm.stages import MODEL_OF_STAGE
+from alm.stages import get_stage
 
 PREFIX = "model."  # the LightningModule holds the model as `self.model`
 
@@ -59,8 +59,7 @@ def consolidated_state_dict(step_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def build_model(cfg: RunConfig) -> torch.nn.Module:
-    _, model_cls = MODEL_OF_STAGE[cfg.stage]
-    return model_cls(cfg.model)
+    return get_stage(cfg.stage).model(cfg.model)
 
 
 def export(src: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -54,9 +54,13 @@ def resolve_synthetic(cfg) -> None:
     """Replace `synthetic` in data.train_shards / data.val_shards by the stage's cached dataset."""
     if "synthetic" not in (cfg.data.train_shards, cfg.data.val_shards):
         return
-    from alm.stages import synthetic_data
+    from alm.errors import UserError
+    from alm.stages import get_stage
 
-    made = synthetic_data(cfg.stage)(cfg, cache_root())
+    make = get_stage(cfg.stage).synthetic_data
+    if make is None:
+        raise UserError(f"stage {cfg.stage} has no built-in synthetic data: set data.train_shards to your shards")
+    made = make(cfg, cache_root())
     if cfg.data.train_shards == "synthetic":
         cfg.data.train_shards = made["train_shards"]
     if cfg.data.val_shards == "synthetic":

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from alm.models.sampling import sample_next
-from alm.models.transformer import RMSNorm, apply_rope, rope_table
+from alm.models.transformer import RMSNorm, RopeCache, apply_rope, gpt2_init, no_gather
 
 
 @dataclass
@@ -224,22 +225,13 @@ class SoundStorm(nn.Module):
         self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(C) if cfg.conv_kernel == 0 else nn.Identity()  # conformer blocks end normed
         self.heads = LevelHeads(Q, C, V)
-        self.register_buffer("rope", rope_table(cfg.head_dim, cfg.max_frames, cfg.rope_theta), persistent=False)
+        self.rope = RopeCache(cfg.head_dim, cfg.max_frames, cfg.rope_theta)
         self.register_buffer("level_offsets", torch.arange(Q) * (V + 1), persistent=False)
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # scaled init of the residual projections (GPT-2)
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        self.init_weights()
         self.last_forward_passes = 0  # forward passes of the last `generate`
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Conv1d)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    def init_weights(self, gathered: Callable[[list], ContextManager] = no_gather) -> None:
+        gpt2_init(self, self.cfg.n_layer, gathered, types=(nn.Linear, nn.Conv1d))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -268,7 +260,7 @@ class SoundStorm(nn.Module):
         semantic = semantic.masked_fill(~valid, self.cfg.semantic_pad_id)
         x = self.code_embed(codes + self.level_offsets[:, None]).sum(dim=1)  # (B, T, C)
         x = self.drop(x + self.semantic_embed(semantic))
-        rope = self.rope[:T]
+        rope = self.rope(0, T, codes.device)
         # (B, 1, 1, T); an example of length 0 attends to everything rather than to nothing (NaN)
         key_mask = (valid | ~valid.any(-1, keepdim=True))[:, None, None, :]
         for block in self.blocks:

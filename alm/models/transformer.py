@@ -13,8 +13,10 @@ forward over a single position instead of the whole prefix.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterable
 
 import torch
 import torch.nn as nn
@@ -80,6 +82,52 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     cos, sin = table[..., 0], table[..., 1]  # (T, hd/2)
     out = torch.stack([x2[..., 0] * cos - x2[..., 1] * sin, x2[..., 0] * sin + x2[..., 1] * cos], dim=-1)
     return out.flatten(-2).type_as(x)
+
+
+class RopeCache:
+    """The rotary table, kept in fp32 whatever the module's dtype (bf16-true casts buffers: a bf16
+    table puts ~2e-3 error on every angle), moved to the device of the first input that needs it.
+    Deliberately not a buffer: not in the state dict, not touched by `module.to(dtype)`."""
+
+    def __init__(self, head_dim: int, max_len: int, theta: float):
+        self.table = rope_table(head_dim, max_len, theta)  # (L, hd/2, 2) fp32
+
+    def __call__(self, start: int, length: int, device: torch.device) -> torch.Tensor:
+        if self.table.device != device:
+            self.table = self.table.to(device)
+        return self.table[start : start + length]
+
+
+def no_gather(params: list[nn.Parameter]) -> ContextManager:
+    return contextlib.nullcontext()
+
+
+def gpt2_init(model: nn.Module, n_layer: int, gathered: Callable[[list], ContextManager] = no_gather,
+              types: tuple[type, ...] = (nn.Linear,)) -> None:
+    """GPT-2 initialisation: N(0, 0.02) for the weights of `types` and embeddings, zero biases, and
+    the residual projections (`*proj.weight`) scaled by 1/sqrt(2 n_layer).
+
+    `gathered(params)` is a context in which `params` are whole tensors: the trainer passes
+    DeepSpeed's GatheredParameters when the model was built partitioned (ZeRO-3); on one device it
+    does nothing. Draws happen in the same order either way, so a sharded build initialises exactly
+    like an unsharded one.
+    """
+
+    def visit(module: nn.Module) -> Iterable[nn.Module]:  # children first, as nn.Module.apply
+        for child in module.children():
+            yield from visit(child)
+        yield module
+
+    for module in visit(model):
+        if isinstance(module, types + (nn.Embedding,)):
+            with gathered(list(module.parameters(recurse=False))):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+    for name, p in model.named_parameters():
+        if name.endswith("proj.weight"):
+            with gathered([p]):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
 
 
 class KVCache:
@@ -161,20 +209,11 @@ class TransformerLM(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        self.register_buffer("rope", rope_table(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta), persistent=False)
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # scaled init of the residual projections (GPT-2)
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        self.rope = RopeCache(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
+        self.init_weights()
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    def init_weights(self, gathered: Callable[[list], ContextManager] = no_gather) -> None:
+        gpt2_init(self, self.cfg.n_layer, gathered)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -185,7 +224,7 @@ class TransformerLM(nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.cfg.max_seq_len}")
-        rope = self.rope[start : start + T]
+        rope = self.rope(start, T, tokens.device)
         x = self.drop(self.embed(tokens))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, cache, i)

@@ -1,48 +1,61 @@
-"""The trainable stages of the family, and the one table that maps a recipe's `stage:` to code.
+"""The stage table: every trainable member of the family, by the name a recipe's `stage:` uses.
 
-A stage is one model file (alm/models/, pure torch), one small stage file (alm/stages/<name>.py:
-how a shard sample becomes an example, and which LightningModule trains it) and one recipe.
-MODEL_OF_STAGE names each stage's model config dataclass and model class — light imports only (no
-Lightning), so loading an export needs nothing but torch. `stage_builder(stage)` imports the stage
-file explicitly and returns its `build(cfg) -> LightningModule`.
+Each entry imports its stage file only when asked for (explicit imports, no string registry), so
+this table — `STAGE_NAMES`, and config validation of `stage:` — needs neither torch nor Lightning.
+A stage file declares one `Stage` (alm/stages/spec.py); adding a stage is one model file
+(alm/models/), one stage file and one recipe, plus its line here. Nothing in trainer, data,
+export or cli changes.
 """
 
 from __future__ import annotations
 
-from alm.models.acoustic_lm import AcousticLM, AcousticLMConfig
-from alm.models.soundstorm import SoundStorm, SoundStormConfig
-from alm.models.transformer import TransformerConfig, TransformerLM
+from typing import Callable
 
-MODEL_OF_STAGE = {
-    "semantic": (TransformerConfig, TransformerLM),  # AudioLM stage 1
-    "coarse": (AcousticLMConfig, AcousticLM),  # AudioLM stage 2: semantic -> first Q' RVQ levels
-    "fine": (AcousticLMConfig, AcousticLM),  # AudioLM stage 3: coarse -> remaining levels
-    "soundstorm": (SoundStormConfig, SoundStorm),  # semantic -> all RVQ levels, parallel decoding
+from alm.stages.spec import Command, Stage
+
+
+def _semantic() -> Stage:
+    from alm.stages.semantic import STAGE
+
+    return STAGE
+
+
+def _coarse() -> Stage:
+    from alm.stages.acoustic import COARSE
+
+    return COARSE
+
+
+def _fine() -> Stage:
+    from alm.stages.acoustic import FINE
+
+    return FINE
+
+
+def _soundstorm() -> Stage:
+    from alm.stages.soundstorm import STAGE
+
+    return STAGE
+
+
+STAGES: dict[str, Callable[[], Stage]] = {
+    "semantic": _semantic,  # AudioLM stage 1: LM over semantic (k-means of SSL features) tokens
+    "coarse": _coarse,  # AudioLM stage 2: semantic -> first Q' RVQ levels
+    "fine": _fine,  # AudioLM stage 3: coarse -> remaining RVQ levels
+    "soundstorm": _soundstorm,  # semantic -> all RVQ levels, parallel decoding
 }
+STAGE_NAMES = tuple(STAGES)
 
 
-def _stage_module(stage: str):
-    if stage == "semantic":
-        from alm.stages import semantic
-
-        return semantic
-    if stage in ("coarse", "fine"):
-        from alm.stages import acoustic
-
-        return acoustic
-    if stage == "soundstorm":
-        from alm.stages import soundstorm
-
-        return soundstorm
-    raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(sorted(MODEL_OF_STAGE))}")
+def get_stage(name: str) -> Stage:
+    """The Stage declared for `name` (imports its stage file)."""
+    if name not in STAGES:
+        raise KeyError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_NAMES)}")
+    stage = STAGES[name]()
+    assert stage.name == name, (stage.name, name)
+    return stage
 
 
-def stage_builder(stage: str):
-    """build(cfg) -> the LightningModule that trains `stage`."""
-    return _stage_module(stage).build
-
-
-def synthetic_data(stage: str):
-    """The function that makes (once, cached) the synthetic training data of `stage`:
-    f(cfg, cache_root) -> {"train_shards", "val_shards", "tokenizer", ...}."""
-    return _stage_module(stage).synthetic_data
+def all_commands() -> list[Command]:
+    """Every CLI command the stages contribute, in table order."""
+    return [c for name in STAGE_NAMES for c in get_stage(name).commands]

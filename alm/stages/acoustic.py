@@ -23,8 +23,10 @@ import torch
 
 from alm.config import RunConfig
 from alm.data.shards import npy_load
+from alm.errors import UserError
 from alm.models.acoustic_lm import AcousticLM, AcousticLMConfig, aligned_window
-from alm.stages.lm import TokenLMStage
+from alm.stages.lm import IGNORE, collate, example_length, lm_loss
+from alm.stages.spec import Command, Stage
 
 SEMANTIC = "semantic.npy"
 CODES = "codes.npy"
@@ -69,9 +71,9 @@ def check_data(cfg: RunConfig) -> None:
     if cfg.stage == "coarse":
         check_semantic_tokenizer(cfg, m.semantic_vocab, m.semantic_rate)
     if cfg.stage == "fine" and m.semantic_vocab:
-        raise ValueError("stage fine: model.semantic_vocab must be 0 (the fine stage is conditioned on coarse codes)")
+        raise UserError("stage fine: model.semantic_vocab must be 0 (the fine stage is conditioned on coarse codes)")
     if cfg.stage == "coarse" and not m.semantic_vocab:
-        raise ValueError("stage coarse: model.semantic_vocab must be the number of semantic clusters (> 0)")
+        raise UserError("stage coarse: model.semantic_vocab must be the number of semantic clusters (> 0)")
     check_codec(cfg, m.codebook_size, m.frame_rate, m.prefix_levels + m.target_levels)
 
 
@@ -82,9 +84,9 @@ def check_semantic_tokenizer(cfg: RunConfig, semantic_vocab: int, semantic_rate:
         return
     t = json.loads(path.read_text())
     if t["n_clusters"] != semantic_vocab:
-        raise ValueError(f"model.semantic_vocab={semantic_vocab} but {path} has {t['n_clusters']} clusters")
+        raise UserError(f"model.semantic_vocab={semantic_vocab} but {path} has {t['n_clusters']} clusters")
     if abs(t.get("frame_rate", semantic_rate) - semantic_rate) > 1e-6:
-        raise ValueError(f"model.semantic_rate={semantic_rate} but {path} has frame_rate {t['frame_rate']}")
+        raise UserError(f"model.semantic_rate={semantic_rate} but {path} has frame_rate {t['frame_rate']}")
 
 
 def check_codec(cfg: RunConfig, codebook_size: int, frame_rate: float, levels: int) -> None:
@@ -94,9 +96,9 @@ def check_codec(cfg: RunConfig, codebook_size: int, frame_rate: float, levels: i
         return
     for key, want in (("codebook_size", codebook_size), ("frame_rate", frame_rate)):
         if abs(float(info[key]) - float(want)) > 1e-6:
-            raise ValueError(f"model.{key}={want} but the codec {cfg.data.codec} has {key}={info[key]}")
+            raise UserError(f"model.{key}={want} but the codec {cfg.data.codec} has {key}={info[key]}")
     if levels > info["n_q"]:
-        raise ValueError(f"the model uses {levels} RVQ levels; the codec {cfg.data.codec} has {info['n_q']}")
+        raise UserError(f"the model uses {levels} RVQ levels; the codec {cfg.data.codec} has {info['n_q']}")
 
 
 def codec_meta(codec: str) -> dict:
@@ -113,8 +115,6 @@ def codec_meta(codec: str) -> dict:
 def sample_codes(model: AcousticLM, batch: dict[str, Any], i: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Continue example i of a batch from its prefix -> (generated, reference) codes (levels, T), with the
     fine stage's coarse prefix levels in front so both decode to full audio."""
-    from alm.stages.lm import IGNORE
-
     m, lay = model.cfg, model.layout
     targets = batch["targets"][i]
     real = (targets != IGNORE).nonzero().flatten()
@@ -133,10 +133,8 @@ def sample_codes(model: AcousticLM, batch: dict[str, Any], i: int, seed: int) ->
     return generated, reference
 
 
-def build(cfg: RunConfig) -> TokenLMStage:
-    check_data(cfg)
-    example = functools.partial(make_example, model=cfg.model)
-    return TokenLMStage(cfg, AcousticLM(cfg.model), example, sample_codes)
+def examples(cfg: RunConfig):
+    return functools.partial(make_example, model=cfg.model)
 
 
 TINY_CODEC = "tiny-codec-16k-q4-c32"
@@ -171,3 +169,36 @@ def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
 
     return {"train_shards": spec("train"), "val_shards": spec("val"), "tokenizer": str(sem / "tokenizer"),
             "codec": str(codec)}
+
+
+def _chain_arguments(p) -> None:
+    p.add_argument("--semantic", required=True, help="exported semantic stage")
+    p.add_argument("--coarse", required=True, help="exported coarse stage")
+    p.add_argument("--fine", required=True, help="exported fine stage")
+    p.add_argument("--prompt", default=None, help="a recording to continue (its semantic tokens prefix the output)")
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds to generate (after the prompt)")
+    p.add_argument("--out", required=True, help="output .wav")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def _chain(a) -> int:
+    from alm.generate import generate_audiolm
+
+    r = generate_audiolm(a.semantic, a.coarse, a.fine, a.seconds, a.out, a.prompt, a.temperature, a.top_k, a.seed, a.device)
+    print(f"[alm] wrote {r['wav']}: {r['seconds']:.2f} s at {r['sample_rate']} Hz "
+          f"({r['semantic_tokens']} semantic tokens, codes {tuple(r['codes'].shape)})")
+    return 0
+
+
+def _stage(name: str, description: str, commands: tuple = ()) -> Stage:
+    return Stage(name=name, description=description, model_config=AcousticLMConfig, model=AcousticLM,
+                 make_example=examples, collate=collate, example_length=example_length, loss=lm_loss,
+                 check=check_data, synthetic_data=synthetic_data, sample_codes=sample_codes, commands=commands)
+
+
+COARSE = _stage("coarse", "AudioLM stage 2: semantic tokens -> the first Q' codec RVQ levels")
+FINE = _stage("fine", "AudioLM stage 3: coarse RVQ levels -> the remaining levels", commands=(
+    Command("generate", "audiolm", "semantic -> coarse -> fine -> codec: write a wav", _chain_arguments, _chain),))

@@ -17,8 +17,10 @@ import numpy as np
 
 from alm.config import RunConfig
 from alm.data.shards import npy_load
-from alm.models.transformer import TransformerLM
-from alm.stages.lm import TokenLMStage
+from alm.errors import UserError
+from alm.models.transformer import TransformerConfig, TransformerLM
+from alm.stages.lm import collate, example_length, lm_loss
+from alm.stages.spec import Command, Stage
 from alm.tokenizers.semantic import MEMBER, special_tokens
 
 
@@ -42,25 +44,22 @@ def make_example(sample: dict[str, Any], rng: np.random.Generator, max_len: int,
     return {"tokens": np.concatenate([[bos], seq, tail]).astype(np.int64)}
 
 
-def check_tokenizer(cfg: RunConfig) -> None:
-    """model.vocab_size must be the tokenizer's K + 2 (BOS, EOS)."""
+def check(cfg: RunConfig) -> None:
+    """model.vocab_size must be the tokenizer's K + 2 (BOS, EOS); examples must fit the context."""
+    if cfg.data.max_len > cfg.model.max_seq_len:
+        raise UserError(f"data.max_len={cfg.data.max_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
     if not cfg.data.tokenizer:
         return
     path = Path(cfg.data.tokenizer) / "semantic_tokenizer.json"
     if not path.is_file():
-        raise FileNotFoundError(f"data.tokenizer={cfg.data.tokenizer}: no semantic_tokenizer.json inside")
+        raise UserError(f"data.tokenizer={cfg.data.tokenizer}: no semantic_tokenizer.json inside (not a semantic tokenizer)")
     k = json.loads(path.read_text())["n_clusters"]
     if cfg.model.vocab_size != k + 2:
-        raise ValueError(f"model.vocab_size={cfg.model.vocab_size} but the tokenizer has {k} clusters: expected {k + 2}")
+        raise UserError(f"model.vocab_size={cfg.model.vocab_size} but the tokenizer has {k} clusters: expected {k + 2}")
 
 
-def build(cfg: RunConfig) -> TokenLMStage:
-    """The semantic stage's LightningModule: a TransformerLM over [BOS] tokens [EOS]."""
-    check_tokenizer(cfg)
-    if cfg.data.max_len > cfg.model.max_seq_len:
-        raise ValueError(f"data.max_len={cfg.data.max_len} exceeds model.max_seq_len={cfg.model.max_seq_len}")
-    example = functools.partial(make_example, max_len=cfg.data.max_len, vocab_size=cfg.model.vocab_size)
-    return TokenLMStage(cfg, TransformerLM(cfg.model), example)
+def examples(cfg: RunConfig):
+    return functools.partial(make_example, max_len=cfg.data.max_len, vocab_size=cfg.model.vocab_size)
 
 
 SYNTHETIC_AUDIO = "synthetic-v1"
@@ -89,3 +88,43 @@ def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
         "val_shards": str(tokens / "val-*.tar"),
         "tokenizer": str(tokens / "tokenizer"),
     }
+
+
+def _generate_arguments(p) -> None:
+    p.add_argument("export_dir")
+    p.add_argument("--tokens", type=int, default=100, help="tokens to sample")
+    p.add_argument("--num", type=int, default=1, help="sequences to sample")
+    p.add_argument("--out", default=None, help="save the token ids as .npy")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def _generate(a) -> int:
+    from alm.generate import sample_semantic
+
+    tokens = sample_semantic(a.export_dir, a.tokens, a.num, a.temperature, a.top_k, a.top_p, a.seed, a.device)
+    for row in tokens:
+        print(" ".join(str(int(t)) for t in row))
+    if a.out:
+        np.save(a.out, tokens)
+        print(f"[alm] saved {tokens.shape} token ids to {a.out}")
+    return 0
+
+
+STAGE = Stage(
+    name="semantic",
+    description="AudioLM stage 1: decoder-only LM over semantic tokens (k-means ids of SSL features)",
+    model_config=TransformerConfig,
+    model=TransformerLM,
+    make_example=examples,
+    collate=collate,
+    example_length=example_length,
+    loss=lm_loss,
+    check=check,
+    synthetic_data=synthetic_data,
+    commands=(Command("generate", "semantic", "sample semantic tokens from an exported semantic LM",
+                      _generate_arguments, _generate),),
+)

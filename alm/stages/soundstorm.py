@@ -14,7 +14,6 @@ import functools
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 
@@ -22,8 +21,7 @@ from alm.config import RunConfig
 from alm.data.shards import npy_load
 from alm.models.acoustic_lm import aligned_window, semantic_per_frame
 from alm.models.soundstorm import SoundStorm, SoundStormConfig
-from alm.training.data import train_loader, val_loader
-from alm.training.optim import configure_optimizers
+from alm.stages.spec import Command, Stage
 
 SEMANTIC = "semantic.npy"
 CODES = "codes.npy"
@@ -65,54 +63,35 @@ def collate(examples: list[dict]) -> dict[str, Any]:
             "_tokens": int(lengths.sum()) * q}
 
 
-class SoundStormStage(L.LightningModule):
-    def __init__(self, cfg: RunConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.model = SoundStorm(cfg.model)
-        self.make_example = functools.partial(make_example, model=cfg.model)
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _ = self.model.training_loss(batch["codes"], batch["semantic"], batch["lengths"])
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True, batch_size=1)
-        return loss
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        # the same masks at every validation, so the numbers are comparable across steps
-        g = torch.Generator(device=batch["codes"].device).manual_seed(self.cfg.seed * 1000 + batch_idx)
-        loss, _ = self.model.training_loss(batch["codes"], batch["semantic"], batch["lengths"], generator=g)
-        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=1)
-
-    @torch.no_grad()
-    def sample_codes(self, batch: dict[str, Any], i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Decode example i's codes from its semantic tokens alone -> (generated, reference) (Q, T)."""
-        n = int(batch["lengths"][i])
-        g = torch.Generator(device=batch["codes"].device).manual_seed(self.cfg.seed + self.global_step)
-        steps = [8] + [1] * (self.cfg.model.n_q - 1)
-        generated = self.model.generate(batch["semantic"][i : i + 1, :n], steps_per_level=steps, generator=g)
-        return generated[0].cpu().numpy(), batch["codes"][i, :, :n].cpu().numpy()
-
-    def configure_callbacks(self):
-        from alm.training.audio_samples import audio_sample_callbacks
-
-        return audio_sample_callbacks(self.cfg)
-
-    def configure_optimizers(self):
-        return configure_optimizers(self.model, self.cfg)
-
-    def train_dataloader(self):
-        return train_loader(self.trainer, self.cfg, self.make_example, collate, example_length)
-
-    def val_dataloader(self):
-        return val_loader(self.trainer, self.cfg, self.make_example, collate, example_length)
+def loss(model: SoundStorm, batch: dict[str, Any]) -> torch.Tensor:
+    return model.training_loss(batch["codes"], batch["semantic"], batch["lengths"])[0]
 
 
-def build(cfg: RunConfig) -> SoundStormStage:
+def val_loss(model: SoundStorm, batch: dict[str, Any], batch_idx: int, seed: int) -> torch.Tensor:
+    """The same masks at every validation, so the numbers are comparable across steps."""
+    g = torch.Generator(device=batch["codes"].device).manual_seed(seed * 1000 + batch_idx)
+    return model.training_loss(batch["codes"], batch["semantic"], batch["lengths"], generator=g)[0]
+
+
+@torch.no_grad()
+def sample_codes(model: SoundStorm, batch: dict[str, Any], i: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decode example i's codes from its semantic tokens alone -> (generated, reference) (Q, T)."""
+    n = int(batch["lengths"][i])
+    g = torch.Generator(device=batch["codes"].device).manual_seed(seed)
+    steps = [8] + [1] * (model.cfg.n_q - 1)
+    generated = model.generate(batch["semantic"][i : i + 1, :n], steps_per_level=steps, generator=g)
+    return generated[0].cpu().numpy(), batch["codes"][i, :, :n].cpu().numpy()
+
+
+def check(cfg: RunConfig) -> None:
     from alm.stages.acoustic import check_codec, check_semantic_tokenizer
 
     check_semantic_tokenizer(cfg, cfg.model.semantic_vocab, cfg.model.semantic_rate)
     check_codec(cfg, cfg.model.codebook_size, cfg.model.frame_rate, cfg.model.n_q)
-    return SoundStormStage(cfg)
+
+
+def examples(cfg: RunConfig):
+    return functools.partial(make_example, model=cfg.model)
 
 
 def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
@@ -123,3 +102,45 @@ def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
                                          cfg.model.n_q)
     return {"train_shards": f"{sem}/train-*.tar + {codes}/train-*.tar", "val_shards": f"{sem}/val-*.tar + {codes}/val-*.tar",
             "tokenizer": str(sem / "tokenizer"), "codec": str(codec)}
+
+
+def _generate_arguments(p) -> None:
+    p.add_argument("--semantic", required=True, help="exported semantic stage")
+    p.add_argument("--soundstorm", required=True, help="exported SoundStorm stage")
+    p.add_argument("--prompt", default=None, help="a recording to continue (its semantic tokens prefix the output)")
+    p.add_argument("--seconds", type=float, default=3.0, help="seconds to generate (after the prompt)")
+    p.add_argument("--steps", default=None, help="forward passes per RVQ level, e.g. 16,1,1,1 (default 16 then 1s)")
+    p.add_argument("--out", required=True, help="output .wav")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+
+def _generate(a) -> int:
+    from alm.generate import generate_soundstorm
+
+    steps = [int(x) for x in a.steps.split(",")] if a.steps else None
+    r = generate_soundstorm(a.semantic, a.soundstorm, a.seconds, a.out, a.prompt, steps, a.temperature, a.top_k,
+                            a.seed, a.device)
+    print(f"[alm] wrote {r['wav']}: {r['seconds']:.2f} s at {r['sample_rate']} Hz "
+          f"(codes {tuple(r['codes'].shape)} in {r['forward_passes']} SoundStorm forward passes)")
+    return 0
+
+
+STAGE = Stage(
+    name="soundstorm",
+    description="SoundStorm: semantic tokens -> all codec RVQ levels by parallel (MaskGIT-style) decoding",
+    model_config=SoundStormConfig,
+    model=SoundStorm,
+    make_example=examples,
+    collate=collate,
+    example_length=example_length,
+    loss=loss,
+    val_loss=val_loss,
+    check=check,
+    synthetic_data=synthetic_data,
+    sample_codes=sample_codes,
+    commands=(Command("generate", "soundstorm", "semantic LM -> SoundStorm (parallel decoding) -> codec: write a wav",
+                      _generate_arguments, _generate),),
+)

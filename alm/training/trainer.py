@@ -20,7 +20,6 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from alm.config import RunConfig, from_yaml_text, to_yaml
 from alm.io import atomic_write_text
-from alm.stages import stage_builder
 from alm.training.callbacks import StepMetrics, StepProgressBar, StepSeed
 from alm.training.checkpoint import PeriodicCheckpoint, fit_path, latest_checkpoint, read_meta, remove_partial
 from alm.training.loggers import build_loggers
@@ -164,7 +163,9 @@ def train(cfg: RunConfig) -> L.Trainer:
     prepare_run_dir(cfg)
     ckpt_path = resume_from(cfg)
     L.seed_everything(cfg.seed, workers=False, verbose=False)  # identical init on every rank / strategy
-    module = stage_builder(cfg.stage)(cfg)
+    from alm.training.module import build_module
+
+    module = build_module(cfg)  # the model itself is built in configure_model (sharded under ZeRO-3)
     trainer, _ = build_trainer(cfg)
     if ckpt_path:
         rank_zero_info(f"resuming from {ckpt_path}")

@@ -1,0 +1,49 @@
+"""What a stage is: one plain object that says everything the spine needs to train, check, export
+and run it. Torch-free (types only), so the stage table and config validation stay light.
+
+A stage file (alm/stages/<name>.py) builds one `Stage` from plain functions; the spine reads it:
+
+    trainer     alm/training/module.py builds the one LightningModule from it (model built in
+                configure_model, so ZeRO-3 shards it at construction), with loss / val_loss
+    data        make_example(cfg) -> (sample, rng) -> example | None, collate, example_length
+    config      model_config (the recipe's `model:` section) and data_config (the recipe's `data:`
+                section: DataConfig or a subclass with the stage's own keys, e.g. `data.tasks`)
+    preflight   check(cfg): tokenizer / codec / model agreement, before anything starts
+    cli         commands: `alm generate <name>`, `alm convert <name>`, `alm embed`, ...
+    samples     sample_codes(model, batch, i, seed) -> (generated, reference) codes (audio stages)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+
+@dataclass(frozen=True)
+class Command:
+    """A CLI command a stage contributes: `alm VERB NAME ...` (or `alm VERB ...` when name is None)."""
+
+    verb: str  # generate | convert | embed | ...
+    name: Optional[str]
+    help: str
+    add_arguments: Callable[[Any], None]  # (argparse.ArgumentParser) -> None
+    run: Callable[[Any], int]  # (argparse.Namespace) -> exit code
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str
+    model_config: type  # dataclass of the recipe's `model:` section
+    model: Callable[[Any], Any]  # model_config -> torch.nn.Module (pure torch). A model that initialises
+    # weights after building its submodules exposes init_weights(gathered) (see alm.models.transformer.gpt2_init)
+    make_example: Callable[[Any], Callable]  # RunConfig -> f(sample, rng) -> example dict | None
+    collate: Callable[[list], dict]  # examples -> batch (tensors; `_tokens` = real tokens, for throughput)
+    example_length: Callable[[dict], int]  # padded length of an example (dynamic batching)
+    loss: Callable[[Any, dict], Any]  # (model, batch) -> scalar loss tensor
+    val_loss: Optional[Callable[[Any, dict, int, int], Any]] = None  # (model, batch, batch_idx, seed); default: loss
+    data_config: Optional[type] = None  # DataConfig subclass with stage-specific data keys (default DataConfig)
+    check: Optional[Callable[[Any], None]] = None  # RunConfig -> None, raises UserError
+    synthetic_data: Optional[Callable[[Any, Any], dict]] = None  # (cfg, cache_root) -> {"train_shards", ...}
+    sample_codes: Optional[Callable[[Any, dict, int, int], tuple]] = None  # audio samples at validation
+    commands: tuple[Command, ...] = field(default=())

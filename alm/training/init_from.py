@@ -1,0 +1,100 @@
+"""`init_from=EXPORT_DIR`: start a run from exported weights (fresh optimizer, step 0), also into a
+model that ZeRO-3 built partitioned.
+
+Memory: tensors are read one at a time from the safetensors file(s) (memory-mapped, by name), and
+each parameter is gathered, filled by rank 0 and re-partitioned on its own, so no rank ever holds
+more than its partition plus one whole parameter — never the whole fp32 model. Reads both a
+single `model.safetensors` and the sharded layout (`model.safetensors.index.json` + shards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+
+import torch
+from omegaconf import OmegaConf
+
+from alm.config import RunConfig
+from alm.errors import UserError
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of an export (or a transformers model folder)."""
+    if (path / INDEX).is_file():
+        weight_map = json.loads((path / INDEX).read_text())["weight_map"]
+        return [path / f for f in sorted(set(weight_map.values()))]
+    if (path / SINGLE).is_file():
+        return [path / SINGLE]
+    raise UserError(f"init_from={path}: no {SINGLE} or {INDEX} inside (is it an `alm export` folder?)")
+
+
+def iter_tensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
+    """(name, load) per stored tensor; load() reads just that tensor."""
+    from safetensors import safe_open
+
+    for f in files:
+        with safe_open(str(f), framework="pt", device="cpu") as handle:
+            for name in handle.keys():
+                yield name, (lambda h=handle, n=name: h.get_tensor(n))
+
+
+def check_compatible(cfg: RunConfig, export_dir: Path) -> None:
+    """The export must be of this stage and architecture; differences are named key by key."""
+    f = export_dir / "config.yaml"
+    if not f.is_file():
+        raise UserError(f"init_from={export_dir}: no config.yaml (not an alm export; `alm export RUN --out DIR` makes one)")
+    theirs = OmegaConf.load(f)
+    if theirs.get("stage") != cfg.stage:
+        raise UserError(f"init_from={export_dir}: an export of stage {theirs.get('stage')!r}, this run trains {cfg.stage!r}")
+    mine = OmegaConf.to_container(OmegaConf.structured(cfg.model))
+    other = OmegaConf.to_container(theirs.get("model", {}))
+    shape_keys = [k for k in mine if k not in ("dropout",)]  # dropout may change when fine-tuning
+    changed = [f"model.{k} {other.get(k)!r} -> {mine[k]!r}" for k in shape_keys if other.get(k) != mine[k]]
+    if changed:
+        raise UserError(f"init_from={export_dir}: architecture differs from this recipe: {'; '.join(changed)}")
+
+
+def load_export_weights(model: torch.nn.Module, cfg: RunConfig,
+                        gathered: Callable[[list], ContextManager], rank: int | None = None) -> int:
+    """Copy the export's tensors into `model` (partitioned or not) -> number of tensors loaded."""
+    export_dir = Path(cfg.init_from)
+    if not export_dir.is_dir():
+        raise UserError(f"init_from={export_dir}: no such export directory")
+    check_compatible(cfg, export_dir)
+    if rank is None:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    targets = dict(model.named_parameters(remove_duplicate=False))
+    targets.update(dict(model.named_buffers()))
+    loaded: set[int] = set()
+    names_loaded: set[str] = set()
+    n = 0
+    for name, load in iter_tensors(weight_files(export_dir)):
+        if name not in targets:
+            raise UserError(f"init_from={export_dir}: tensor {name!r} has no place in the {cfg.stage} model")
+        target = targets[name]
+        names_loaded.add(name)
+        if id(target) in loaded:  # a tied weight stored under both names
+            continue
+        loaded.add(id(target))
+        with gathered([target]) if isinstance(target, torch.nn.Parameter) else contextlib.nullcontext():
+            if rank == 0 or not hasattr(target, "ds_id"):
+                tensor = load()
+                if tensor.shape != target.shape:
+                    raise UserError(f"init_from={export_dir}: {name} has shape {tuple(tensor.shape)}, "
+                                    f"the model expects {tuple(target.shape)}")
+                with torch.no_grad():
+                    target.copy_(tensor.to(target.dtype))
+        n += 1
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [k for k, p in params.items() if id(p) not in loaded]
+    if missing:
+        raise UserError(f"init_from={export_dir}: no weights for {', '.join(missing[:5])}"
+                        + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+    return n
+
