@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 from alm.config import load_recipe  # noqa: E402
 from alm.models.transformer import TransformerLM  # noqa: E402
 from alm.stages.lm import IGNORE  # noqa: E402
-from alm.stages.semantic import build  # noqa: E402
+from alm.training.module import build_module  # noqa: E402
 from alm.training.optim import configure_optimizers  # noqa: E402
 from alm.training.trainer import build_trainer  # noqa: E402
 
@@ -72,7 +72,7 @@ def alm_steps(cfg, batch: dict, steps: int) -> list[float]:
         cfg.trainer.max_steps = steps
         cfg.trainer.ckpt_every_n_steps = 10**9  # measure steps, not checkpoint writes
         L.seed_everything(cfg.seed, verbose=False)
-        module = build(cfg)
+        module = build_module(cfg)
         module.train_dataloader = lambda: torch.utils.data.DataLoader(FixedBatches(batch), batch_size=None)
         timer = Timer()
         trainer, _ = build_trainer(cfg, extra_callbacks=(timer,))
