@@ -46,6 +46,8 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], torch.Te
 
 def check_compatible(cfg: RunConfig, export_dir: Path) -> None:
     """The export must be of this stage and architecture; differences are named key by key."""
+    if not export_dir.is_dir():
+        raise UserError(f"init_from={export_dir}: no such export directory")
     f = export_dir / "config.yaml"
     if not f.is_file():
         raise UserError(f"init_from={export_dir}: no config.yaml (not an alm export; `alm export RUN --out DIR` makes one)")
@@ -64,8 +66,6 @@ def load_export_weights(model: torch.nn.Module, cfg: RunConfig,
                         gathered: Callable[[list], ContextManager], rank: int | None = None) -> int:
     """Copy the export's tensors into `model` (partitioned or not) -> number of tensors loaded."""
     export_dir = Path(cfg.init_from)
-    if not export_dir.is_dir():
-        raise UserError(f"init_from={export_dir}: no such export directory")
     check_compatible(cfg, export_dir)
     if rank is None:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0

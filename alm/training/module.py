@@ -134,4 +134,11 @@ def build_module(cfg: RunConfig) -> StageModule:
     stage = get_stage(cfg.stage)
     if stage.check is not None:
         stage.check(cfg)
+    if cfg.init_from:
+        from pathlib import Path
+
+        from alm.training.init_from import check_compatible, weight_files
+
+        check_compatible(cfg, Path(cfg.init_from))
+        weight_files(Path(cfg.init_from))
     return StageModule(cfg, stage)
