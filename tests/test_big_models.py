@@ -83,3 +83,39 @@ def test_bf16_trains_on_cpu(tmp_path, precision):
     train(tmp_path / precision, "trainer.max_steps=4", f"trainer.precision={precision}", "wandb.enabled=false")
     got = losses(tmp_path / precision)
     assert len(got) == 4 and all(math.isfinite(v) and 0 < v < 20 for v in got.values()), got
+
+
+def _unequal_val_set(out):
+    """The synthetic coarse val set (semantic + codes, joined by key) with clips cut to unequal
+    lengths (0.40 to 0.82 s), so ranks' first validation examples differ in length."""
+    import glob
+
+    import numpy as np
+    import webdataset as wds
+
+    from alm.config import load_recipe
+    from alm.data.cache import resolve_synthetic
+    from alm.data.shards import ShardWriter, npy_bytes, npy_load
+
+    cfg = load_recipe(str(REPO / "recipes" / "tiny" / "coarse.yaml"))
+    resolve_synthetic(cfg)
+    specs = [s.strip() for s in cfg.data.val_shards.split(" + ")]
+    for spec, member in zip(specs, ("semantic.npy", "codes.npy")):
+        name = member.split(".")[0]
+        with ShardWriter(out / name, "val", max_count=1000) as writer:
+            for i, sample in enumerate(wds.WebDataset(sorted(glob.glob(spec)), shardshuffle=False)):
+                n = 20 + 7 * (i % 4)  # 50 Hz frames
+                arr = npy_load(sample[member])
+                writer.write({"__key__": sample["__key__"], member: npy_bytes(arr[..., :n])})
+    return f"{out / 'semantic'}/val-*.tar + {out / 'codes'}/val-*.tar"
+
+
+def test_zero3_audio_samples_with_unequal_clips_run_the_same_forwards_on_every_rank(tmp_path):
+    from helpers import TINY_COARSE
+
+    val = _unequal_val_set(tmp_path / "val")
+    run = tmp_path / "coarse"
+    train(run, "trainer.max_steps=2", *ZERO3, "trainer.val_every_n_steps=2", "trainer.val_batches=1",
+          "trainer.audio_samples=1", f"data.val_shards={val}", "data.batch_size=4", recipe=TINY_COARSE, timeout=300)
+    wavs = sorted(p.name for p in (run / "samples").glob("*.wav"))
+    assert wavs == ["step-000000002-0-generated.wav", "step-000000002-0-reference.wav"]

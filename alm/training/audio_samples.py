@@ -4,8 +4,10 @@ also written to RUN_DIR/samples/ so they exist without W&B.
 
 A stage opts in by giving its LightningModule `sample_codes(batch) -> (generated, reference)`, two
 (Q, T) code arrays, and returning this callback from `configure_callbacks()` when
-`trainer.audio_samples` > 0. Every rank generates (ZeRO-3 needs all ranks in each forward); global
-rank 0 decodes, writes and logs.
+`trainer.audio_samples` > 0. Every rank generates from rank 0's example (broadcast), with the same
+seed, so every rank runs the same number of forward passes — ZeRO-3 needs all ranks in each forward,
+and ranks generating from their own examples of different lengths would deadlock. Global rank 0
+decodes, writes and logs.
 """
 
 from __future__ import annotations
@@ -62,10 +64,22 @@ class AudioSamples(L.Callback):
                 self._disabled = True
         return self._codec
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """Rank 0 loads the codec once; every rank learns whether samples are on (all or none may
+        generate: a rank generating alone would wait forever for the others under ZeRO-3)."""
+        ok = self._load_codec() is not None if trainer.is_global_zero else True
+        if trainer.world_size > 1:
+            ok = trainer.strategy.broadcast(ok, src=0)
+        self._disabled = not ok
+
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if self._batch is None or trainer.sanity_checking or self._disabled:
             return
         batch, self._batch = self._batch, None
+        if trainer.world_size > 1:  # rank 0's example everywhere: the same forward count on every rank
+            cpu = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            batch = {k: v.to(pl_module.device) if isinstance(v, torch.Tensor) else v
+                     for k, v in trainer.strategy.broadcast(cpu, src=0).items()}
         rows = next(v for v in batch.values() if isinstance(v, torch.Tensor)).size(0)
         pairs = [pl_module.sample_codes(batch, i) for i in range(min(self.count, rows))]  # every rank (ZeRO-3)
         if not trainer.is_global_zero:

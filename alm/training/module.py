@@ -118,7 +118,8 @@ class StageModule(L.LightningModule):
         return audio_sample_callbacks(self.cfg)
 
     def configure_optimizers(self):
-        return configure_optimizers(self.model, self.cfg)
+        offload_on_gpu = self.cfg.trainer.offload and self.device.type == "cuda"
+        return configure_optimizers(self.model, self.cfg, cpu_adam=offload_on_gpu)
 
     def train_dataloader(self):
         return train_loader(self.trainer, self.cfg, self.make_example, self.spec.collate, self.spec.example_length)

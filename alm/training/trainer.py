@@ -48,7 +48,8 @@ def deepspeed_config(cfg: RunConfig, accelerator: str) -> dict:
     return {
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,  # keep our torch AdamW also when offloading
+        # offload on GPUs trains with DeepSpeedCPUAdam (alm.training.optim); on CPU torch's AdamW is kept
+        "zero_force_ds_cpu_optimizer": accelerator == "gpu",
         "train_micro_batch_size_per_gpu": cfg.data.batch_size,
         "gradient_clipping": t.gradient_clip_val,
         "steps_per_print": 1 << 30,
