@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from alm.data.shards import read_shard, npy_load
+from alm.errors import UserError
 from alm.data.synthetic import write_synthetic
 from alm.tokenizers.semantic import MEMBER, SemanticTokenizer, SemanticTokenizerConfig, main, run
 
@@ -71,5 +72,5 @@ def test_bad_inputs(audio_shards, tmp_path):
         main(["--shards", str(audio_shards), "--out", str(tmp_path / "x")])  # ssl without --model
     with pytest.raises(FileNotFoundError, match="not a semantic tokenizer"):
         SemanticTokenizer.load(tmp_path)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="no such local path"):
         run(str(audio_shards), str(tmp_path / "y"), SemanticTokenizerConfig(model="/no/such/model", n_clusters=4))

@@ -49,39 +49,19 @@ CODES_MEMBER = "codes.npy"
 # Loading and describing a codec
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    """'org/name' (one slash, no leading '.', '/', '~') is taken for a hub id, anything else
-    that does not exist on disk for a missing local path."""
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and "\\" not in name
-
-
 def load_codec(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load an EnCodec model in eval mode on `device`.
 
-    `name_or_path`: 'encodec_24khz' / 'encodec_32khz' (-> facebook/encodec_*), a hub id, or a
-    local directory holding `config.json` + weights (as written by `save_pretrained`).
+    `name_or_path`: 'encodec_24khz' / 'encodec_32khz' (-> facebook/encodec_*), an existing local
+    directory holding `config.json` + weights (as written by `save_pretrained`), or a hub id
+    (`org/name[@revision]`, from the HF cache or the hub: see alm.hub).
     """
     from transformers import EncodecModel
 
+    from alm.hub import from_pretrained
+
     name = str(name_or_path)
-    source = CODEC_NAMES.get(name, name)
-    local = Path(os.path.expanduser(source))
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(f"codec directory {local} has no config.json (write it with save_pretrained)")
-        source = str(local)
-    elif not _looks_like_hub_id(source):
-        raise FileNotFoundError(
-            f"codec {name!r}: no such local path {local}; use encodec_24khz, encodec_32khz, a hub id or a directory"
-        )
-    try:
-        codec = EncodecModel.from_pretrained(source)
-    except OSError as exc:
-        raise OSError(
-            f"could not load codec {name!r} ({source}): {exc}\n"
-            "Without network access, download it beforehand (huggingface-cli download ...) "
-            "or pass a local directory; HF_HUB_OFFLINE=1 makes such failures immediate."
-        ) from exc
+    codec = from_pretrained(EncodecModel, CODEC_NAMES.get(name, name), what="codec")
     _check_supported(codec, name)
     return codec.to(device).eval()
 

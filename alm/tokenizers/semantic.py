@@ -90,14 +90,17 @@ def logmel_features(sample_rate: int, n_mels: int = 64) -> FeatureFn:
 
 
 def ssl_features(model_id: str, layer: int, sample_rate: int, chunk_seconds: float, device: str = "cpu") -> FeatureFn:
-    """Hidden states of `layer` of a transformers SSL speech model (HuBERT, wav2vec 2.0, w2v-BERT)."""
+    """Hidden states of `layer` of a transformers SSL speech model (HuBERT, wav2vec 2.0, w2v-BERT).
+
+    `model_id`: a local directory or a hub id `org/name[@revision]` (see alm.hub)."""
     from transformers import AutoFeatureExtractor, AutoModel
 
-    if os.path.sep in model_id and not os.path.exists(model_id):
-        raise FileNotFoundError(f"SSL model path {model_id!r} does not exist")
-    model = AutoModel.from_pretrained(model_id).to(device).eval()
+    from alm.hub import from_pretrained, resolve
+
+    model = from_pretrained(AutoModel, model_id, what="SSL model").to(device).eval()
+    source, revision = resolve(model_id)
     try:
-        extractor = AutoFeatureExtractor.from_pretrained(model_id)
+        extractor = AutoFeatureExtractor.from_pretrained(source, **({"revision": revision} if revision else {}))
     except (OSError, ValueError):
         extractor = None  # raw waveform input, normalised below
     n_layers = getattr(model.config, "num_hidden_layers", None)
