@@ -230,7 +230,9 @@ def tokenize_codec_shards(
     the codebook fits, else int32) beside the copied `json`, plus `out_dir/codec.json`.
 
     `codec`: a loaded model or a name/path for `load_codec`. Audio (`flac`/`wav`/`ogg`, mono or
-    downmixed) is resampled to the codec's rate. Undecodable or empty audio -> the sample is
+    downmixed) is resampled to the codec's rate. codec.json records the codec's name, facts and
+    weights_sha256 (and, for a local codec directory, its absolute path and files_sha256), which
+    training checks against data.codec (alm.data.provenance). Undecodable or empty audio -> the sample is
     left out and listed in `out_dir/errors.json`. Finished shards are skipped on a rerun; a
     rerun with a different codec or n_q into the same directory is refused.
     Returns map_shards' summary {"shards", "samples", "errors"}.
@@ -263,6 +265,11 @@ def tokenize_codec_shards(
         "weights_sha256": weights_fingerprint(codec),
         "source": shards_spec if isinstance(shards_spec, str) else list(shards_spec),
     }
+    local = Path(os.path.expanduser(meta["name"])) if meta["name"] else None
+    if local is not None and local.is_dir():  # a local codec: where it is and a hash of its files
+        from alm.data.provenance import dir_fingerprint
+
+        meta["path"], meta["files_sha256"] = str(local.resolve()), dir_fingerprint(local)
     meta_path = out_dir / "codec.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
