@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from alm.config import load_recipe
 from alm.data.cache import cache_root
@@ -17,8 +18,10 @@ TINY = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "semantic.
 
 @pytest.fixture(scope="module")
 def sets(tmp_path_factory):
+    from alm.data.cache import cached
     from alm.data.synthetic import write_synthetic
-    from alm.tokenizers.codec import make_tiny_codec, tokenize_codec_shards
+    from alm.stages.acoustic import TINY_CODEC
+    from alm.tokenizers.codec import load_codec, make_tiny_codec, tokenize_codec_shards
     from alm.tokenizers.semantic import SemanticTokenizerConfig, run
 
     root = tmp_path_factory.mktemp("prov")
@@ -26,8 +29,13 @@ def sets(tmp_path_factory):
     write_synthetic(audio, num_clips=4, val_clips=2, seconds=1.0, shard_size=2)
     for name, k in (("semA", 4), ("semB", 5)):
         run(str(audio), str(root / name), SemanticTokenizerConfig(features="logmel", n_clusters=k), progress=False)
-    for name, seed in (("codecA", 0), ("codecB", 1)):
-        make_tiny_codec(root / name, seed=seed)
+    tiny = cached(cache_root() / TINY_CODEC, lambda d: make_tiny_codec(d, seed=0), "the tiny codec")  # shared
+    shutil.copytree(tiny, root / "codecA")
+    other = load_codec(tiny)
+    with torch.no_grad():  # another codec: the same architecture, other weights
+        other.quantizer.layers[0].codebook.embed.mul_(1.5)
+    other.save_pretrained(root / "codecB")
+    for name in ("codecA", "codecB"):
         tokenize_codec_shards(str(audio), root / f"codes{name[-1]}", str(root / name), progress=False)
     return root
 
