@@ -65,6 +65,9 @@ def test_cli_logmel_fallback_and_reuse(audio_shards, tmp_path, capsys):
     a = json.loads((out / "tokenizer" / "semantic_tokenizer.json").read_text())
     assert a["features"] == "logmel" and a["n_clusters"] == 16
     assert (tmp_path / "val" / "val-000000.tar").is_file()
+    from alm.data.provenance import dir_fingerprint
+
+    assert dir_fingerprint(tmp_path / "val" / "tokenizer") == dir_fingerprint(out / "tokenizer")  # one tokenizer
 
 
 def test_bad_inputs(audio_shards, tmp_path):

@@ -106,7 +106,7 @@ def ssl_features(model_id: str, layer: int, sample_rate: int, chunk_seconds: flo
         extractor = None  # raw waveform input, normalised below
     n_layers = getattr(model.config, "num_hidden_layers", None)
     if n_layers is not None and not 0 <= layer <= n_layers:
-        raise ValueError(f"layer {layer} out of range: {model_id} has {n_layers} layers")
+        raise UserError(f"--layer {layer} out of range: {model_id} has {n_layers} layers (0..{n_layers})")
     chunk = int(chunk_seconds * sample_rate)
 
     @torch.no_grad()
@@ -204,7 +204,7 @@ def fit_tokenizer(
         if total >= max_frames:
             break
     if total < cfg.n_clusters:
-        raise ValueError(f"only {total} feature frames to fit {cfg.n_clusters} clusters: give more audio")
+        raise UserError(f"only {total} feature frames to fit {cfg.n_clusters} clusters: give more audio (--fit-shards)")
     x = np.concatenate(chunks)[:max_frames]
     mean, std = x.mean(0), x.std(0) + 1e-5
     km = MiniBatchKMeans(n_clusters=cfg.n_clusters, random_state=seed, batch_size=4096, n_init=3, max_iter=100)
@@ -297,7 +297,12 @@ def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, token
         fit_urls = expand_shards(fit_shards) if fit_shards else urls
         samples = (s for u in fit_urls for s in read_shard(u))
         tok = fit_tokenizer(cfg, samples, max_fit_frames, seed, device)
-    if not continuing:
+    if tokenizer_dir and not continuing:  # the same files: the same fingerprint (alm.data.provenance)
+        (out_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
+        for name in (CENTROIDS_FILE, CONFIG_FILE):  # the config last: its presence means complete
+            data = (Path(tokenizer_dir) / name).read_bytes()
+            atomic_write_with(out_dir / "tokenizer" / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+    elif not continuing:
         tok.save(out_dir / "tokenizer")
     result = tokenize_shards(tok, urls, out_dir, progress)
     result["tokenizer"] = str(out_dir / "tokenizer")
