@@ -33,6 +33,10 @@ def _train(argv: list[str]) -> int:
     from alm.training.trainer import train
 
     resolve_synthetic(cfg)
+    from alm.data.provenance import resolve_provenance
+
+    for line in resolve_provenance(cfg):  # tokenizer / codec agree with what made the shards
+        print(f"[alm] {line}", file=sys.stderr)
     trainer = train(cfg)
     if trainer.is_global_zero:
         from alm.training.preemption import read_state
@@ -46,10 +50,13 @@ def _export(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="alm export", description="Export a run or checkpoint to safetensors.")
     p.add_argument("src", help="run dir (newest checkpoint) or checkpoint dir")
     p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dtype of the stored floating weights")
+    p.add_argument("--max-shard-size", default="5GB", help="larger exports are sharded (model-0000i-of-0000N.safetensors + index)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export at --out")
     a = p.parse_args(argv)
     from alm.export import export
 
-    out = export(a.src, a.out)
+    out = export(a.src, a.out, a.dtype, a.max_shard_size, a.overwrite)
     print(f"[alm] exported {a.src} -> {out}")
     return 0
 

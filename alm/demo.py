@@ -118,7 +118,7 @@ def train_stage(stage: str, out: Path, steps: int, overrides: list[str]) -> dict
     cfg = build_config(demo_recipe(stage), f"alm demo (embedded {stage} recipe)",
                        [f"run_dir={run_dir}", f"trainer.max_steps={steps}", *overrides])
     train(cfg)
-    export(run_dir, exp)
+    export(run_dir, exp, overwrite=True)  # the demo's own folder: a rerun refreshes it
     metrics = read_metrics(run_dir)
     loss = [m["train/loss"] for m in metrics.values() if "train/loss" in m]
     val = [m["val/loss"] for m in metrics.values() if "val/loss" in m]

@@ -16,12 +16,100 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from alm.export import load_config, load_pretrained
+from alm.errors import UserError
+from alm.export import load_config, load_pretrained, read_export_meta, weight_files
+from alm.models.sampling import check_sampling
 from alm.tokenizers.semantic import special_tokens
+
+AUDIO_OUT = (".wav", ".flac", ".ogg")
 
 
 def _bar(total: int, desc: str, progress: bool):
     return tqdm(total=total, desc=desc, unit="tok", disable=not progress, leave=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks of the exports and arguments, all made before any sampling
+
+
+def check_export(path: str, stage: str, flag: str) -> object:
+    """The export at `path` must be a `stage` export (a run dir or another stage's export -> UserError)."""
+    cfg = load_config(path)
+    weight_files(path)
+    if cfg.stage != stage:
+        raise UserError(f"{flag} {path}: this is a {cfg.stage} export; {flag} needs a {stage} export")
+    return cfg
+
+
+def check_out_path(path: str, flag: str = "--out", suffixes: tuple[str, ...] | None = None) -> None:
+    """The output's folder must exist (and its suffix be one we can write)."""
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {path}: the directory {parent} does not exist")
+    if suffixes and Path(path).suffix.lower() not in suffixes:
+        raise UserError(f"{flag} {path}: expected a {' / '.join(suffixes)} file")
+
+
+def read_prompt(path: str, sample_rate: int) -> np.ndarray:
+    """Mono audio of a prompt recording at `sample_rate`; an unreadable file -> UserError naming it."""
+    from alm.data.audio import load_mono
+
+    f = Path(path)
+    if not f.is_file():
+        raise UserError(f"--prompt {path}: no such file")
+    try:
+        audio, _ = load_mono(f.read_bytes(), sample_rate)
+    except ValueError as exc:
+        raise UserError(f"--prompt {path}: cannot read it as audio ({exc}); use wav, flac or ogg") from None
+    if audio.size == 0:
+        raise UserError(f"--prompt {path}: the recording is empty")
+    return audio
+
+
+def check_counts(seconds: float, rate: float, what: str = "semantic token") -> int:
+    """--seconds -> a number of tokens at `rate` Hz, at least one."""
+    if not seconds > 0:
+        raise UserError(f"--seconds must be > 0, got {seconds}")
+    n = int(round(seconds * rate))
+    if n < 1:
+        raise UserError(f"--seconds {seconds} is less than one {what} at {rate:g} Hz (at least {1 / rate:g} s)")
+    return n
+
+
+def _fingerprint(export_dir: str, key: str, field: str) -> str | None:
+    entry = read_export_meta(export_dir).get(key) or {}
+    return entry.get(field)
+
+
+def check_same_tokenizer(semantic: str, other: str, flag: str) -> None:
+    """The semantic export's k-means must be the one `other` was trained on (when both recorded)."""
+    a, b = _fingerprint(semantic, "tokenizer", "fingerprint"), _fingerprint(other, "tokenizer", "fingerprint")
+    if a and b and a != b:
+        raise UserError(f"--semantic {semantic} and {flag} {other} were trained on different semantic tokenizers "
+                        f"(k-means {a[:12]} vs {b[:12]}): their semantic ids mean different things; use exports "
+                        "trained on the same token shards")
+
+
+def check_same_codec(coarse: str, fine: str) -> None:
+    """The fine export must continue the codes of the coarse export's codec (when both recorded)."""
+    a, b = read_export_meta(coarse).get("codec") or {}, read_export_meta(fine).get("codec") or {}
+    if a.get("files_sha256") and b.get("files_sha256"):
+        same = a["files_sha256"] == b["files_sha256"]
+    elif a.get("name") and b.get("name") and not (a.get("files_sha256") or b.get("files_sha256")):
+        from alm.tokenizers.codec import CODEC_NAMES
+
+        same = CODEC_NAMES.get(a["name"], a["name"]) == CODEC_NAMES.get(b["name"], b["name"])
+    else:
+        return
+    if not same:
+        raise UserError(f"--coarse {coarse} and --fine {fine} were trained on codes of different codecs "
+                        f"({a.get('name')} vs {b.get('name')}): use exports of the same codec")
+
+
+def _check_prompt_tokenizer(semantic: str, prompt_wav: str | None) -> None:
+    if prompt_wav and not (Path(semantic) / "tokenizer").is_dir():
+        raise UserError(f"--prompt needs the semantic tokenizer, and {semantic} has no tokenizer/ (was it trained "
+                        "with data.tokenizer set?)")
 
 
 def sample_semantic(
@@ -41,7 +129,10 @@ def sample_semantic(
     Sequences longer than the model's context are generated with a sliding window: the last half
     of the context is kept as the prompt of the next chunk. -> (num, num_tokens) cluster ids.
     """
-    cfg = load_config(export_dir)
+    cfg = check_export(export_dir, "semantic", "export")
+    if num_tokens < 1 or num < 1:
+        raise UserError(f"--tokens and --num must be >= 1, got --tokens {num_tokens} --num {num}")
+    check_sampling(temperature, top_k, top_p)
     model = load_pretrained(export_dir, device)
     bos, eos = special_tokens(cfg.model.vocab_size)
     allowed = torch.ones(cfg.model.vocab_size, dtype=torch.bool, device=device)
@@ -108,11 +199,10 @@ def acoustic_codes(export_dir: str, condition: np.ndarray, frames: int, temperat
 
 def prompt_codes(export_dir: str, wav: str, device: str = "cpu") -> np.ndarray:
     """Codec codes (all levels the codec has, (Q, T)) of a prompt recording, with an acoustic export's codec."""
-    from alm.data.audio import load_mono
     from alm.tokenizers.codec import encode, load_codec
 
     codec = load_codec(codec_of(export_dir), device)
-    audio, _ = load_mono(Path(wav).read_bytes(), int(codec.config.sampling_rate))
+    audio = read_prompt(wav, int(codec.config.sampling_rate))
     return encode(codec, torch.as_tensor(audio)[None])[0].cpu().numpy()
 
 
@@ -123,18 +213,17 @@ def codec_of(export_dir: str) -> str:
         return str(local)
     codec = load_config(export_dir).data.codec
     if not codec:
-        raise ValueError(f"{export_dir}: no codec recorded (data.codec) — cannot decode to audio")
+        raise UserError(f"{export_dir}: no codec recorded (data.codec) — cannot decode to audio")
     return codec
 
 
 def prompt_semantic(semantic_dir: str, wav: str, device: str = "cpu") -> np.ndarray:
     """Semantic tokens of a prompt recording, with the tokenizer exported beside the semantic LM."""
-    from alm.data.audio import load_mono
     from alm.tokenizers.semantic import SemanticTokenizer
 
+    _check_prompt_tokenizer(semantic_dir, wav)
     tok = SemanticTokenizer.load(Path(semantic_dir) / "tokenizer", device)
-    audio, _ = load_mono(Path(wav).read_bytes(), tok.cfg.sample_rate)
-    return tok(audio).astype(np.int64)
+    return tok(read_prompt(wav, tok.cfg.sample_rate)).astype(np.int64)
 
 
 def chain_semantic(semantic: str, semantic_rate: float, seconds: float, prompt_wav: str | None, temperature: float,
@@ -164,12 +253,23 @@ def generate_audiolm(semantic: str, coarse: str, fine: str, seconds: float, out_
                      temperature: float = 0.9, top_k: int = 0, seed: int = 0, device: str = "cpu",
                      progress: bool = True) -> dict:
     """semantic -> coarse -> fine -> codec: write `seconds` of audio (after the prompt, if any) to out_wav."""
-    cc, fc = load_config(coarse).model, load_config(fine).model
-    sem_vocab = load_config(semantic).model.vocab_size - 2
+    sc = check_export(semantic, "semantic", "--semantic").model
+    cc, fc = check_export(coarse, "coarse", "--coarse").model, check_export(fine, "fine", "--fine").model
+    sem_vocab = sc.vocab_size - 2
     if cc.semantic_vocab != sem_vocab:
-        raise ValueError(f"coarse export expects {cc.semantic_vocab} semantic ids, the semantic export has {sem_vocab}")
+        raise UserError(f"--coarse {coarse} expects {cc.semantic_vocab} semantic ids; --semantic {semantic} has {sem_vocab}")
     if fc.prefix_levels != cc.target_levels or fc.codebook_size != cc.codebook_size or fc.frame_rate != cc.frame_rate:
-        raise ValueError("fine export does not continue the coarse export (levels, codebook size or frame rate differ)")
+        raise UserError(f"--fine {fine} does not continue --coarse {coarse} (levels, codebook size or frame rate differ)")
+    check_same_tokenizer(semantic, coarse, "--coarse")
+    check_same_codec(coarse, fine)
+    if round(check_counts(seconds, cc.semantic_rate) / cc.semantic_rate * cc.frame_rate) < 1:
+        raise UserError(f"--seconds {seconds} is less than one codec frame at {cc.frame_rate:g} Hz")
+    check_sampling(temperature, top_k)
+    check_out_path(out_wav, suffixes=AUDIO_OUT)
+    codec_of(coarse)
+    if prompt_wav:
+        _check_prompt_tokenizer(semantic, prompt_wav)
+        read_prompt(prompt_wav, 16000)
     sem = chain_semantic(semantic, cc.semantic_rate, seconds, prompt_wav, temperature, top_k, seed, device, progress)
     frames = int(round(len(sem) / cc.semantic_rate * cc.frame_rate))
     known = prompt_codes(coarse, prompt_wav, device) if prompt_wav else np.zeros((fc.prefix_levels + fc.target_levels, 0))
@@ -225,10 +325,22 @@ def generate_soundstorm(semantic: str, soundstorm: str, seconds: float, out_wav:
                         steps: list[int] | None = None, temperature: float = 0.9, top_k: int = 0, seed: int = 0,
                         device: str = "cpu", progress: bool = True) -> dict:
     """semantic LM -> SoundStorm (parallel decoding of all levels) -> codec: write a wav."""
-    m = load_config(soundstorm).model
-    sem_vocab = load_config(semantic).model.vocab_size - 2
+    sc = check_export(semantic, "semantic", "--semantic").model
+    m = check_export(soundstorm, "soundstorm", "--soundstorm").model
+    sem_vocab = sc.vocab_size - 2
     if m.semantic_vocab != sem_vocab:
-        raise ValueError(f"SoundStorm export expects {m.semantic_vocab} semantic ids, the semantic export has {sem_vocab}")
+        raise UserError(f"--soundstorm {soundstorm} expects {m.semantic_vocab} semantic ids; --semantic {semantic} has {sem_vocab}")
+    check_same_tokenizer(semantic, soundstorm, "--soundstorm")
+    if round(check_counts(seconds, m.semantic_rate) / m.semantic_rate * m.frame_rate) < 1:
+        raise UserError(f"--seconds {seconds} is less than one codec frame at {m.frame_rate:g} Hz")
+    if steps is not None and (len(steps) != m.n_q or min(steps) < 1):
+        raise UserError(f"--steps: expected {m.n_q} comma-separated counts >= 1 (one per RVQ level), got {steps}")
+    check_sampling(temperature, top_k)
+    check_out_path(out_wav, suffixes=AUDIO_OUT)
+    codec_of(soundstorm)
+    if prompt_wav:
+        _check_prompt_tokenizer(semantic, prompt_wav)
+        read_prompt(prompt_wav, 16000)
     sem = chain_semantic(semantic, m.semantic_rate, seconds, prompt_wav, temperature, top_k, seed, device, progress)
     frames = int(round(len(sem) / m.semantic_rate * m.frame_rate))
     known = prompt_codes(soundstorm, prompt_wav, device)[:, :frames] if prompt_wav else None

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from alm.data.shards import read_shard, npy_load
+from alm.errors import UserError
 from alm.data.synthetic import write_synthetic
 from alm.tokenizers.semantic import MEMBER, SemanticTokenizer, SemanticTokenizerConfig, main, run
 
@@ -64,6 +65,9 @@ def test_cli_logmel_fallback_and_reuse(audio_shards, tmp_path, capsys):
     a = json.loads((out / "tokenizer" / "semantic_tokenizer.json").read_text())
     assert a["features"] == "logmel" and a["n_clusters"] == 16
     assert (tmp_path / "val" / "val-000000.tar").is_file()
+    from alm.data.provenance import dir_fingerprint
+
+    assert dir_fingerprint(tmp_path / "val" / "tokenizer") == dir_fingerprint(out / "tokenizer")  # one tokenizer
 
 
 def test_bad_inputs(audio_shards, tmp_path):
@@ -71,5 +75,46 @@ def test_bad_inputs(audio_shards, tmp_path):
         main(["--shards", str(audio_shards), "--out", str(tmp_path / "x")])  # ssl without --model
     with pytest.raises(FileNotFoundError, match="not a semantic tokenizer"):
         SemanticTokenizer.load(tmp_path)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(UserError, match="no such local path"):
         run(str(audio_shards), str(tmp_path / "y"), SemanticTokenizerConfig(model="/no/such/model", n_clusters=4))
+
+
+def test_existing_out_continues_only_with_the_same_tokenizer(audio_shards, tmp_path, capsys):
+    import os
+    import stat
+
+    from alm.data.provenance import dir_fingerprint
+
+    out = tmp_path / "lm"
+    args = ["--shards", str(audio_shards / "train-*.tar"), "--out", str(out), "--features", "logmel"]
+    assert main([*args, "--clusters", "16"]) == 0
+    fp = dir_fingerprint(out / "tokenizer")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((out / "tokenizer" / "kmeans.safetensors").stat().st_mode) == 0o666 & ~mask
+    with pytest.raises(UserError, match=r"n_clusters=16 \(asked 32\)"):
+        main([*args, "--clusters", "32"])
+    other = tmp_path / "other"
+    assert main(["--shards", str(audio_shards / "val-*.tar"), "--out", str(other), "--features", "logmel",
+                 "--clusters", "8"]) == 0
+    with pytest.raises(UserError, match="made by another tokenizer"):
+        main(["--shards", str(audio_shards / "train-*.tar"), "--out", str(out), "--tokenizer", str(other / "tokenizer")])
+    with pytest.raises(UserError, match=r"fitted with n_clusters=8 \(asked 16\)"):
+        main(["--shards", str(audio_shards / "val-*.tar"), "--out", str(tmp_path / "z"), "--tokenizer",
+              str(other / "tokenizer"), "--clusters", "16"])
+    assert dir_fingerprint(out / "tokenizer") == fp  # refusals leave the set as it was
+    # an interrupted run continues with its own tokenizer: flags not given are taken from it
+    first = out / "train-000000.tar"
+    before = first.read_bytes()
+    (out / "train-000001.tar").unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "wrote 1 token shard(s) (1 already there, kept), 6 samples" in capsys.readouterr().out
+    assert first.read_bytes() == before and (out / "train-000001.tar").is_file()
+    assert dir_fingerprint(out / "tokenizer") == fp
+    assert main(["--shards", str(audio_shards / "train-*.tar"), "--out", str(out), "--tokenizer", str(out / "tokenizer")]) == 0
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "train-000000.tar").write_bytes(b"")
+    with pytest.raises(UserError, match="no tokenizer/"):
+        main(["--shards", str(audio_shards / "train-*.tar"), "--out", str(stray), "--features", "logmel"])

@@ -12,6 +12,7 @@ import torch
 
 from alm.data.audio import encode_flac
 from alm.data.shards import ShardWriter, json_bytes, key_from_id, npy_load, read_shard
+from alm.errors import UserError
 from alm.tokenizers import codec as C
 
 SR_IN = 24000  # shard audio rate; the tiny codec runs at 16 kHz, so the pass resamples
@@ -65,10 +66,10 @@ def test_load_codec_by_path_and_info(codec_dir, codec, tmp_path):
         "name": str(codec_dir), "sample_rate": 16000, "hop_length": 320, "frame_rate": 50, "n_q": 4,
         "codebook_size": 32,
     }
-    with pytest.raises(FileNotFoundError, match="no such local path"):
+    with pytest.raises(UserError, match="no such local path"):
         C.load_codec(tmp_path / "missing" / "codec")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(UserError, match="config.json"):
         C.load_codec(tmp_path / "empty")
 
 

@@ -103,8 +103,10 @@ def _generate_arguments(p) -> None:
 
 
 def _generate(a) -> int:
-    from alm.generate import sample_semantic
+    from alm.generate import check_out_path, sample_semantic
 
+    if a.out:
+        check_out_path(a.out)
     tokens = sample_semantic(a.export_dir, a.tokens, a.num, a.temperature, a.top_k, a.top_p, a.seed, a.device)
     for row in tokens:
         print(" ".join(str(int(t)) for t in row))

@@ -49,39 +49,19 @@ CODES_MEMBER = "codes.npy"
 # Loading and describing a codec
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    """'org/name' (one slash, no leading '.', '/', '~') is taken for a hub id, anything else
-    that does not exist on disk for a missing local path."""
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and "\\" not in name
-
-
 def load_codec(name_or_path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load an EnCodec model in eval mode on `device`.
 
-    `name_or_path`: 'encodec_24khz' / 'encodec_32khz' (-> facebook/encodec_*), a hub id, or a
-    local directory holding `config.json` + weights (as written by `save_pretrained`).
+    `name_or_path`: 'encodec_24khz' / 'encodec_32khz' (-> facebook/encodec_*), an existing local
+    directory holding `config.json` + weights (as written by `save_pretrained`), or a hub id
+    (`org/name[@revision]`, from the HF cache or the hub: see alm.hub).
     """
     from transformers import EncodecModel
 
+    from alm.hub import from_pretrained
+
     name = str(name_or_path)
-    source = CODEC_NAMES.get(name, name)
-    local = Path(os.path.expanduser(source))
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(f"codec directory {local} has no config.json (write it with save_pretrained)")
-        source = str(local)
-    elif not _looks_like_hub_id(source):
-        raise FileNotFoundError(
-            f"codec {name!r}: no such local path {local}; use encodec_24khz, encodec_32khz, a hub id or a directory"
-        )
-    try:
-        codec = EncodecModel.from_pretrained(source)
-    except OSError as exc:
-        raise OSError(
-            f"could not load codec {name!r} ({source}): {exc}\n"
-            "Without network access, download it beforehand (huggingface-cli download ...) "
-            "or pass a local directory; HF_HUB_OFFLINE=1 makes such failures immediate."
-        ) from exc
+    codec = from_pretrained(EncodecModel, CODEC_NAMES.get(name, name), what="codec")
     _check_supported(codec, name)
     return codec.to(device).eval()
 
@@ -250,7 +230,9 @@ def tokenize_codec_shards(
     the codebook fits, else int32) beside the copied `json`, plus `out_dir/codec.json`.
 
     `codec`: a loaded model or a name/path for `load_codec`. Audio (`flac`/`wav`/`ogg`, mono or
-    downmixed) is resampled to the codec's rate. Undecodable or empty audio -> the sample is
+    downmixed) is resampled to the codec's rate. codec.json records the codec's name, facts and
+    weights_sha256 (and, for a local codec directory, its absolute path and files_sha256), which
+    training checks against data.codec (alm.data.provenance). Undecodable or empty audio -> the sample is
     left out and listed in `out_dir/errors.json`. Finished shards are skipped on a rerun; a
     rerun with a different codec or n_q into the same directory is refused.
     Returns map_shards' summary {"shards", "samples", "errors"}.
@@ -283,6 +265,11 @@ def tokenize_codec_shards(
         "weights_sha256": weights_fingerprint(codec),
         "source": shards_spec if isinstance(shards_spec, str) else list(shards_spec),
     }
+    local = Path(os.path.expanduser(meta["name"])) if meta["name"] else None
+    if local is not None and local.is_dir():  # a local codec: where it is and a hash of its files
+        from alm.data.provenance import dir_fingerprint
+
+        meta["path"], meta["files_sha256"] = str(local.resolve()), dir_fingerprint(local)
     meta_path = out_dir / "codec.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())

@@ -32,7 +32,8 @@ from safetensors.torch import load_file, save_file
 
 from alm.data.audio import load_mono
 from alm.data.shards import expand_shards, map_shards, npy_bytes, read_shard
-from alm.io import atomic_write_text
+from alm.errors import UserError
+from alm.io import atomic_write_text, atomic_write_with
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +91,22 @@ def logmel_features(sample_rate: int, n_mels: int = 64) -> FeatureFn:
 
 
 def ssl_features(model_id: str, layer: int, sample_rate: int, chunk_seconds: float, device: str = "cpu") -> FeatureFn:
-    """Hidden states of `layer` of a transformers SSL speech model (HuBERT, wav2vec 2.0, w2v-BERT)."""
+    """Hidden states of `layer` of a transformers SSL speech model (HuBERT, wav2vec 2.0, w2v-BERT).
+
+    `model_id`: a local directory or a hub id `org/name[@revision]` (see alm.hub)."""
     from transformers import AutoFeatureExtractor, AutoModel
 
-    if os.path.sep in model_id and not os.path.exists(model_id):
-        raise FileNotFoundError(f"SSL model path {model_id!r} does not exist")
-    model = AutoModel.from_pretrained(model_id).to(device).eval()
+    from alm.hub import from_pretrained, resolve
+
+    model = from_pretrained(AutoModel, model_id, what="SSL model").to(device).eval()
+    source, revision = resolve(model_id)
     try:
-        extractor = AutoFeatureExtractor.from_pretrained(model_id)
+        extractor = AutoFeatureExtractor.from_pretrained(source, **({"revision": revision} if revision else {}))
     except (OSError, ValueError):
         extractor = None  # raw waveform input, normalised below
     n_layers = getattr(model.config, "num_hidden_layers", None)
     if n_layers is not None and not 0 <= layer <= n_layers:
-        raise ValueError(f"layer {layer} out of range: {model_id} has {n_layers} layers")
+        raise UserError(f"--layer {layer} out of range: {model_id} has {n_layers} layers (0..{n_layers})")
     chunk = int(chunk_seconds * sample_rate)
 
     @torch.no_grad()
@@ -155,7 +159,8 @@ class SemanticTokenizer:
     def save(self, out_dir: str | os.PathLike) -> None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_file({"centroids": self.centroids.contiguous(), "mean": self.mean, "std": self.std}, str(out_dir / CENTROIDS_FILE))
+        tensors = {"centroids": self.centroids.contiguous(), "mean": self.mean, "std": self.std}
+        atomic_write_with(out_dir / CENTROIDS_FILE, lambda tmp: save_file(tensors, tmp))
         atomic_write_text(out_dir / CONFIG_FILE, json.dumps(asdict(self.cfg), indent=1))
 
     @classmethod
@@ -199,7 +204,7 @@ def fit_tokenizer(
         if total >= max_frames:
             break
     if total < cfg.n_clusters:
-        raise ValueError(f"only {total} feature frames to fit {cfg.n_clusters} clusters: give more audio")
+        raise UserError(f"only {total} feature frames to fit {cfg.n_clusters} clusters: give more audio (--fit-shards)")
     x = np.concatenate(chunks)[:max_frames]
     mean, std = x.mean(0), x.std(0) + 1e-5
     km = MiniBatchKMeans(n_clusters=cfg.n_clusters, random_state=seed, batch_size=4096, n_init=3, max_iter=100)
@@ -225,15 +230,66 @@ def tokenize_shards(tokenizer: SemanticTokenizer, shards: list[str], out_dir: st
     return map_shards(shards, out_dir, fn, batch_size=8, desc="semantic tokens", progress=progress)
 
 
+FIT_FIELDS = ("features", "model", "layer", "n_clusters")  # what makes two tokenizers different
+
+
+def _fit_config(path: Path) -> dict:
+    return json.loads((path / CONFIG_FILE).read_text())
+
+
+def _differences(have: dict, asked: dict) -> str:
+    return ", ".join(f"{k}={have.get(k)!r} (asked {asked[k]!r})" for k in FIT_FIELDS if have.get(k) != asked[k])
+
+
+def check_existing_out(out_dir: Path, cfg: SemanticTokenizerConfig | None, tokenizer_dir: str | None) -> bool:
+    """May `out_dir` receive these tokens? -> True when it already holds shards of the same tokenizer
+    (the run continues: finished shards are kept). Another tokenizer's shards there -> UserError."""
+    from alm.data.provenance import dir_fingerprint
+
+    old = out_dir / "tokenizer"
+    if not (old / CONFIG_FILE).is_file():
+        if any(out_dir.glob("*.tar")):
+            raise UserError(f"--out {out_dir} holds .tar shards but no tokenizer/: not a semantic token set; "
+                            "use another --out directory")
+        return False
+    have = _fit_config(old)
+    if tokenizer_dir:
+        if not (Path(tokenizer_dir) / CONFIG_FILE).is_file():
+            raise UserError(f"--tokenizer {tokenizer_dir}: not a semantic tokenizer directory (needs {CONFIG_FILE})")
+        if dir_fingerprint(tokenizer_dir) != dir_fingerprint(old):
+            raise UserError(f"--out {out_dir} holds token shards made by another tokenizer ({old}: "
+                            f"{', '.join(f'{k}={have.get(k)!r}' for k in FIT_FIELDS)}) than --tokenizer {tokenizer_dir}: "
+                            "use another --out directory, or delete it to re-tokenize")
+    elif cfg is not None:
+        differ = _differences(have, asdict(cfg))
+        if differ:
+            raise UserError(f"--out {out_dir} holds token shards made with {differ}: use another --out directory, "
+                            "or delete it to re-tokenize")
+    return True
+
+
 def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, tokenizer_dir: str | None = None,
         fit_shards: str | None = None, max_fit_frames: int = 200_000, seed: int = 0, device: str = "cpu",
         progress: bool = True) -> dict:
-    """Fit (or load) a tokenizer, then tokenize `shards` into `out`; the tokenizer goes to out/tokenizer."""
+    """Fit (or load) a tokenizer, then tokenize `shards` into `out`; the tokenizer goes to out/tokenizer.
+
+    An `out` that already holds token shards continues (finished shards are kept) only with the same
+    tokenizer: the one in out/tokenizer, given again as `tokenizer_dir` or asked for by the same `cfg`
+    (features, model, layer, n_clusters); anything else is refused (UserError).
+    Returns map_shards' summary plus "tokenizer" and "existing" (shards that were already there)."""
     urls = expand_shards(shards)
     out_dir = Path(out)
     if tokenizer_dir:
+        tok_cfg = _fit_config(Path(tokenizer_dir)) if (Path(tokenizer_dir) / CONFIG_FILE).is_file() else None
+        if tok_cfg is not None and cfg is not None and _differences(tok_cfg, asdict(cfg)):
+            raise UserError(f"--tokenizer {tokenizer_dir} was fitted with {_differences(tok_cfg, asdict(cfg))}: "
+                            "drop the fitting flags or use that tokenizer's settings")
+    continuing = check_existing_out(out_dir, cfg, tokenizer_dir)
+    existing = [u for u in urls if (out_dir / os.path.basename(u)).exists()]
+    if tokenizer_dir:
         tok = SemanticTokenizer.load(tokenizer_dir, device)
-    elif (out_dir / "tokenizer" / CONFIG_FILE).is_file():
+    elif continuing:
+        log.info("continuing into %s with its tokenizer (%d of %d shards already there)", out_dir, len(existing), len(urls))
         tok = SemanticTokenizer.load(out_dir / "tokenizer", device)
     else:
         if cfg is None:
@@ -241,9 +297,16 @@ def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, token
         fit_urls = expand_shards(fit_shards) if fit_shards else urls
         samples = (s for u in fit_urls for s in read_shard(u))
         tok = fit_tokenizer(cfg, samples, max_fit_frames, seed, device)
-    tok.save(out_dir / "tokenizer")
+    if tokenizer_dir and not continuing:  # the same files: the same fingerprint (alm.data.provenance)
+        (out_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
+        for name in (CENTROIDS_FILE, CONFIG_FILE):  # the config last: its presence means complete
+            data = (Path(tokenizer_dir) / name).read_bytes()
+            atomic_write_with(out_dir / "tokenizer" / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+    elif not continuing:
+        tok.save(out_dir / "tokenizer")
     result = tokenize_shards(tok, urls, out_dir, progress)
     result["tokenizer"] = str(out_dir / "tokenizer")
+    result["existing"] = existing
     return result
 
 
@@ -251,23 +314,35 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="alm tokenize semantic", description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", required=True, help="audio shards (dir, glob or brace pattern)")
     p.add_argument("--out", required=True, help="output dir: token shards + tokenizer/")
-    p.add_argument("--model", default="", help="SSL model hub id or local path (e.g. facebook/hubert-base-ls960)")
-    p.add_argument("--layer", type=int, default=6)
-    p.add_argument("--clusters", type=int, default=500)
-    p.add_argument("--features", choices=["ssl", "logmel"], default="ssl", help="logmel = demo-only fallback")
+    p.add_argument("--model", default=None, help="SSL model: hub id (org/name[@revision]) or local path")
+    p.add_argument("--layer", type=int, default=None, help="hidden layer to cluster (default 6)")
+    p.add_argument("--clusters", type=int, default=None, help="k-means clusters K (default 500)")
+    p.add_argument("--features", choices=["ssl", "logmel"], default=None, help="ssl (default); logmel = demo-only fallback")
     p.add_argument("--tokenizer", default=None, help="reuse a fitted tokenizer dir instead of fitting")
     p.add_argument("--fit-shards", default=None, help="shards to fit k-means on (default: --shards)")
     p.add_argument("--fit-frames", type=int, default=200_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    cfg = SemanticTokenizerConfig(features=a.features, model=a.model, layer=a.layer, n_clusters=a.clusters)
-    if not a.tokenizer:
+    asked = {k: v for k, v in (("features", a.features), ("model", a.model), ("layer", a.layer),
+                                ("n_clusters", a.clusters)) if v is not None}
+    if a.tokenizer:  # fitting flags, if any, must agree with the tokenizer's
+        cfg = SemanticTokenizerConfig(**{**_fit_config(Path(a.tokenizer)), **asked}) if asked and \
+            (Path(a.tokenizer) / CONFIG_FILE).is_file() else None
+    else:
+        old = Path(a.out) / "tokenizer"
+        base = {k: _fit_config(old)[k] for k in FIT_FIELDS} if (old / CONFIG_FILE).is_file() else {}
+        cfg = SemanticTokenizerConfig(**{**base, **asked})  # flags not given: as in an existing --out
         try:
             cfg.validate()
         except ValueError as exc:
             p.error(str(exc))
-    r = run(a.shards, a.out, cfg, a.tokenizer, a.fit_shards, a.fit_frames, a.seed, a.device)
-    print(f"wrote {len(r['shards'])} token shard(s), {r['samples']} samples, {len(r['errors'])} error(s) -> {a.out}")
+    try:
+        r = run(a.shards, a.out, cfg, a.tokenizer, a.fit_shards, a.fit_frames, a.seed, a.device)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    new = len(r["shards"]) - len(r["existing"])
+    kept = f" ({len(r['existing'])} already there, kept)" if r["existing"] else ""
+    print(f"wrote {new} token shard(s){kept}, {r['samples']} samples, {len(r['errors'])} error(s) -> {a.out}")
     print(f"tokenizer: {r['tokenizer']}")
     return 0
