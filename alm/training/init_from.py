@@ -31,7 +31,7 @@ def weight_files(path: Path) -> list[Path]:
         return [path / f for f in sorted(set(weight_map.values()))]
     if (path / SINGLE).is_file():
         return [path / SINGLE]
-    raise UserError(f"init_from={path}: no {SINGLE} or {INDEX} inside (is it an `alm export` folder?)")
+    raise UserError(f"{path}: no {SINGLE} or {INDEX} inside (an `alm export` or transformers model folder has one)")
 
 
 def iter_tensors(files: list[Path]) -> Iterator[tuple[str, Callable[[], torch.Tensor]]]:
@@ -64,37 +64,74 @@ def check_compatible(cfg: RunConfig, export_dir: Path) -> None:
 
 def load_export_weights(model: torch.nn.Module, cfg: RunConfig,
                         gathered: Callable[[list], ContextManager], rank: int | None = None) -> int:
-    """Copy the export's tensors into `model` (partitioned or not) -> number of tensors loaded."""
+    """Copy the export `cfg.init_from`'s tensors into `model` (partitioned or not) -> tensors loaded."""
     export_dir = Path(cfg.init_from)
     check_compatible(cfg, export_dir)
+    return load_weights(model, export_dir, gathered, rank, what=f"init_from={export_dir}")
+
+
+def hf_weights_dir(name_or_path: str) -> Path:
+    """A transformers model folder (local path, or a hub id resolved through the HF cache / hub,
+    offline mode respected) holding its safetensors weights."""
+    from alm.hub import resolve
+
+    local, revision = resolve(name_or_path, "pretrained model")
+    if revision is None and Path(local).is_dir():
+        return Path(local)
+    from huggingface_hub import snapshot_download
+
+    from alm.hub import offline
+
+    try:
+        return Path(snapshot_download(local, revision=revision, allow_patterns=["*.safetensors", "*.json"],
+                                      local_files_only=offline()))
+    except Exception as exc:  # not cached while offline, no network, no such repository
+        raise UserError(f"pretrained model {name_or_path!r} cannot be had: {str(exc).splitlines()[0]} "
+                        "(HF_HUB_OFFLINE=1 reads only the local HF cache)") from exc
+
+
+def load_hf_weights(model: torch.nn.Module, name_or_path: str, gathered: Callable[[list], ContextManager],
+                    key_map: Callable[[str], str | None] | None = None, rank: int | None = None) -> int:
+    """Load a transformers checkpoint (hub id or local folder) into `model` — a transformers model,
+    or an alm module wrapping one — tensor by tensor, also when ZeRO-3 built it partitioned.
+    key_map maps a stored name to the module's (None: skip that tensor)."""
+    return load_weights(model, hf_weights_dir(name_or_path), gathered, rank, key_map, what=str(name_or_path))
+
+
+def load_weights(model: torch.nn.Module, folder: Path, gathered: Callable[[list], ContextManager],
+                 rank: int | None = None, key_map: Callable[[str], str | None] | None = None,
+                 what: str = "weights") -> int:
+    """Copy the safetensors tensors of `folder` into `model`, one parameter at a time -> tensors
+    loaded. Every parameter must receive a value (tied names count once); an unknown or
+    mis-shaped tensor is an error naming it."""
     if rank is None:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     targets = dict(model.named_parameters(remove_duplicate=False))
     targets.update(dict(model.named_buffers()))
     loaded: set[int] = set()
-    names_loaded: set[str] = set()
     n = 0
-    for name, load in iter_tensors(weight_files(export_dir)):
+    for stored, load in iter_tensors(weight_files(folder)):
+        name = key_map(stored) if key_map is not None else stored
+        if name is None:
+            continue
         if name not in targets:
-            raise UserError(f"init_from={export_dir}: tensor {name!r} has no place in the {cfg.stage} model")
+            raise UserError(f"{what}: tensor {stored!r} has no place in the {type(model).__name__}")
         target = targets[name]
-        names_loaded.add(name)
         if id(target) in loaded:  # a tied weight stored under both names
             continue
         loaded.add(id(target))
+        partitioned = hasattr(target, "ds_id")
         with gathered([target]) if isinstance(target, torch.nn.Parameter) else contextlib.nullcontext():
-            if rank == 0 or not hasattr(target, "ds_id"):
+            if rank == 0 or not partitioned:  # rank 0 fills a gathered parameter; the others receive it
                 tensor = load()
                 if tensor.shape != target.shape:
-                    raise UserError(f"init_from={export_dir}: {name} has shape {tuple(tensor.shape)}, "
-                                    f"the model expects {tuple(target.shape)}")
+                    raise UserError(f"{what}: {stored} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}")
                 with torch.no_grad():
                     target.copy_(tensor.to(target.dtype))
         n += 1
     params = dict(model.named_parameters(remove_duplicate=False))
     missing = [k for k, p in params.items() if id(p) not in loaded]
     if missing:
-        raise UserError(f"init_from={export_dir}: no weights for {', '.join(missing[:5])}"
+        raise UserError(f"{what}: no weights for {', '.join(missing[:5])}"
                         + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
     return n
-
