@@ -450,18 +450,6 @@ def test_signal_lead_from_measured_save_time(capsys, tmp_path):
     assert res.signal_seconds == 120 and res.signal_source.startswith("default")
 
 
-def test_sbatch_shell_outlives_sigterm_until_the_tasks_stop(tmp_path):
-    cluster = load_cluster("local")
-    res = signal_lead(resources(cluster, {"nodes": 1, "tasks_per_node": 1}), str(tmp_path / "r"))
-    cfg = prepare_recipe(TINY, [f"run_dir={tmp_path}/r", "trainer.accelerator=cpu"], 1, 1, 0)
-    script = render_training(cfg, res, cluster, recipe_source=TINY)
-    lines = script.splitlines()
-    trap = next(i for i, line in enumerate(lines) if line.startswith("trap "))
-    srun = next(i for i, line in enumerate(lines) if line.startswith("srun "))
-    assert "TERM" in lines[trap] and trap < srun and lines[srun + 1].endswith("&")  # srun in the background
-    assert 'while kill -0 "${tasks}"' in script and script.index("wait \"${tasks}\" && rc=0") < script.index("alm runs --state")
-
-
 # ----------------------------------------------------------------------------------------------
 # pipelines from another directory
 
