@@ -41,6 +41,8 @@ def _slurm_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requeues", type=int, help="preemption requeues at most (default 20)")
     p.add_argument("--export", action="store_true", help="recipes: end the job with `alm export RUN_DIR --out RUN_DIR/export`")
     p.add_argument("--dir", help="pipelines: folder for command stages' logs and default run dirs")
+    p.add_argument("--no-resource-check", action="store_true",
+                   help="submit without checking cpus/GPUs/memory per node against `sinfo` of the partition")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script(s); submit nothing, write nothing")
     return p
 
@@ -50,14 +52,18 @@ def _slurm(argv: list[str]) -> int:
     from launch.pipeline import is_pipeline, launch_pipeline
     from launch.slurm import (
         LaunchError,
+        check_resources,
+        forget_sinfo,
         load_cluster,
         prepare_recipe,
         render_training,
         resources,
+        signal_lead,
         submit_training,
     )
 
     a = _slurm_parser().parse_intermixed_args(argv)
+    forget_sinfo()
     cli = {
         "nodes": a.nodes, "gpus_per_node": a.gpus_per_node, "tasks_per_node": a.tasks_per_node,
         "cpus_per_task": a.cpus_per_task, "partition": a.partition, "account": a.account, "qos": a.qos,
@@ -72,7 +78,8 @@ def _slurm(argv: list[str]) -> int:
                 raise LaunchError(f"{a.target} is a pipeline: put overrides into its stages, not on the command line")
             if a.export:
                 raise LaunchError("--export is for recipes; in a pipeline give the stage `export: true`")
-            launch_pipeline(a.target, cli=cli, cluster_flag=a.cluster, dir_override=a.dir, dry_run=a.dry_run)
+            launch_pipeline(a.target, cli=cli, cluster_flag=a.cluster, dir_override=a.dir, dry_run=a.dry_run,
+                            check=not a.no_resource_check)
             return 0
         if a.dir:
             raise LaunchError("--dir is for pipelines; for a recipe set run_dir=...")
@@ -81,6 +88,9 @@ def _slurm(argv: list[str]) -> int:
         cfg = prepare_recipe(a.target, a.overrides, res.nodes, res.tasks_per_node, res.gpus_per_node)
         if res.cpus_per_task is None:
             res.cpus_per_task = cfg.data.num_workers + 1
+        check_resources(res, enabled=not a.no_resource_check)
+        signal_lead(res, cfg.run_dir)
+        print(f"[alm] --signal=USR1@{res.signal_seconds}: {res.signal_source}", file=sys.stderr)
         if a.dry_run:
             print(render_training(cfg, res, cluster, recipe_source=a.target, export=a.export))
             return 0
@@ -127,19 +137,48 @@ def launch_main(argv: list[str]) -> int:
     return 2
 
 
+def _print_quietly(text: str) -> None:
+    """Print, and stay quiet if the reader went away (`alm runs --json | head`): no BrokenPipe traceback."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit; point it at /dev/null so that flush cannot fail either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def runs_main(argv: list[str]) -> int:
     from launch import runs
 
-    p = argparse.ArgumentParser(prog="alm runs", description="List run dirs: stage, state, last step, checkpoint, W&B id, SLURM job.")
+    p = argparse.ArgumentParser(prog="alm runs", description="List run dirs: stage, state, last step, checkpoint, W&B id, "
+                                "corrupt samples, SLURM job.")
     p.add_argument("dirs", nargs="*", help="run dirs or folders holding them (default: ./runs)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--state", metavar="RUN_DIR", help="print only this run's state (one word) and exit")
+    p.add_argument("--plot", metavar="RUN_DIR", help="write RUN_DIR/loss.png (train/val loss over steps from metrics.csv)")
+    p.add_argument("--out", help="with --plot: the PNG's path instead of RUN_DIR/loss.png")
     a = p.parse_args(argv)
+    if a.out and not a.plot:
+        print("alm runs: --out is for --plot", file=sys.stderr)
+        return 2
+    if a.plot:
+        from alm.errors import UserError
+        from launch.plot import plot_losses
+
+        try:
+            path = plot_losses(a.plot, a.out)
+        except UserError as exc:
+            print(f"alm runs --plot: {exc}", file=sys.stderr)
+            return 2
+        _print_quietly(str(path))
+        return 0
     if a.state:
         if not Path(a.state).is_dir():
             print(f"alm runs: {a.state}: no such directory", file=sys.stderr)
             return 2
-        print(runs.state_word(Path(a.state)))
+        _print_quietly(runs.state_word(Path(a.state)))
         return 0
     roots = a.dirs or ["runs"]
     missing = [d for d in roots if not Path(d).is_dir()]
@@ -148,10 +187,9 @@ def runs_main(argv: list[str]) -> int:
         return 2
     infos = [runs.run_info(d) for d in runs.find_runs(roots)]
     if a.json:
-        print(runs.as_json(infos))
+        _print_quietly(runs.as_json(infos))
     elif not infos:
-        print(f"no run dirs under {', '.join(roots)}")
+        _print_quietly(f"no run dirs under {', '.join(roots)}")
     else:
-        base = Path.cwd()
-        print(runs.table(infos, base))
+        _print_quietly(runs.table(infos, Path.cwd()))
     return 0

@@ -13,8 +13,8 @@ A pipeline file (see launch/README.md and launch/pipelines/):
       - name: tokenize                     # a command stage: one shell command (`alm ...` uses the launcher's python)
         command: alm tokenize semantic --shards data/librilight --out data/librilight-hubert ...
         gpus_per_node: 1
-      - name: semantic                     # a training stage: recipe + overrides (+ export: true)
-        recipe: recipes/audiolm/semantic.yaml
+      - name: semantic                     # a training stage: recipe (relative to this file) + overrides
+        recipe: ../../recipes/audiolm/semantic.yaml
         overrides: [data.train_shards=data/librilight-hubert]
         nodes: 4
         gpus_per_node: 8
@@ -25,6 +25,10 @@ A pipeline file (see launch/README.md and launch/pipelines/):
 References, resolved when the pipeline is submitted: `{pipeline.dir}`, and for an earlier stage
 `{stages.NAME.run_dir}` / `.export` / `.dir` / `.log` / `.job_id`. Other braces (e.g. brace patterns
 in shard paths) are left alone. A training stage's run_dir defaults to `{pipeline.dir}/NAME`.
+
+Paths: `recipe:` and a `cluster:` file are relative to the pipeline file (so a pipeline works from any
+directory); `dir:`, run dirs and the paths inside commands and overrides are relative to the directory
+`alm launch` runs in (the jobs start there: `#SBATCH --chdir`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,11 +49,13 @@ from launch.slurm import (
     LOG_NAME,
     RESOURCE_KEYS,
     LaunchError,
+    check_resources,
     load_cluster,
     prepare_recipe,
     render_command,
     render_training,
     resources,
+    signal_lead,
     submit_command,
     submit_training,
 )
@@ -91,12 +98,20 @@ class Pipeline:
     source: str
 
 
-def _find(path: str, base: Path) -> str:
-    """A path as given if it exists from the current directory, else relative to the pipeline file."""
-    if os.path.exists(path) or os.path.isabs(path):
-        return path
-    alt = base / path
-    return str(alt) if alt.exists() else path
+def _beside(path: str, base: Path) -> Path:
+    """`path` as written in the pipeline file: absolute, or relative to the file's folder (never to the cwd)."""
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else Path(os.path.normpath(base / p))
+
+
+def _cluster_ref(value: str, base: Path, where: str) -> str:
+    """A pipeline's `cluster:`: a file relative to the pipeline file, or the name of a bundled cluster file."""
+    p = _beside(value, base)
+    if p.is_file():
+        return str(p)
+    if "/" in value or value.endswith((".yaml", ".yml")):
+        raise LaunchError(f"{where}: key 'cluster': {value}: no such file {p} (paths are relative to the pipeline file)")
+    return value
 
 
 def load_pipeline(path: str, dir_override: Optional[str] = None) -> Pipeline:
@@ -112,6 +127,7 @@ def load_pipeline(path: str, dir_override: Optional[str] = None) -> Pipeline:
     for key in raw:
         if key not in TOP_KEYS:
             raise LaunchError(f"{path}: key '{key}': unknown; expected one of {', '.join(sorted(TOP_KEYS))}")
+    base = src.resolve().parent  # recipe and cluster paths in the file are relative to it
     name = str(raw.get("name") or src.stem)
     slurm = raw.get("slurm") or {}
     if not isinstance(slurm, dict):
@@ -136,7 +152,11 @@ def load_pipeline(path: str, dir_override: Optional[str] = None) -> Pipeline:
         if ("recipe" in spec) == ("command" in spec):
             raise LaunchError(f"{where} ({sname}): give exactly one of `recipe:` (training) or `command:`")
         if "recipe" in spec:
-            spec = dict(spec, recipe=_find(str(spec["recipe"]), src.parent))
+            recipe = _beside(str(spec["recipe"]), base)
+            if not recipe.is_file():
+                raise LaunchError(f"{where} ({sname}): key 'recipe': {spec['recipe']}: no such file {recipe} "
+                                  "(recipe paths are relative to the pipeline file)")
+            spec = dict(spec, recipe=str(recipe))
             ov = spec.get("overrides") or []
             if isinstance(ov, dict):
                 ov = [f"{k}={v}" for k, v in ov.items()]
@@ -149,8 +169,12 @@ def load_pipeline(path: str, dir_override: Optional[str] = None) -> Pipeline:
     pdir = dir_override or raw.get("dir") or f"runs/pipelines/{name}"
     cluster = raw.get("cluster")
     if cluster:
-        cluster = _find(str(cluster), src.parent)
+        cluster = _cluster_ref(str(cluster), base, path)
     return Pipeline(name, os.path.abspath(str(pdir)), cluster, slurm, stages, str(src))
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def resolve(text: str, pipeline: Pipeline, done: dict[str, Stage], where: str) -> str:
@@ -187,8 +211,13 @@ def resolve(text: str, pipeline: Pipeline, done: dict[str, Stage], where: str) -
 
 
 def launch_pipeline(path: str, *, cli: dict, cluster_flag: Optional[str], dir_override: Optional[str],
-                    dry_run: bool, out=print) -> list[Stage]:
-    """Submit every stage in order (each after the previous one); with dry_run print the scripts instead."""
+                    dry_run: bool, out=print, check: bool = True, say=None) -> list[Stage]:
+    """Submit every stage in order (each after the previous one); with dry_run print the scripts instead.
+    Before submitting anything, every stage is rendered once (recipes, references, resources), so a
+    mistake in a later stage leaves no earlier stage's job behind."""
+    if not dry_run:
+        launch_pipeline(path, cli=cli, cluster_flag=cluster_flag, dir_override=dir_override, dry_run=True,
+                        out=lambda *_: None, check=check, say=lambda *_: None)
     p = load_pipeline(path, dir_override)
     cluster = load_cluster(cluster_flag or p.cluster)
     done: dict[str, Stage] = {}
@@ -212,6 +241,12 @@ def launch_pipeline(path: str, *, cli: dict, cluster_flag: Optional[str], dir_ov
                 res.job_name = f"{p.name}-{st.name}"
             if res.cpus_per_task is None:
                 res.cpus_per_task = cfg.data.num_workers + 1  # the training process + its loader workers
+            try:
+                check_resources(res, enabled=check, say=say)
+                signal_lead(res, cfg.run_dir)
+            except LaunchError as exc:
+                raise LaunchError(f"{where}: {exc}") from exc
+            (say or _stderr)(f"[alm] stage {st.name}: --signal=USR1@{res.signal_seconds}: {res.signal_source}")
             st.dir = cfg.run_dir
             st.export = str(Path(cfg.run_dir) / "export") if st.spec.get("export") else None
             if dry_run:
@@ -224,6 +259,10 @@ def launch_pipeline(path: str, *, cli: dict, cluster_flag: Optional[str], dir_ov
             res = resources(cluster, p.slurm, cli, layer)
             if not res.job_name:
                 res.job_name = f"{p.name}-{st.name}"
+            try:
+                check_resources(res, enabled=check, say=say)
+            except LaunchError as exc:
+                raise LaunchError(f"{where}: {exc}") from exc
             st.dir = str(Path(p.dir) / st.name)
             title = f"alm pipeline {p.name}: command stage {st.name}"
             if dry_run:

@@ -2,7 +2,8 @@
 
 A run dir is a directory with config.yaml and state.json and/or checkpoints/ (what `alm train`
 writes), or one that `alm launch slurm` submitted a job for (launch/submissions.jsonl) that has not
-started yet. Columns: run dir, stage, state, last step, last checkpoint, W&B id, SLURM job.
+started yet. Columns: run dir, stage, state, last step, last checkpoint, W&B id, corrupt samples the
+loader skipped (RUN_DIR/data_errors.json; `-` without that file), SLURM job.
 
 State is what RUN_DIR/state.json records (running / done / failed / preempted / interrupted), except
 that a `running` run whose job or process is gone shows as `dead`: for a SLURM job `squeue` decides
@@ -143,6 +144,7 @@ class RunInfo:
     job_state: Optional[str]  # squeue's state, `gone` or `unknown` (SLURM runs only)
     recorded_state: Optional[str]
     requeued: bool = False
+    corrupt_samples: Optional[int] = None  # RUN_DIR/data_errors.json total (None: no such file)
 
 
 def _stage(run_dir: Path) -> str:
@@ -182,6 +184,25 @@ def last_logged_step(run_dir: Path) -> Optional[int]:
                 except ValueError:
                     continue
     return None
+
+
+DATA_ERRORS = "data_errors.json"  # {"shards": {path: corrupt samples}, "total": n}, written by the data loader
+
+
+def corrupt_samples(run_dir: Path) -> Optional[int]:
+    """Corrupt samples the loader skipped, per RUN_DIR/data_errors.json; None if the file is absent.
+    A file that cannot be read as that layout counts as -1 (shown as `?`), never as 0."""
+    path = Path(run_dir) / DATA_ERRORS
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    total = data.get("total")
+    if isinstance(total, int) and not isinstance(total, bool) and total >= 0:
+        return total
+    shards = data.get("shards")
+    if isinstance(shards, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in shards.values()):
+        return sum(shards.values())
+    return -1
 
 
 def run_info(run_dir: Path) -> RunInfo:
@@ -228,6 +249,7 @@ def run_info(run_dir: Path) -> RunInfo:
         job_state=job_state,
         recorded_state=recorded,
         requeued=bool(st.get("requeued")) and recorded == "preempted",
+        corrupt_samples=corrupt_samples(run_dir),
     )
 
 
@@ -240,7 +262,7 @@ def state_word(run_dir: Path) -> str:
 # ----------------------------------------------------------------------------------------------
 # table
 
-COLUMNS = ("RUN DIR", "STAGE", "STATE", "STEP", "CHECKPOINT", "W&B ID", "SLURM JOB")
+COLUMNS = ("RUN DIR", "STAGE", "STATE", "STEP", "CHECKPOINT", "W&B ID", "CORRUPT", "SLURM JOB")
 
 
 def _row(info: RunInfo, base: Optional[Path]) -> list[str]:
@@ -258,7 +280,8 @@ def _row(info: RunInfo, base: Optional[Path]) -> list[str]:
     if info.slurm_job:
         live = info.job_state not in (None, "unknown", "gone")
         job = info.slurm_job + (f" ({info.job_state.lower()})" if live else "")
-    return [run, info.stage, info.state, step, ckpt, info.wandb_id or "-", job]
+    corrupt = {None: "-", -1: "?"}.get(info.corrupt_samples, str(info.corrupt_samples))
+    return [run, info.stage, info.state, step, ckpt, info.wandb_id or "-", corrupt, job]
 
 
 def table(infos: list[RunInfo], base: Optional[Path] = None) -> str:

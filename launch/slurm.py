@@ -32,6 +32,8 @@ from typing import Any, Optional
 import yaml
 
 from alm.config import RecipeError, RunConfig, load_recipe, save_config
+from alm.errors import UserError
+from launch.fit import DoesNotFit, check_fit, read_sinfo
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "sbatch.tmpl"
@@ -42,7 +44,7 @@ RECIPE_NAME = "recipe.yaml"
 SUBMISSIONS = "submissions.jsonl"
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError):
     """A launch request is invalid (the message says which flag, key or file)."""
 
 
@@ -149,16 +151,17 @@ class Resources:
     time: Optional[str] = None
     mem: Optional[str] = None
     exclusive: bool = False
-    signal_seconds: int = 120
+    signal_seconds: Optional[int] = None  # None: derived from the run's measured checkpoint save time
     max_requeues: int = 20
     job_name: Optional[str] = None
+    signal_source: str = ""  # where signal_seconds came from (said in the script and its log)
 
     @property
     def tasks(self) -> int:
         return self.nodes * (self.tasks_per_node or 0)
 
 
-RESOURCE_KEYS = tuple(f.name for f in fields(Resources))
+RESOURCE_KEYS = tuple(f.name for f in fields(Resources) if f.name != "signal_source")
 
 
 def resources(cluster: Cluster, *layers: dict) -> Resources:
@@ -185,8 +188,55 @@ def resources(cluster: Cluster, *layers: dict) -> Resources:
             "--tasks-per-node T with trainer.accelerator=cpu"
         )
     limit = time_seconds(res.time) if res.time else None
-    if limit is not None and res.signal_seconds >= limit:
+    if limit is not None and res.signal_seconds is not None and res.signal_seconds >= limit:
         raise LaunchError(f"--signal-seconds {res.signal_seconds} is not shorter than --time {res.time}")
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# how long before the time limit the preemption signal comes
+
+DEFAULT_SIGNAL_SECONDS = 120
+SIGNAL_MARGIN_SECONDS = 60  # finishing the current step, stopping, flushing W&B
+SIGNAL_SAVE_FACTOR = 2  # a save may take longer than the one measured (bigger file system load, ...)
+
+
+def measured_save(run_dir: str) -> Optional[tuple[float, Path]]:
+    """(save_seconds, checkpoint dir) from meta.json of the run dir's newest checkpoint, if it has one."""
+    from launch.runs import list_checkpoints, read_json
+
+    ckpts = list_checkpoints(Path(run_dir))
+    if not ckpts:
+        return None
+    newest = ckpts[-1][1]
+    value = read_json(newest / "meta.json").get("save_seconds")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        return None
+    return float(value), newest
+
+
+def signal_lead(res: Resources, run_dir: str) -> Resources:
+    """Fill res.signal_seconds (and res.signal_source): a --signal-seconds / cluster / pipeline value as given,
+    else SIGNAL_SAVE_FACTOR x the measured save time of the run's newest checkpoint + SIGNAL_MARGIN_SECONDS,
+    rounded up to 10 s, else DEFAULT_SIGNAL_SECONDS."""
+    if res.signal_seconds is not None:
+        source = res.signal_source or "given (--signal-seconds, or signal_seconds in the pipeline)"
+    else:
+        found = measured_save(run_dir)
+        if found is None:
+            res.signal_seconds = DEFAULT_SIGNAL_SECONDS
+            source = f"default: no checkpoint in {run_dir} records its save time yet"
+        else:
+            save, ckpt = found
+            lead = SIGNAL_SAVE_FACTOR * save + SIGNAL_MARGIN_SECONDS
+            res.signal_seconds = int(-(-lead // 10) * 10)
+            source = (f"measured: {ckpt.name} saved in {save:.1f} s (meta.json save_seconds); "
+                      f"{SIGNAL_SAVE_FACTOR} x {save:.1f} + {SIGNAL_MARGIN_SECONDS} s, rounded up to 10 s")
+    res.signal_source = source
+    limit = time_seconds(res.time) if res.time else None
+    if limit is not None and res.signal_seconds >= limit:
+        raise LaunchError(f"--signal=USR1@{res.signal_seconds} ({source}) is not shorter than --time {res.time}; "
+                          "give a longer --time or --signal-seconds")
     return res
 
 
@@ -204,6 +254,39 @@ def time_seconds(limit: str) -> Optional[int]:
     if b is not None:  # M:S
         return int(a) * 60 + int(b)
     return int(a) * 60  # M
+
+
+_sinfo_cache: list = []  # one sinfo answer per launch (a pipeline checks every stage); see forget_sinfo
+
+
+def forget_sinfo() -> None:
+    """Ask sinfo again at the next check (called at the start of every `alm launch slurm`)."""
+    _sinfo_cache.clear()
+
+
+def check_resources(res: Resources, *, enabled: bool = True, say=None) -> str:
+    """Refuse a request no node of the target partition can hold (per `sinfo`); returns what was checked,
+    or why the check was skipped, as one line (also passed to `say`)."""
+    say = say or (lambda line: print(line, file=sys.stderr))
+    if not enabled:
+        line = "[alm] resource check skipped (--no-resource-check)"
+    else:
+        if not _sinfo_cache:
+            _sinfo_cache.append(read_sinfo())
+        nodes, why = _sinfo_cache[0]
+        if nodes is None:
+            line = f"[alm] resource check skipped: {why}"
+        else:
+            try:
+                part = check_fit(nodes, partition=res.partition, nodes_wanted=res.nodes, tasks_per_node=res.tasks_per_node,
+                                 cpus_per_task=res.cpus_per_task, gpus_per_node=res.gpus_per_node, mem=res.mem)
+            except (DoesNotFit, ValueError) as exc:
+                raise LaunchError(str(exc)) from None
+            line = (f"[alm] resource check (sinfo): partition {part} has {res.nodes} node(s) that can each hold "
+                    f"{res.tasks_per_node} task(s) x {res.cpus_per_task or 1} CPU(s), {res.gpus_per_node} GPU(s)"
+                    + (f", --mem={res.mem}" if res.mem else ""))
+    say(line)
+    return line
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,6 +360,7 @@ def _directives(res: Resources, job_name: str, log: str, workdir: str, cluster: 
     if training:
         lines += [
             f"# SIGUSR1 to every srun task {res.signal_seconds} s before the time limit -> checkpoint, requeue, resume",
+            f"# ({res.signal_source or 'given'})",
             f"#SBATCH --signal=USR1@{res.signal_seconds}",
             "#SBATCH --requeue",
         ]
@@ -333,7 +417,11 @@ def render_training(cfg: RunConfig, res: Resources, cluster: Cluster, *, recipe_
     lines = [
         f"export PYTHON={q(python_of(cluster))}",
         f"RUN_DIR={q(run_dir)}",
+        "echo " + q(f"[alm] preemption signal: USR1 {res.signal_seconds} s before the time limit "
+                    f"({res.signal_source or 'given'})"),
         f"# {res.tasks} tasks = {res.nodes} nodes x {res.tasks_per_node}; rank/world size come from SLURM",
+        "# SIGTERM (scancel; preemption with PreemptMode=REQUEUE/CANCEL) reaches this shell and every task; SLURM",
+        "# waits KillWait / GraceTime for the tasks before SIGKILL, so the trainer's checkpoint on SIGTERM completes.",
         f'{_srun(res, cluster)} \\\n    "${{PYTHON}}" -m alm train "${{RUN_DIR}}/launch/{RECIPE_NAME}"',
         "",
         "# A preempted attempt has checkpointed and requeued itself: SLURM ends it and runs this script again.",

@@ -1,4 +1,5 @@
-"""Shared test setup: offline W&B, one synthetic-data cache per test session, pinned threads."""
+"""Shared test setup: offline W&B, one synthetic-data cache per test session, pinned threads, and the
+real-format dataset fixtures (built by tests/fixtures/datasets.py once per session, or $ALM_FIXTURES)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,3 +28,21 @@ def _session_env(tmp_path_factory):
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def dataset_fixtures(tmp_path_factory) -> Path:
+    """A folder with audiocaps/, clotho/, musiccaps/, librilight/ in their real on-disk formats and
+    expected.json (the outcome prep must reach). Built here by tests/fixtures/datasets.py; with
+    $ALM_FIXTURES set, that folder instead (another fixture set with the same layout and rules)."""
+    given = os.environ.get("ALM_FIXTURES")
+    if given:
+        root = Path(given)
+        if not (root / "expected.json").is_file():  # a wrong path must fail, not skip
+            raise FileNotFoundError(f"ALM_FIXTURES={given}: no expected.json there")
+        return root
+    from fixtures.datasets import build
+
+    root = tmp_path_factory.mktemp("datasets")
+    build(root)
+    return root

@@ -1,7 +1,8 @@
-"""Every public fixture dataset (real on-disk formats, real audio) prepared into shards and
-compared with the fixtures' expected.json: kept ids, text, extras, audio facts, skips, manifest.
+"""Every fixture dataset (real on-disk formats) prepared into shards and compared with the fixtures'
+expected.json: kept ids, text, extras, audio facts, skips, manifest.
 
-The fixtures are ../shared/fixtures beside the repository (as in CI), or $ALM_FIXTURES.
+The fixtures are built by tests/fixtures/datasets.py (the `dataset_fixtures` fixture of conftest.py),
+or read from $ALM_FIXTURES (any fixture set with the same layout and an expected.json).
 """
 
 from __future__ import annotations
@@ -17,11 +18,6 @@ import soundfile as sf
 
 from alm.data.shards import key_from_id, read_shard
 from data_prep.cli import run
-
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("ALM_FIXTURES") or REPO.parent / "shared" / "fixtures")
-if not (FIXTURES / "expected.json").is_file():  # a missing fixture set must fail CI, not skip it
-    raise FileNotFoundError(f"dataset fixtures not found at {FIXTURES} (set ALM_FIXTURES)")
 
 SRC = {
     "audiocaps": "audiocaps",
@@ -46,16 +42,16 @@ def read_out(out: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def expected() -> dict:
-    return json.loads((FIXTURES / "expected.json").read_text(encoding="utf-8"))
+def expected(dataset_fixtures) -> dict:
+    return json.loads((dataset_fixtures / "expected.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> dict[str, tuple[Path, dict, dict]]:
+def prepared(tmp_path_factory, dataset_fixtures) -> dict[str, tuple[Path, dict, dict]]:
     out: dict[str, tuple[Path, dict, dict]] = {}
     for name, sub in SRC.items():
         dest = tmp_path_factory.mktemp(name)
-        manifest = run(name, FIXTURES / sub, dest, workers=1, quiet=True)
+        manifest = run(name, dataset_fixtures / sub, dest, workers=1, quiet=True)
         out[name] = (dest, manifest, read_out(dest))
     return out
 
@@ -116,8 +112,8 @@ def test_manifest_counts(name, prepared, expected):
     assert sorted(p.name for p in out.glob("*.tar")) == listed
 
 
-def test_resampled_output_keeps_source_facts(tmp_path, expected):
-    run("musiccaps", FIXTURES / "musiccaps", tmp_path, sample_rate=16000, workers=1, quiet=True)
+def test_resampled_output_keeps_source_facts(tmp_path, expected, dataset_fixtures):
+    run("musiccaps", dataset_fixtures / "musiccaps", tmp_path, sample_rate=16000, workers=1, quiet=True)
     samples = read_out(tmp_path)
     for sid, exp in expected["musiccaps"]["kept"].items():
         meta = samples[sid]["json"]

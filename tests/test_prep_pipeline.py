@@ -17,9 +17,6 @@ from data_prep.common import PrepError
 from data_prep.pool import ordered_map
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = Path(os.environ.get("ALM_FIXTURES") or REPO.parent / "shared" / "fixtures")
-if not (FIXTURES / "expected.json").is_file():  # a missing fixture set must fail CI, not skip it
-    raise FileNotFoundError(f"dataset fixtures not found at {FIXTURES} (set ALM_FIXTURES)")
 
 
 def tree_bytes(out: Path) -> dict[str, bytes]:
@@ -37,18 +34,18 @@ def ids_in(out: Path, prefix: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["clotho", "librispeech_finetuning"])
-def test_byte_identical_for_any_worker_count(tmp_path, name):
+def test_byte_identical_for_any_worker_count(tmp_path, name, dataset_fixtures):
     sub = {"clotho": "clotho", "librispeech_finetuning": "librilight/librispeech_finetuning"}[name]
-    one = run(name, FIXTURES / sub, tmp_path / "w1", shard_size=2, workers=1, quiet=True)
-    two = run(name, FIXTURES / sub, tmp_path / "w3", shard_size=2, workers=3, quiet=True)
+    one = run(name, dataset_fixtures / sub, tmp_path / "w1", shard_size=2, workers=1, quiet=True)
+    two = run(name, dataset_fixtures / sub, tmp_path / "w3", shard_size=2, workers=3, quiet=True)
     assert one == two
     a, b = tree_bytes(tmp_path / "w1"), tree_bytes(tmp_path / "w3")
     assert list(a) == list(b) and a == b
     assert len(a) > 3  # several shards per split + manifest
 
 
-def test_small_shard_size_gives_several_shards(tmp_path):
-    manifest = run("audiocaps", FIXTURES / "audiocaps", tmp_path, shard_size=2, quiet=True)
+def test_small_shard_size_gives_several_shards(tmp_path, dataset_fixtures):
+    manifest = run("audiocaps", dataset_fixtures / "audiocaps", tmp_path, shard_size=2, quiet=True)
     train = manifest["splits"]["train"]
     assert train["shards"] == ["train-000000.tar", "train-000001.tar"]
     ids = ids_in(tmp_path, "train")
@@ -56,8 +53,8 @@ def test_small_shard_size_gives_several_shards(tmp_path):
     assert [len(list(read_shard(str(tmp_path / s)))) for s in train["shards"]] == [2, 1]
 
 
-def test_refuses_non_empty_out_unless_overwrite(tmp_path, capsys):
-    src = FIXTURES / "musiccaps"
+def test_refuses_non_empty_out_unless_overwrite(tmp_path, capsys, dataset_fixtures):
+    src = dataset_fixtures / "musiccaps"
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
@@ -75,9 +72,9 @@ def test_refuses_non_empty_out_unless_overwrite(tmp_path, capsys):
     assert sorted(p.name for p in out.glob("*.tar")) == ["eval-000000.tar", "train-000000.tar"]
 
 
-def test_out_inside_src_is_refused(tmp_path):
+def test_out_inside_src_is_refused(tmp_path, dataset_fixtures):
     src = tmp_path / "audiocaps"
-    shutil.copytree(FIXTURES / "audiocaps", src)
+    shutil.copytree(dataset_fixtures / "audiocaps", src)
     with pytest.raises(PrepError, match="inside the source"):
         run("audiocaps", src, src / "shards", quiet=True)
 
@@ -89,10 +86,10 @@ def test_cli_usage_errors(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_module_entry_point(tmp_path):
+def test_module_entry_point(tmp_path, dataset_fixtures):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, "-m", "data_prep.musiccaps", "--src", str(FIXTURES / "musiccaps"),
+        [sys.executable, "-m", "data_prep.musiccaps", "--src", str(dataset_fixtures / "musiccaps"),
          "--out", str(tmp_path / "o"), "--workers", "1", "--sample-rate", "8000"],
         capture_output=True, text=True, env=env, timeout=120,
     )

@@ -1,12 +1,16 @@
 """`alm launch slurm` on a REAL SLURM cluster: slurmctld + two slurmd nodes (n1, n2) on this machine,
-started by shared/slurm/start_local_slurm.sh for this module and stopped at its end. Nothing is mocked.
+started by the project's own launch/local_slurm.py for this module (which installs SLURM with apt-get
+if it is missing) and stopped at its end. Nothing is mocked.
 
   a. a 2-node x 1-task CPU training job finishes, with one rank on each node;
   b. `scancel -s USR1` mid-training: checkpoint -> requeue -> the same job runs again
      (SLURM_RESTART_COUNT=1) -> exact resume: per-step losses equal the uninterrupted run of (a);
   c. a 2-stage pipeline (train + export -> sample from the export) runs in order via afterok, and a
      failing stage cancels the stage after it;
-  d. --dry-run of an 8-node x 8-GPU recipe (no cluster needed).
+  d. --dry-run of an 8-node x 8-GPU recipe (no cluster needed);
+  e. a request no node can hold (cpus-per-task = num_workers + 1 > the nodes' cores) is refused
+     before sbatch, with what the nodes have;
+  f. `scancel` (SIGTERM, as preemption sends it) leaves the tasks time to checkpoint.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ from helpers import FAST, REPO, TINY, env as base_env, losses
 
 pytestmark = pytest.mark.slow
 
-SHARED = REPO.parent / "shared" / "slurm"
 STEPS = 40
 # FAST (tiny net, pinned threads, CPU) + one loader worker per rank; checkpoints only at the end
 # (and when preempted), so the resume point is exactly where the signal landed.
@@ -54,24 +57,26 @@ def _free_port_base() -> int:
     raise RuntimeError("no free ports for the test cluster")
 
 
+def _local_slurm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launch.local_slurm", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     prefix = tmp_path_factory.mktemp("slurm")
     assert not re.search(r"\s", str(prefix)), prefix
-    start, stop = SHARED / "start_local_slurm.sh", SHARED / "stop_local_slurm.sh"
-    env = dict(os.environ, SLURM_LOCAL_PORT_BASE=str(_free_port_base()))
     t = time.time()
-    p = subprocess.run(["bash", str(start), str(prefix)], env=env, capture_output=True, text=True, timeout=600,
-                       stdin=subprocess.DEVNULL)
+    p = _local_slurm("start", str(prefix), "--port-base", str(_free_port_base()))
     if p.returncode != 0:  # a failure, not a skip: SLURM support is tested for real
         pytest.fail(f"could not start the local SLURM cluster ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-6000:]}")
-    print(f"[test] local SLURM cluster up in {time.time() - t:.1f} s ({prefix})")
     conf = str(prefix / "slurm.conf")
+    assert p.stdout.strip().splitlines()[-1] == f"export SLURM_CONF={conf}"
+    print(f"[test] local SLURM cluster up in {time.time() - t:.1f} s ({prefix})")
     try:
         yield {"SLURM_CONF": conf, "prefix": prefix}
     finally:
-        subprocess.run(["bash", str(stop), str(prefix)], env=dict(os.environ, SLURM_CONF=conf), capture_output=True,
-                       text=True, timeout=300, stdin=subprocess.DEVNULL)
+        _local_slurm("stop", str(prefix))
 
 
 def _env(cluster) -> dict:
@@ -147,6 +152,8 @@ def test_two_node_cpu_job_completes_one_rank_per_node(cluster, reference):
     assert re.search(r"^0: Initializing distributed: GLOBAL_RANK: 0, MEMBER: 1/2$", log, re.M), log[-4000:]
     assert re.search(r"^1: Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2$", log, re.M), log[-4000:]
     assert "MASTER_ADDR=127.0.0.1" in log  # NodeAddr of n1 (its node name is not resolvable)
+    # the lead time of the preemption signal and where it came from (a fresh run: nothing measured yet)
+    assert "[alm] preemption signal: USR1 120 s before the time limit (default: no checkpoint" in log
     assert sorted(losses(run)) == list(range(STEPS))
     assert (run / "launch" / "recipe.yaml").is_file() and (run / "launch" / "sbatch.sh").is_file()
     # the resolved recipe says what ran
@@ -215,6 +222,16 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(cluster, reference, tmp_p
     assert sorted(b) == list(range(STEPS))
     assert [b[s] for s in range(STEPS)] == [a[s] for s in range(STEPS)]  # bit-identical
 
+    # launching this run dir again reads the save time its newest checkpoint recorded (if it records one)
+    newest = sorted((run / "checkpoints").glob("step-*"))[-1]
+    meta = json.loads((newest / "meta.json").read_text())
+    again = _alm(cluster, "launch", "slurm", TINY, f"run_dir={run}", *TRAIN, *CPU_JOB, "--dry-run")
+    if "save_seconds" in meta:
+        lead = -(-(2 * meta["save_seconds"] + 60) // 10) * 10
+        assert f"#SBATCH --signal=USR1@{int(lead)}" in again.stdout and f"measured: {newest.name}" in again.stderr
+    else:
+        assert "#SBATCH --signal=USR1@120" in again.stdout and "default" in again.stderr
+
 
 def test_pipeline_runs_in_order_and_failures_cancel_later_stages(cluster, tmp_path):
     pdir = tmp_path / "pipe"
@@ -275,3 +292,65 @@ def test_dry_run_eight_nodes_eight_gpus(tmp_path):
     assert not (tmp_path / "big").exists()  # a dry run writes nothing
     check = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+
+
+def _node_cpus(cluster) -> int:
+    out = _run(cluster, "sinfo", "-h", "-N", "-o", "%c").stdout.split()
+    assert len(out) == 2, out
+    return int(out[0])
+
+
+def test_request_no_node_can_hold_is_refused_before_sbatch(cluster, tmp_path):
+    cpus = _node_cpus(cluster)
+    run = tmp_path / "run"
+    # without --cluster local: cpus-per-task defaults to data.num_workers + 1 = cpus + 1 > the nodes' cores
+    job = ["--nodes", "2", "--gpus-per-node", "0", "--tasks-per-node", "1"]
+    p = _alm(cluster, "launch", "slurm", TINY, f"run_dir={run}", *FAST, f"data.num_workers={cpus}", *job, check=False)
+    assert p.returncode == 2, p.stderr
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("alm launch slurm: partition debug:"), err
+    assert f"1 task(s) x {cpus + 1} CPU(s)" in err and f"n1, n2: {cpus} CPUs, 0 GPUs" in err, err
+    assert not run.exists()  # nothing written, nothing submitted
+    # one worker less fits (the submissions of tests a-c passed the same check)
+    p = _alm(cluster, "launch", "slurm", TINY, f"run_dir={run}", *FAST, f"data.num_workers={cpus - 1}", *job, "--dry-run")
+    assert "[alm] resource check (sinfo): partition debug has 2 node(s) that can each hold 1 task(s) x " \
+           f"{cpus} CPU(s)" in p.stderr, p.stderr
+
+
+FAKE_PYTHON = """#!/bin/bash
+# stands in for python on the nodes: `-m alm train` takes 3 s to "checkpoint" when SIGTERM comes;
+# `-m alm runs --state` answers done
+if [ "$2" = alm ] && [ "$3" = train ]; then
+    trap 'echo "task: SIGTERM"; sleep 3; echo checkpointed > "$MARKER"; exit 0' TERM
+    echo started > "$MARKER.started"
+    for i in $(seq 600); do sleep 0.1; done
+    exit 3
+fi
+echo done
+"""
+
+
+def test_sigterm_leaves_the_tasks_time_to_checkpoint(cluster, tmp_path):
+    """`scancel` (like preemption with PreemptMode=REQUEUE/CANCEL) sends SIGTERM to the batch shell and
+    every task of the script `alm launch slurm` wrote, SIGKILL only KillWait later: a task that needs
+    3 s to checkpoint after SIGTERM finishes it, although the batch shell ends at once."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    (tmp_path / "c.yaml").write_text(f"partition: debug\ncpus_per_task: 1\npython: {fake}\n"
+                                     f"env:\n  MARKER: {tmp_path}/marker\n")
+    run = tmp_path / "run"
+    p = _alm(cluster, "launch", "slurm", TINY, f"run_dir={run}", *TRAIN, "--cluster", str(tmp_path / "c.yaml"),
+             "--nodes", "1", "--gpus-per-node", "0", "--tasks-per-node", "1")
+    (job,) = _submitted(p.stdout)
+    deadline = time.time() + 60
+    while not (tmp_path / "marker.started").exists():
+        assert time.time() < deadline and _job(cluster, job)["JobState"] not in TERMINAL, _job(cluster, job)
+        time.sleep(0.2)
+    sent = time.time()
+    _run(cluster, "scancel", job)
+    info = _wait_job(cluster, job, timeout=60)
+    log = (run / f"slurm-{job}.out").read_text()
+    assert info["JobState"] == "CANCELLED", (info, log)
+    assert "0: task: SIGTERM" in log and (tmp_path / "marker").read_text().strip() == "checkpointed", log
+    assert (tmp_path / "marker").stat().st_mtime - sent >= 2.5  # it got its 3 s
