@@ -434,7 +434,7 @@ def render_training(cfg: RunConfig, res: Resources, cluster: Cluster, *, recipe_
         "esac",
     ]
     if export:
-        lines += ['"${PYTHON}" -m alm export "${RUN_DIR}" --out "${RUN_DIR}/export"']
+        lines += ['"${PYTHON}" -m alm export "${RUN_DIR}" --out "${RUN_DIR}/export" --overwrite']  # the run's own export, refreshed by a rerun
     return render(
         title=f"alm training: stage {cfg.stage} from {recipe_source}",
         res=res,
