@@ -93,7 +93,7 @@ def _tokenize(argv: list[str]) -> int:
 
 
 def _prep(argv: list[str]) -> int:
-    from data_prep.cli import main
+    from alm.data_prep.cli import main
 
     return main(argv)
 
@@ -105,13 +105,13 @@ def _demo(argv: list[str]) -> int:
 
 
 def _launch(argv: list[str]) -> int:
-    from launch.cli import launch_main
+    from alm.launch.cli import launch_main
 
     return launch_main(argv)
 
 
 def _runs(argv: list[str]) -> int:
-    from launch.cli import runs_main
+    from alm.launch.cli import runs_main
 
     return runs_main(argv)
 

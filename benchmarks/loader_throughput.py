@@ -121,7 +121,7 @@ def main() -> None:
         print(f"loader, token shards, {a.workers} workers:        {tok_rate:9.1f} samples/s  -> headroom {tok_rate / consume:6.1f}x")
         print(f"loader, flac audio shards (decode + 4 s crop): {aud_rate:9.1f} samples/s  -> headroom {aud_rate / consume:6.1f}x")
 
-        from data_prep.cli import run as prep
+        from alm.data_prep.cli import run as prep
 
         src = tmp / "librilight"
         hours = librilight_layout(src, files=24, seconds=60.0)

@@ -1,7 +1,7 @@
-"""`python -m data_prep DATASET --src DIR --out DIR ...` (same as `alm prep`)."""
+"""`python -m alm.data_prep DATASET --src DIR --out DIR ...` (same as `alm prep`)."""
 
 import sys
 
-from data_prep.cli import main
+from alm.data_prep.cli import main
 
 sys.exit(main())

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from data_prep.common import (
+from alm.data_prep.common import (
     Entry, PrepError, Scan, Skip, audio_by_stem, check_src, list_files, rel, unlisted, walk_audio,
 )
 
@@ -29,7 +29,7 @@ COLUMNS = ("youtube_id", "start_time", "caption")
 
 def read_split_csv(path: Path) -> dict[str, list[str]]:
     """{clip id: [captions in row order]} for one split CSV."""
-    from data_prep.textio import read_csv
+    from alm.data_prep.textio import read_csv
 
     _, rows = read_csv(path, required=COLUMNS)
     clips: dict[str, list[str]] = {}
@@ -78,7 +78,7 @@ def scan(src) -> Scan:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.cli import main as cli_main
+    from alm.data_prep.cli import main as cli_main
 
     return cli_main([NAME, *(sys.argv[1:] if argv is None else argv)])
 

@@ -1,7 +1,7 @@
 """`alm prep {audiocaps,clotho,musiccaps,librilight,librispeech_finetuning} --src DIR --out DIR
 [--sample-rate HZ] [--shard-size N] [--workers N] [--overwrite]`, and `alm prep synthetic --out DIR`.
 
-Also `python -m data_prep.<dataset> --src DIR --out DIR ...` and `python -m data_prep <dataset> ...`.
+Also `python -m alm.data_prep.<dataset> --src DIR --out DIR ...` and `python -m alm.data_prep <dataset> ...`.
 Exit status: 0 done (skipped samples are listed in manifest.json, not errors), 1 the run could
 not be done (message on stderr), 2 bad command line.
 """
@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from data_prep import DATASETS
+from alm.data_prep import DATASETS
 
 HELP = {
     "audiocaps": "AudioCaps: SRC holds train/val/test.csv and audio/{split}/{ytid}_{start}.flac|wav",
@@ -51,7 +51,7 @@ def build_parser(prog: str = "alm prep") -> argparse.ArgumentParser:
                        help="decode/encode processes (output is identical for any value)")
         p.add_argument("--overwrite", action="store_true", help="replace shards and manifest in a non-empty --out")
         p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
-    from data_prep import synthetic
+    from alm.data_prep import synthetic
 
     synthetic.add_arguments(sub.add_parser("synthetic", help="alm's generated captioned audio set (no download)",
                                            description=synthetic.__doc__.split("\n\n")[0]))
@@ -64,7 +64,7 @@ def run(dataset: str, src, out, sample_rate: int | None = None, shard_size: int 
 
     Raises data_prep.common.PrepError for anything that stops the run.
     """
-    from data_prep.pipeline import prepare
+    from alm.data_prep.pipeline import prepare
 
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -75,7 +75,7 @@ def run(dataset: str, src, out, sample_rate: int | None = None, shard_size: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.common import PrepError
+    from alm.data_prep.common import PrepError
 
     parser = build_parser()
     try:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits on --help / bad usage; return its status instead
         return int(exc.code or 0)
     if args.dataset == "synthetic":
-        from data_prep import synthetic
+        from alm.data_prep import synthetic
 
         try:
             synthetic.run(args)

@@ -20,8 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from data_prep.common import AUDIO_EXTS, Entry, PrepError, Scan, Skip, audio_ext, check_src, rel
-from data_prep.textio import read_sidecar
+from alm.data_prep.common import AUDIO_EXTS, Entry, PrepError, Scan, Skip, audio_ext, check_src, rel
+from alm.data_prep.textio import read_sidecar
 
 NAME = "librilight"
 DEFAULT_SHARD_SIZE = 50  # whole chapters: tens of MB each
@@ -90,7 +90,7 @@ def scan(src) -> Scan:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.cli import main as cli_main
+    from alm.data_prep.cli import main as cli_main
 
     return cli_main([NAME, *(sys.argv[1:] if argv is None else argv)])
 

@@ -20,10 +20,10 @@ import os
 import sys
 from pathlib import Path
 
-from data_prep.common import (
+from alm.data_prep.common import (
     Entry, PrepError, Scan, Skip, audio_by_stem, check_src, list_files, rel, unlisted, walk_audio,
 )
-from data_prep.textio import read_lines
+from alm.data_prep.textio import read_lines
 
 NAME = "librispeech_finetuning"
 DEFAULT_SHARD_SIZE = 1000
@@ -88,7 +88,7 @@ def scan(src) -> Scan:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.cli import main as cli_main
+    from alm.data_prep.cli import main as cli_main
 
     return cli_main([NAME, *(sys.argv[1:] if argv is None else argv)])
 

@@ -23,11 +23,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from data_prep.common import (
+from alm.data_prep.common import (
     Entry, PrepError, Scan, Skip, audio_by_stem, audio_ext, check_src, first_dir, list_files, rel, unlisted,
     walk_audio,
 )
-from data_prep.textio import read_csv
+from alm.data_prep.textio import read_csv
 
 NAME = "musiccaps"
 DEFAULT_SHARD_SIZE = 500
@@ -122,7 +122,7 @@ def scan(src) -> Scan:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.cli import main as cli_main
+    from alm.data_prep.cli import main as cli_main
 
     return cli_main([NAME, *(sys.argv[1:] if argv is None else argv)])
 

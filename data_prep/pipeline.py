@@ -17,9 +17,9 @@ from typing import Any
 
 from alm.data.shards import ShardWriter, json_bytes, key_from_id, safe_split_name
 from alm.io import atomic_write_text
-from data_prep.common import REASONS, Entry, PrepError, Scan, Skip
-from data_prep.decode import process
-from data_prep.pool import ordered_map
+from alm.data_prep.common import REASONS, Entry, PrepError, Scan, Skip
+from alm.data_prep.decode import process
+from alm.data_prep.pool import ordered_map
 
 MANIFEST = "manifest.json"
 

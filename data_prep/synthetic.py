@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.cli import main as cli_main
+    from alm.data_prep.cli import main as cli_main
 
     return cli_main([NAME, *(sys.argv[1:] if argv is None else argv)])
 

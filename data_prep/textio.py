@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from data_prep.common import PrepError
+from alm.data_prep.common import PrepError
 
 BOM = b"\xef\xbb\xbf"
 

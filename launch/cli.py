@@ -49,8 +49,8 @@ def _slurm_parser() -> argparse.ArgumentParser:
 
 def _slurm(argv: list[str]) -> int:
     from alm.config import RecipeError
-    from launch.pipeline import is_pipeline, launch_pipeline
-    from launch.slurm import (
+    from alm.launch.pipeline import is_pipeline, launch_pipeline
+    from alm.launch.slurm import (
         LaunchError,
         check_resources,
         forget_sinfo,
@@ -106,8 +106,8 @@ def _slurm(argv: list[str]) -> int:
 
 def _local(argv: list[str]) -> int:
     from alm.config import RecipeError
-    from launch.local import launch_local
-    from launch.slurm import LaunchError
+    from alm.launch.local import launch_local
+    from alm.launch.slurm import LaunchError
 
     p = argparse.ArgumentParser(prog="alm launch local", description="N training processes on this machine.")
     p.add_argument("recipe")
@@ -150,7 +150,7 @@ def _print_quietly(text: str) -> None:
 
 
 def runs_main(argv: list[str]) -> int:
-    from launch import runs
+    from alm.launch import runs
 
     p = argparse.ArgumentParser(prog="alm runs", description="List run dirs: stage, state, last step, checkpoint, W&B id, "
                                 "corrupt samples, SLURM job.")
@@ -165,7 +165,7 @@ def runs_main(argv: list[str]) -> int:
         return 2
     if a.plot:
         from alm.errors import UserError
-        from launch.plot import plot_losses
+        from alm.launch.plot import plot_losses
 
         try:
             path = plot_losses(a.plot, a.out)

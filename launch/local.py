@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from alm.config import save_config
-from launch.slurm import RECIPE_NAME, prepare_recipe
+from alm.launch.slurm import RECIPE_NAME, prepare_recipe
 
 
 def local_command(recipe: str, overrides: list[str], nprocs: int) -> tuple[list[str], object]:

@@ -1,8 +1,8 @@
 """A real SLURM cluster on this one machine, for tests and CI: slurmctld plus two slurmd daemons that
 act as nodes n1 and n2 (partition `debug`, CPU only, every core and 90% of the memory each).
 
-    python -m launch.local_slurm start [PREFIX]    # prints `export SLURM_CONF=PREFIX/slurm.conf` (also in PREFIX/env.sh)
-    python -m launch.local_slurm stop [PREFIX]     # cancels its jobs, stops only the daemons it started
+    python -m alm.launch.local_slurm start [PREFIX]    # prints `export SLURM_CONF=PREFIX/slurm.conf` (also in PREFIX/env.sh)
+    python -m alm.launch.local_slurm stop [PREFIX]     # cancels its jobs, stops only the daemons it started
 
 Needs root. Packages that are missing (slurmctld slurmd slurm-client munge) are installed with
 apt-get (`apt-get update` only if the install fails). MUNGE: a munged that already answers is
@@ -355,7 +355,7 @@ def stop(prefix: str | Path = DEFAULT_PREFIX) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launch.local_slurm", description="A local two-node SLURM cluster.")
+    p = argparse.ArgumentParser(prog="python -m alm.launch.local_slurm", description="A local two-node SLURM cluster.")
     p.add_argument("action", choices=("start", "stop"))
     p.add_argument("prefix", nargs="?", default=DEFAULT_PREFIX)
     p.add_argument("--port-base", type=int, help=f"first of three ports (default $SLURM_LOCAL_PORT_BASE or {DEFAULT_PORT_BASE})")

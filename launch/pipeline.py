@@ -45,7 +45,7 @@ from typing import Optional
 
 import yaml
 
-from launch.slurm import (
+from alm.launch.slurm import (
     LOG_NAME,
     RESOURCE_KEYS,
     LaunchError,

@@ -33,7 +33,7 @@ import yaml
 
 from alm.config import RecipeError, RunConfig, load_recipe, save_config
 from alm.errors import UserError
-from launch.fit import DoesNotFit, check_fit, read_sinfo
+from alm.launch.fit import DoesNotFit, check_fit, read_sinfo
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "sbatch.tmpl"
@@ -203,7 +203,7 @@ SIGNAL_SAVE_FACTOR = 2  # a save may take longer than the one measured (bigger f
 
 def measured_save(run_dir: str) -> Optional[tuple[float, Path]]:
     """(save_seconds, checkpoint dir) from meta.json of the run dir's newest checkpoint, if it has one."""
-    from launch.runs import list_checkpoints, read_json
+    from alm.launch.runs import list_checkpoints, read_json
 
     ckpts = list_checkpoints(Path(run_dir))
     if not ckpts:
@@ -524,7 +524,7 @@ def write_script(path: Path, text: str) -> None:
 
 def check_not_running(run_dir: str) -> None:
     """Refuse to submit a second job into a run dir whose job is still queued or running."""
-    from launch.runs import read_json, slurm_job_state
+    from alm.launch.runs import read_json, slurm_job_state
 
     state = read_json(Path(run_dir) / "state.json")
     jobs = [state.get("slurm_job_id")]

@@ -16,11 +16,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from helpers import FAST, REPO, TINY, env, losses
-from launch import runs
-from launch.cli import launch_main, runs_main
-from launch.fit import DoesNotFit, check_fit, gres_gpus, mem_mb, parse_sinfo
-from launch.pipeline import is_pipeline, load_pipeline, resolve
-from launch.slurm import (
+from alm.launch import runs
+from alm.launch.cli import launch_main, runs_main
+from alm.launch.fit import DoesNotFit, check_fit, gres_gpus, mem_mb, parse_sinfo
+from alm.launch.pipeline import is_pipeline, load_pipeline, resolve
+from alm.launch.slurm import (
     LaunchError,
     SbatchTemplate,
     load_cluster,
@@ -286,7 +286,7 @@ def test_runs_plot_writes_a_loss_png(tmp_path, capsys):
     (run / "logs" / "attempt-1").mkdir()  # a resumed attempt adds steps and validation losses
     (run / "logs" / "attempt-1" / "metrics.csv").write_text(
         "step,train/loss,val/loss\n" + "".join(f"{i},{2.5 - i / 100},\n" for i in range(15, 30)) + "29,,2.4\n")
-    from launch.plot import loss_curves
+    from alm.launch.plot import loss_curves
     from alm.training.loggers import read_metrics
 
     curves = loss_curves(read_metrics(run))

@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from alm.data.shards import key_from_id, read_shard
-from data_prep.cli import run
+from alm.data_prep.cli import run
 
 SRC = {
     "audiocaps": "audiocaps",

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_prep.cli import main, run
-from data_prep.common import PrepError
+from alm.data_prep.cli import main, run
+from alm.data_prep.common import PrepError
 
 
 def tone(path: Path, seconds: float = 0.25, rate: int = 16000, channels: int = 1) -> Path:

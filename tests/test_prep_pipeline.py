@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from data_prep.cli import main, run
-from data_prep.common import PrepError
-from data_prep.pool import ordered_map
+from alm.data_prep.cli import main, run
+from alm.data_prep.common import PrepError
+from alm.data_prep.pool import ordered_map
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def test_cli_usage_errors(tmp_path, capsys):
 def test_module_entry_point(tmp_path, dataset_fixtures):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, "-m", "data_prep.musiccaps", "--src", str(dataset_fixtures / "musiccaps"),
+        [sys.executable, "-m", "alm.data_prep.musiccaps", "--src", str(dataset_fixtures / "musiccaps"),
          "--out", str(tmp_path / "o"), "--workers", "1", "--sample-rate", "8000"],
         capture_output=True, text=True, env=env, timeout=120,
     )

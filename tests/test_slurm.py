@@ -58,7 +58,7 @@ def _free_port_base() -> int:
 
 
 def _local_slurm(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "launch.local_slurm", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "alm.launch.local_slurm", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=600, stdin=subprocess.DEVNULL)
 
 
