@@ -84,10 +84,14 @@ def human_count(n: int) -> str:
     return f"{n / 1e3:.1f} k"
 
 
+def _yaml_value(value: Any) -> str:
+    return "null" if value is None else str(value)
+
+
 def format_recipes(entries: list[dict[str, Any]], show_path=str) -> str:
     """A readable listing of `list_recipes` entries (with "params" filled in for recipes)."""
-    width = max((len(show_path(e["path"])) for e in entries), default=0)
-    lines = []
+    width = max([len(show_path(e["path"])) for e in entries] + [len("recipe")])
+    lines = [f"{'recipe':<{width}}  {'stage':<10}  {'params':>8}  header (paper)"]
     for e in entries:
         if e["kind"] == "pipeline":
             lines.append(f"{show_path(e['path']):<{width}}  {'pipeline':<10}  {'':>8}  {e['header']}")
@@ -95,5 +99,6 @@ def format_recipes(entries: list[dict[str, Any]], show_path=str) -> str:
             continue
         params = human_count(e["params"]) if e.get("params") is not None else "?"
         lines.append(f"{show_path(e['path']):<{width}}  {e['stage']:<10}  {params:>8}  {e['header']}")
-        lines.append(f"{'':<{width}}    data: train_shards={e['train_shards']}  val_shards={e['val_shards']}")
+        lines.append(f"{'':<{width}}    data: train_shards={_yaml_value(e['train_shards'])}  "
+                     f"val_shards={_yaml_value(e['val_shards'])}")
     return "\n".join(lines)
