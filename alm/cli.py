@@ -1,27 +1,92 @@
 """The `alm` command line.
 
     alm demo                                   the embedded default: data -> tokens -> train -> export -> sample
-    alm train RECIPE.yaml [key=value ...]      train a stage (resumes from run_dir automatically)
+    alm recipes [--json]                       the shipped recipes: stage, parameters, data, paper
+    alm train RECIPE.yaml [key=value ...]      train a stage (resumes from run_dir automatically); --print-config
     alm export RUN_DIR|CHECKPOINT --out DIR    consolidated safetensors + config + tokenizer
     alm generate {semantic,audiolm,soundstorm} ...   generate from exports (commands declared by the stages)
     alm tokenize {semantic,codec,text} ...     write token shards / fit tokenizers
-    alm prep DATASET --src DIR --out DIR       dataset on disk -> WebDataset shards
+    alm prep DATASET --src DIR --out DIR       dataset on disk -> WebDataset shards (alm prep synthetic --out DIR: no download)
     alm launch {slurm,local} RECIPE|PIPELINE   submit to SLURM (multi-node, preemption, pipelines) or run locally
     alm runs [DIR ...]                         list run dirs: state, last step, last checkpoint, W&B id
+
+`alm COMMAND --help` shows each command's options.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+
+from alm.errors import UserError
+
+
+# The override keys README documents as public interface (each is a field of alm.config.RunConfig).
+PUBLIC_KEYS = (
+    ("run_dir", "where config, checkpoints, logs, samples/ and W&B files go"),
+    ("seed", "one seed for init, data order and every step's randomness"),
+    ("resume", "auto (newest checkpoint in run_dir) | never | a checkpoint path"),
+    ("init_from", "an alm export whose weights start a fresh run (fresh optimizer)"),
+    ("trainer.max_steps", "optimizer steps"),
+    ("trainer.devices, trainer.num_nodes", "processes per node, nodes"),
+    ("trainer.strategy", "ddp | deepspeed"),
+    ("trainer.zero_stage", "DeepSpeed ZeRO stage 1 | 2 | 3"),
+    ("trainer.offload", "ZeRO optimizer (and, at stage 3, parameter) offload to CPU"),
+    ("trainer.precision", "32-true | bf16-mixed | 16-mixed | bf16-true"),
+    ("trainer.ckpt_every_n_steps", "periodic checkpoint interval"),
+    ("trainer.val_every_n_steps", "validation interval (0: none)"),
+    ("trainer.audio_samples", "audio stages: wavs generated at each validation -> RUN_DIR/samples/, W&B"),
+    ("trainer.activation_checkpointing", "recompute each transformer block in the backward pass"),
+    ("data.train_shards, data.val_shards", "a dir, glob, brace pattern, '::'-joined; parallel sets joined with ' + '"),
+    ("data.tokenizer, data.codec", "what made the tokens / codes (taken from the shards when unset)"),
+    ("data.batch_size, data.max_tokens", "examples per batch per process; > 0: dynamic batches of that many tokens"),
+    ("data.num_workers", "loader processes per training process"),
+    ("optim.lr, optim.groups", "learning rate; per-parameter-group lr / weight_decay / freeze"),
+    ("model.*", "the stage's model (vocab_size, n_layer, d_model, ...): see --print-config"),
+)
+
+
+def _display_path(path: str) -> str:
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _train_epilog() -> str:
+    from alm.recipes_index import list_recipes, shipped_recipes_dir
+
+    lines = ["shipped recipes (alm recipes: parameters, data, paper):"]
+    try:
+        recipes = [r for r in list_recipes() if r["kind"] == "recipe"]
+    except FileNotFoundError:
+        recipes = []
+        lines.append(f"  (none found at {shipped_recipes_dir()})")
+    width = max((len(_display_path(r["path"])) for r in recipes), default=0)
+    lines += [f"  {_display_path(r['path']):<{width}}  {r['stage']}" for r in recipes]
+    lines += ["", "override keys (key=value; public interface):"]
+    width = max(len(k) for k, _ in PUBLIC_KEYS)
+    lines += [f"  {k:<{width}}  {meaning}" for k, meaning in PUBLIC_KEYS]
+    lines += ["", "every key of a recipe, with its value after the overrides:  alm train RECIPE [key=value ...] --print-config",
+              "example:  alm train recipes/tiny/semantic.yaml run_dir=runs/my-run trainer.max_steps=500"]
+    return "\n".join(lines)
 
 
 def _train(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="alm train", description="Train a recipe; key=value pairs override it.")
-    p.add_argument("recipe")
+    from alm.cli_format import DefaultsFormatter
+
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    p = argparse.ArgumentParser(prog="alm train", formatter_class=DefaultsFormatter,
+                                description="Train a recipe; key=value pairs override it. Rerunning the same "
+                                            "command resumes from the newest checkpoint in run_dir.",
+                                epilog=_train_epilog() if wants_help else None)
+    p.add_argument("recipe", help="a recipe YAML file (see the list below, or alm recipes)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.max_steps=100 run_dir=runs/x")
-    a = p.parse_args(argv)
+    p.add_argument("--print-config", action="store_true",
+                   help="print the recipe with the overrides applied (every key, validated) as YAML and exit: "
+                        "trains nothing, writes nothing")
+    a = p.parse_intermixed_args(argv)
     from alm.config import RecipeError, load_recipe
 
     try:
@@ -29,6 +94,11 @@ def _train(argv: list[str]) -> int:
     except RecipeError as exc:
         print(f"alm train: {exc}", file=sys.stderr)
         return 2
+    if a.print_config:
+        from alm.config import to_yaml
+
+        print(to_yaml(cfg), end="")
+        return 0
     from alm.data.cache import resolve_synthetic
     from alm.training.trainer import train
 
@@ -43,6 +113,31 @@ def _train(argv: list[str]) -> int:
 
         state = read_state(cfg.run_dir).get("state", "?")
         print(f"[alm] {state}: {cfg.run_dir} (step {trainer.global_step})")
+    return 0
+
+
+def _recipes(argv: list[str]) -> int:
+    from alm.cli_format import DefaultsFormatter
+    from alm.recipes_index import shipped_recipes_dir
+
+    p = argparse.ArgumentParser(prog="alm recipes", formatter_class=DefaultsFormatter,
+                                description=f"List the shipped recipes ({shipped_recipes_dir()}): stage, model "
+                                            "parameters (counted exactly on the meta device), data, and the first "
+                                            "line of each recipe's header comment.")
+    p.add_argument("--json", action="store_true", help="machine-readable: one JSON list on stdout")
+    a = p.parse_args(argv)
+    from alm.recipes_index import count_parameters, format_recipes, list_recipes
+
+    try:
+        entries = list_recipes()
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    for e in entries:
+        e["params"] = count_parameters(e["path"]) if e["kind"] == "recipe" else None
+    if a.json:
+        print(json.dumps(entries, indent=1))
+    else:
+        print(format_recipes(entries, _display_path))
     return 0
 
 
@@ -78,9 +173,36 @@ def _stage_verb(verb: str):
     return run
 
 
+TOKENIZE_HELP = """usage: alm tokenize {semantic,codec,text} [-h] ...
+
+Turn prepared audio shards (alm prep) into what the stages train on.
+
+  semantic  k-means ids of self-supervised speech features (HuBERT etc. via --model; --features logmel is
+            the CPU demo's stand-in). Writes OUT/<the audio shards' names>.tar with semantic.npy (frames,)
+            per sample, and OUT/tokenizer/ (semantic_tokenizer.json, kmeans.safetensors): the tokenizer
+            training checks data.tokenizer against (and takes from the shards when unset).
+  codec     EnCodec residual-VQ codes (encodec_24khz, encodec_32khz, a hub id or a local directory).
+            Writes OUT/<the audio shards' names>.tar with codes.npy (n_q, frames) per sample, and
+            OUT/codec.json (the codec that made them: training checks data.codec against it, and takes
+            it from the shards when unset).
+  text      a sentencepiece model trained on the shards' captions / transcripts. Writes OUT/spm.model,
+            OUT/spm.vocab and OUT/text_tokenizer.json (no shards).
+
+Token shards keep the audio shards' file names, sample keys and json member, so the loader joins parallel
+sets by key: data.train_shards='SEMANTIC/train-*.tar + CODES/train-*.tar'. Samples a tokenizer could not
+process are left out and listed in OUT/errors.json. A rerun skips the shards already written.
+
+  alm tokenize semantic --help     (and codec, text): each one's options, with defaults
+"""
+
+
 def _tokenize(argv: list[str]) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(TOKENIZE_HELP, end="")
+        return 0
     if not argv or argv[0] not in ("semantic", "codec", "text"):
-        print("usage: alm tokenize {semantic,codec,text} ...", file=sys.stderr)
+        what = f"unknown tokenizer {argv[0]!r}\n\n" if argv else ""
+        print(what + TOKENIZE_HELP, end="", file=sys.stderr)
         return 2
     kind, rest = argv[0], argv[1:]
     if kind == "semantic":
@@ -118,6 +240,7 @@ def _runs(argv: list[str]) -> int:
 
 COMMANDS = {
     "demo": _demo,
+    "recipes": _recipes,
     "train": _train,
     "export": _export,
     "generate": _stage_verb("generate"),
@@ -142,8 +265,6 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s: %(message)s"))
     logging.getLogger("alm").addHandler(handler)
     logging.getLogger("alm").setLevel(logging.INFO)
-    from alm.errors import UserError
-
     try:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as exc:  # a user's mistake: one line, no traceback

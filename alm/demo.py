@@ -192,5 +192,40 @@ def main(argv: list[str] | None = None) -> int:
         "                  plumbing, not audio quality: use a pretrained EnCodec for real sound)",
         f"  load a model:   python -c \"import alm; print(alm.load_pretrained('{out / 'exports' / 'semantic'}'))\"",
     ]
+    lines += next_steps(out, wav)
     print("\n".join(lines))
     return 0
+
+
+def suggested_commands(out: Path) -> dict[str, str]:
+    """The commands the demo's closing notes suggest, with the demo's real paths."""
+    from alm.recipes_index import shipped_recipes_dir
+
+    exp = out / "exports"
+    return {
+        "generate": f"alm generate audiolm --semantic {exp / 'semantic'} --coarse {exp / 'coarse'} "
+                    f"--fine {exp / 'fine'} --seconds 8 --top-k 20 --out {out / 'more.wav'}",
+        "tokens": f"alm generate semantic {exp / 'semantic'} --tokens 200 --out {out / 'tokens.npy'}",
+        "samples": f"alm train {shipped_recipes_dir() / 'tiny' / 'coarse.yaml'} run_dir={out / 'runs' / 'coarse-samples'}",
+        "slurm": "alm launch slurm recipes/audiolm/pipeline.yaml --cluster example --dry-run",
+    }
+
+
+def next_steps(out: Path, wav: Path) -> list[str]:
+    """The closing "what now" of the demo."""
+    c = suggested_commands(out)
+    pad = " " * 22
+    return [
+        "\n[alm demo] next steps",
+        f"  1. listen:          {wav}",
+        f"  2. generate more:   {c['generate']}",
+        f"{pad}{c['tokens']}",
+        f"  3. hear training:   {c['samples']}",
+        f"{pad}(trainer.audio_samples=1: each validation writes RUN_DIR/samples/step-000000100-0-generated.wav",
+        f"{pad}and -reference.wav, also logged to W&B)",
+        "  4. your own data:   README section \"Train on your own data\": alm prep -> alm tokenize -> "
+        "alm train RECIPE data.train_shards=... ;",
+        f"{pad}alm recipes lists the shipped recipes, alm train --help the override keys",
+        f"  5. on a cluster:    {c['slurm']}",
+        f"{pad}(in the alm clone; see launch/README.md)",
+    ]

@@ -434,9 +434,14 @@ def make_tiny_codec(
 
 def main(argv: list[str] | None = None) -> int:
     """`alm tokenize codec --shards SPEC --out DIR --codec NAME|PATH [--n-q N | --bandwidth KBPS]`."""
+    from alm.cli_format import DefaultsFormatter
+
     parser = argparse.ArgumentParser(
         prog="alm tokenize codec",
         description="Encode the audio of a shard set into EnCodec codes (a parallel shard set with codes.npy).",
+        formatter_class=DefaultsFormatter,
+        epilog="writes OUT/<the input shards' names>.tar (codes.npy (n_q, frames) per sample), OUT/codec.json "
+               "(which codec made them) and OUT/errors.json",
     )
     parser.add_argument("--shards", required=True, help="input audio shards: dir, glob, brace pattern, '::'-joined")
     parser.add_argument("--out", required=True, help="output directory for the parallel code shards")
@@ -444,9 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     levels = parser.add_mutually_exclusive_group()
     levels.add_argument("--n-q", type=int, default=None, help="RVQ levels to keep (default: all the codec has)")
     levels.add_argument("--bandwidth", type=float, default=None, help="target bandwidth in kbps (sets n_q)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")

@@ -311,18 +311,30 @@ def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, token
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="alm tokenize semantic", description=__doc__.split("\n\n")[0])
+    from alm.cli_format import DefaultsFormatter
+
+    d = SemanticTokenizerConfig()
+    again = "or as in OUT/tokenizer when OUT already holds one"
+    p = argparse.ArgumentParser(prog="alm tokenize semantic", description=__doc__.split("\n\n")[0],
+                                formatter_class=DefaultsFormatter,
+                                epilog="writes OUT/<the input shards' names>.tar (semantic.npy per sample), "
+                                       "OUT/tokenizer/ and OUT/errors.json")
     p.add_argument("--shards", required=True, help="audio shards (dir, glob or brace pattern)")
     p.add_argument("--out", required=True, help="output dir: token shards + tokenizer/")
-    p.add_argument("--model", default=None, help="SSL model: hub id (org/name[@revision]) or local path")
-    p.add_argument("--layer", type=int, default=None, help="hidden layer to cluster (default 6)")
-    p.add_argument("--clusters", type=int, default=None, help="k-means clusters K (default 500)")
-    p.add_argument("--features", choices=["ssl", "logmel"], default=None, help="ssl (default); logmel = demo-only fallback")
-    p.add_argument("--tokenizer", default=None, help="reuse a fitted tokenizer dir instead of fitting")
+    p.add_argument("--model", default=None, help="SSL model: hub id (org/name[@revision]) or local path "
+                                                 "(required with --features ssl)")
+    p.add_argument("--layer", type=int, default=None, help=f"hidden layer to cluster (default: {d.layer}, {again})")
+    p.add_argument("--clusters", type=int, default=None, help=f"k-means clusters K (default: {d.n_clusters}, {again}); "
+                                                              "a stage's model.vocab_size is K + 2")
+    p.add_argument("--features", choices=["ssl", "logmel"], default=None,
+                   help=f"ssl = the --model's hidden states; logmel = demo-only fallback, no model needed "
+                        f"(default: {d.features}, {again})")
+    p.add_argument("--tokenizer", default=None, help="reuse a fitted tokenizer dir instead of fitting "
+                                                     "(e.g. the train set's, for its validation set)")
     p.add_argument("--fit-shards", default=None, help="shards to fit k-means on (default: --shards)")
-    p.add_argument("--fit-frames", type=int, default=200_000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--fit-frames", type=int, default=200_000, help="feature frames sampled to fit k-means")
+    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--device", default="cpu", help="where the SSL model runs: cpu, cuda, cuda:1, ...")
     a = p.parse_args(argv)
     asked = {k: v for k, v in (("features", a.features), ("model", a.model), ("layer", a.layer),
                                 ("n_clusters", a.clusters)) if v is not None}

@@ -194,15 +194,19 @@ def train_text_tokenizer(
 
 def main(argv: list[str] | None = None) -> int:
     """`alm tokenize text --shards SPEC --out DIR --vocab-size N [--model-type unigram|bpe] [--retrain]`."""
+    from alm.cli_format import DefaultsFormatter
+
     parser = argparse.ArgumentParser(
         prog="alm tokenize text",
         description="Train a sentencepiece text tokenizer on the captions/transcripts of a shard set.",
+        formatter_class=DefaultsFormatter,
+        epilog="writes OUT/spm.model, OUT/spm.vocab and OUT/text_tokenizer.json (special ids: pad=0 unk=1 bos=2 eos=3)",
     )
     parser.add_argument("--shards", required=True, help="shards whose json members hold captions/transcripts")
     parser.add_argument("--out", required=True, help="output directory (spm.model, text_tokenizer.json)")
-    parser.add_argument("--vocab-size", type=int, required=True)
-    parser.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram")
-    parser.add_argument("--character-coverage", type=float, default=1.0)
+    parser.add_argument("--vocab-size", type=int, required=True, help="sentencepiece vocabulary size")
+    parser.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram", help="sentencepiece model type")
+    parser.add_argument("--character-coverage", type=float, default=1.0, help="share of characters the vocabulary covers")
     parser.add_argument("--byte-fallback", action="store_true", help="unseen characters -> byte pieces, not unk")
     parser.add_argument("--threads", type=int, default=1, help="training threads (1 keeps training deterministic)")
     parser.add_argument("--retrain", action="store_true", help="train even if --out already holds a model")
