@@ -34,7 +34,7 @@ CODEC_TOKENS = [
 TRAIN = {
     "semantic": "alm train recipes/tiny/semantic.yaml run_dir=runs/mine-semantic data.train_shards='data/mine-semantic/train-*.tar' data.val_shards='data/mine-semantic/val-*.tar' model.vocab_size=34",
     "coarse": "alm train recipes/tiny/coarse.yaml run_dir=runs/mine-coarse data.train_shards='data/mine-semantic/train-*.tar + data/mine-codes/train-*.tar' data.val_shards='data/mine-semantic/val-*.tar + data/mine-codes/val-*.tar' model.semantic_vocab=32 model.vocab_size=99",
-    "fine": "alm train recipes/tiny/fine.yaml run_dir=runs/mine-fine data.train_shards='data/mine-codes/train-*.tar' data.val_shards='data/mine-codes/val-*.tar' data.tokenizer=null",
+    "fine": "alm train recipes/tiny/fine.yaml run_dir=runs/mine-fine data.train_shards='data/mine-codes/train-*.tar' data.val_shards='data/mine-codes/val-*.tar'",
     "soundstorm": "alm train recipes/tiny/soundstorm.yaml run_dir=runs/mine-soundstorm data.train_shards='data/mine-semantic/train-*.tar + data/mine-codes/train-*.tar' data.val_shards='data/mine-semantic/val-*.tar + data/mine-codes/val-*.tar' model.semantic_vocab=32",
 }
 SEQUENCES = {  # one command sequence per stage
@@ -140,3 +140,13 @@ def test_listen_to_own_data_models(work):
     work.run(SEQUENCES["semantic"] + SEQUENCES["coarse"] + SEQUENCES["fine"] + LISTEN)
     audio, rate = sf.read(work.root / "mine.wav")
     assert rate == 16000 and len(audio) == 16000
+
+
+def test_readme_shows_exactly_these_commands():
+    """Not slow: README's "Train on your own data" section holds every command string above."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Train on your own data"):]
+    section = section[: section.index("\n## ", 1)]
+    commands = SHARDS + SEMANTIC_TOKENS + CODEC_TOKENS + list(TRAIN.values()) + LISTEN
+    missing = [c for c in commands if c not in section]
+    assert not missing, f"README's own-data section lacks: {missing}"
