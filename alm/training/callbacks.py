@@ -36,18 +36,21 @@ class StepSeed(L.Callback):
 
 
 class StepMetrics(L.Callback):
-    """Log every step: learning rate, gradient norm (before clipping), tokens/s, corrupt samples.
+    """Log learning rate, gradient norm (before clipping), tokens/s and corrupt samples at every
+    log step (trainer.log_every_n_steps, counted in optimizer steps).
 
     Without DeepSpeed this callback also does the gradient clipping (the Trainer is built with
     gradient_clip_val=None), so the norm it logs is the one clipping computed, in one pass.
     DeepSpeed clips inside its engine and reports the global norm of its partitioned gradients.
+    Nothing here reads a device value between log steps: the norm stays a tensor until it is logged,
+    and tokens/s is averaged over the steps since the previous log step.
     """
 
     def __init__(self, clip_val: float = 0.0) -> None:
         self.clip_val = clip_val
         self._t0: float | None = None
         self._tokens = 0
-        self._grad_norm: float | None = None
+        self._grad_norm: torch.Tensor | None = None
         self._corrupt = 0
         self._lr = 0.0
 
@@ -66,14 +69,15 @@ class StepMetrics(L.Callback):
         if not params:
             return
         if self.clip_val > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.clip_val, foreach=True)
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_val, foreach=True)
         else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
-        self._grad_norm = float(norm)
+            self._grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return  # log once per optimizer step
+            return  # inside gradient accumulation
+        if trainer.global_step % trainer.log_every_n_steps:
+            return  # not a log step (Lightning sends logged values to the loggers at the same steps)
         now = time.perf_counter()
         metrics = {"train/lr": self._lr}
         engine = getattr(trainer.strategy, "deepspeed_engine", None)
@@ -82,9 +86,9 @@ class StepMetrics(L.Callback):
             if norm is not None:
                 metrics["train/grad_norm"] = float(norm)
         elif self._grad_norm is not None:
-            metrics["train/grad_norm"] = self._grad_norm
+            metrics["train/grad_norm"] = float(self._grad_norm)
         if self._t0 is not None and now > self._t0:
-            # tokens this rank consumed since the last step, times the number of ranks
+            # tokens this rank consumed since the last log step, times the number of ranks
             metrics["train/tokens_per_s"] = self._tokens * trainer.world_size / (now - self._t0)
         metrics["data/corrupt_samples"] = float(self._corrupt)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, prog_bar=False, sync_dist=False, batch_size=1)

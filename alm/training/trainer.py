@@ -26,7 +26,7 @@ from alm.io import atomic_write_text, fsync_dir
 from alm.stages import stage_builder
 from alm.training.callbacks import StepMetrics, StepProgressBar, StepSeed
 from alm.training.checkpoint import Checkpoint, PeriodicCheckpoint, fit_path, read_meta, remove_partial
-from alm.training.loggers import build_loggers
+from alm.training.loggers import build_loggers, quiet_library_noise
 from alm.training.preemption import Preemption, write_state
 from alm.training.preflight import ResumePlan, preflight
 
@@ -75,6 +75,7 @@ def build_strategy(cfg: RunConfig, accelerator: str):
 
 def build_trainer(cfg: RunConfig, extra_callbacks: tuple = ()) -> tuple[L.Trainer, PeriodicCheckpoint]:
     t = cfg.trainer
+    quiet_library_noise()
     accelerator = resolve_accelerator(cfg)
     deepspeed = t.strategy == "deepspeed"
     ckpt = PeriodicCheckpoint(cfg, t.ckpt_every_n_steps, t.keep_last_k)
@@ -203,7 +204,7 @@ def move_previous_run(run_dir: Path) -> Path | None:
     return dest
 
 
-def train(cfg: RunConfig) -> L.Trainer:
+def train(cfg: RunConfig, extra_callbacks: tuple = ()) -> L.Trainer:
     """Train `cfg` (resuming from run_dir per cfg.resume). Returns the finished Trainer.
 
     User errors (bad paths, shards, an incompatible checkpoint) are raised by preflight() before
@@ -215,7 +216,7 @@ def train(cfg: RunConfig) -> L.Trainer:
     prepare_run_dir(cfg, plan)
     L.seed_everything(cfg.seed, workers=False, verbose=False)  # identical init on every rank / strategy
     module = stage_builder(cfg.stage)(cfg)
-    trainer, ckpt = build_trainer(cfg)
+    trainer, ckpt = build_trainer(cfg, extra_callbacks)
     plan = agree_on_resume(trainer, plan)
     ckpt.resume_from(plan.checkpoint)
     ckpt_path = fit_path(plan.checkpoint.path) if plan.checkpoint else None
