@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from alm.training.checkpoint import latest_checkpoint, list_checkpoints, read_meta
 from alm.training.preemption import read_state
 
-from helpers import FAST, TINY, alm as run_alm, train
+from helpers import FAST, REPO, TINY, alm as run_alm, env, train
 
 pytestmark = pytest.mark.slow
 NEW = ("trainer.max_steps=12", "trainer.ckpt_every_n_steps=5")
@@ -67,3 +69,20 @@ def test_resume_from_an_older_checkpoint_starts_a_branch_whose_newest_wins(base_
     train(copy, "trainer.max_steps=30", "trainer.ckpt_every_n_steps=5")  # resume=auto continues the branch
     assert read_state(copy)["resumed_from"].endswith("step-000000028/checkpoint.ckpt")
     assert read_meta(copy / "checkpoints" / "step-000000030")["parent"] == read_meta(copy / "checkpoints" / "step-000000028")["id"]
+
+
+def test_every_rank_resumes_what_rank_0_chose_under_an_external_launcher(tmp_path):
+    """[spine2] 5, under torchrun (ranks started by the launcher, as under SLURM): rank 1's listing
+    of run_dir shows no checkpoint, rank 0's shows step 6; both resume from step 6."""
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    common = (*FAST, "trainer.ckpt_every_n_steps=3", "trainer.devices=2", "data.num_workers=0")
+    train(run, "trainer.max_steps=6", *common[len(FAST):])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(REPO / "tests" / "scripts" / "stale_listing_resume.py"), TINY, str(out), f"run_dir={run}", *common,
+           "trainer.max_steps=8"]
+    p = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-5000:]
+    ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1], ranks
+    assert ranks[0]["ckpt_path"].endswith("step-000000006/checkpoint.ckpt") and ranks[0]["step"] == 8

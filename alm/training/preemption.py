@@ -130,7 +130,7 @@ class Preemption(L.Callback):
         trainer.should_stop = True
         trainer.limit_val_batches = 0  # no validation (nor audio samples) on the way out
         job = os.environ.get("SLURM_JOB_ID")
-        if reason == "preemption" and trainer.is_global_zero and job:
+        if reason == "preemption" and trainer.is_global_zero and job and trainer.global_step < trainer.max_steps:
             if requeue_allowed():
                 self.requeue_pending = job  # requeue_if_pending(), after fit() returns
             else:
