@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
 import zlib
 
@@ -10,6 +11,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 
 def batch_seed(seed: int, rank: int, index: int) -> int:
@@ -96,23 +98,51 @@ class StepMetrics(L.Callback):
 
 
 class StepProgressBar(TQDMProgressBar):
-    """tqdm bar over optimizer steps up to trainer.max_steps (the stream has no epoch length)."""
+    """One tqdm bar for the run, over optimizer steps up to trainer.max_steps (the stream has no
+    epoch length). Validation has no bar of its own: its loss appears on this one. The bar reads
+    the logged values (a device synchronisation) only every `refresh_rate` steps."""
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         return metrics
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.train_progress_bar = Tqdm(
+            desc="train",
+            total=trainer.max_steps,
+            initial=trainer.global_step,
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
+
     def on_train_epoch_start(self, trainer, *args) -> None:
-        super().on_train_epoch_start(trainer, *args)
-        self.train_progress_bar.reset(total=trainer.max_steps)
-        self.train_progress_bar.n = trainer.global_step
-        self.train_progress_bar.set_description("train")
-        self.train_progress_bar.refresh()
+        pass  # one bar for the whole run, not one per pass over the data
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        pass
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         n = trainer.global_step
         if n != self.train_progress_bar.n and (n % self.refresh_rate == 0 or n >= trainer.max_steps):
             self.train_progress_bar.n = n
-            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
             self.train_progress_bar.refresh()
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        pass
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        pass
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        pass
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._train_progress_bar is not None:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))

@@ -66,8 +66,11 @@ NOISE_WARNINGS = (
     # Lightning's pytree helper on torch >= 2.13
     (Warning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
 )
-# Lightning's start-up lines that are advertisements or about hardware alm never uses
-NOISE_INFO = re.compile(r"^(💡 Tip:|TPU available:|HPU available:|IPU available:)")
+# Lightning's info lines that are advertisements, about hardware alm never uses, or restate settings
+NOISE_INFO = re.compile(r"^(💡 Tip:|TPU available:|HPU available:|IPU available:|initializing deepspeed distributed:"
+                        r"|`Trainer\((limit_\w+|val_check_interval|overfit_batches)=[^)]*\)` was configured so)")
+NOISE_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.strategies.deepspeed")
 
 
 class _DropInfo(logging.Filter):
@@ -79,7 +82,7 @@ def quiet_library_noise() -> None:
     """Silence the messages listed in NOISE_WARNINGS / NOISE_INFO in this process (idempotent)."""
     for category, message in NOISE_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in NOISE_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropInfo) for f in logger.filters):
             logger.addFilter(_DropInfo())

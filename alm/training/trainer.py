@@ -87,7 +87,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: tuple = ()) -> tuple[L.Traine
         *extra_callbacks,
     ]
     if t.progress_bar:
-        callbacks.append(StepProgressBar())
+        callbacks.append(StepProgressBar(refresh_rate=t.log_every_n_steps))
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     validate = cfg.data.val_shards is not None and t.val_every_n_steps > 0
     trainer = L.Trainer(
