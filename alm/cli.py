@@ -103,10 +103,6 @@ def _train(argv: list[str]) -> int:
     from alm.training.trainer import train
 
     resolve_synthetic(cfg)
-    from alm.data.provenance import resolve_provenance
-
-    for line in resolve_provenance(cfg):  # tokenizer / codec agree with what made the shards
-        print(f"[alm] {line}", file=sys.stderr)
     trainer = train(cfg)
     if trainer.is_global_zero:
         from alm.training.preemption import read_state

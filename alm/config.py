@@ -101,7 +101,7 @@ class RunConfig:
     stage: str = MISSING  # which model family member this run trains, e.g. "semantic"
     run_dir: str = MISSING
     seed: int = 0
-    resume: str = "auto"  # auto (newest checkpoint in run_dir) | never | PATH of a checkpoint
+    resume: str = "auto"  # auto (the newest of run_dir's current branch) | never | restart | PATH of a checkpoint
     init_from: Optional[str] = None  # an alm export dir: its weights start a fresh run (fresh optimizer)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: Any = field(default_factory=DataConfig)  # DataConfig, or the stage's subclass of it
@@ -165,11 +165,11 @@ def build_config(raw: DictConfig, source: str, overrides: list[str] | tuple[str,
     for item in overrides:
         if "=" not in item:
             raise RecipeError(f"command line: override {item!r} is not of the form key=value")
-    override = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "stage"), None)
-    stage = override if override is not None else raw.get("stage")
+    stage_override = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "stage"), None)
+    stage = stage_override if stage_override is not None else raw.get("stage")
     if stage is None:
         raise RecipeError(f"{source}: key 'stage': missing required value")
-    cfg = schema_for(str(stage), "command-line override" if override is not None else source)
+    cfg = schema_for(str(stage), "command line" if stage_override is not None else source)
     try:
         cfg = OmegaConf.merge(cfg, raw)
     except OmegaConfBaseException as exc:

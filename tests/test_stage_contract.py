@@ -46,10 +46,10 @@ def test_cli_commands_come_from_the_stages():
     assert p.returncode == 0 and "soundstorm" in p.stdout and "audiolm" in p.stdout
 
 
-def test_unknown_stage_on_the_command_line_is_reported_against_the_override():
+def test_unknown_stage_on_the_command_line_is_reported_against_the_command_line():
     from alm.config import RecipeError
 
-    with pytest.raises(RecipeError, match="command-line override: key 'stage': unknown stage 'semantik'"):
+    with pytest.raises(RecipeError, match="command line: key 'stage': unknown stage 'semantik'"):
         load_recipe(TINY, ["stage=semantik"])
 
 

@@ -8,14 +8,17 @@ the same logits as the trained module (also from a ZeRO-3 run).
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 
+import lightning as L
 import pytest
 import torch
 
 import alm
 from alm.training.checkpoint import list_checkpoints, read_meta
+from alm.training.loggers import read_metrics
 
 from helpers import FAST, REPO, TINY, alm as run_alm, env, losses, train, train_and_kill, train_and_signal
 
@@ -25,8 +28,10 @@ DROPOUT = "model.dropout=0.1"  # randomness inside the step: resume must reprodu
 
 def test_train_logs_checkpoints_and_wandb(tmp_path):
     run = tmp_path / "run"
-    train(run, "trainer.max_steps=30", "trainer.ckpt_every_n_steps=10", "trainer.keep_last_k=2",
-          "trainer.val_every_n_steps=15", "trainer.val_batches=2")
+    p = train(run, "trainer.max_steps=30", "trainer.ckpt_every_n_steps=10", "trainer.keep_last_k=2",
+              "trainer.val_every_n_steps=15", "trainer.val_batches=2", "trainer.progress_bar=true")
+    assert_quiet(p.stdout + p.stderr)
+    assert "train: 100%" in p.stdout and "val/loss=" in p.stdout  # the one bar, validation's loss on it
     rows = list(csv.DictReader(open(next(run.glob("**/metrics.csv")))))
     assert {"step", "train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "val/loss"} <= set(rows[0])
     curve = losses(run)
@@ -39,6 +44,16 @@ def test_train_logs_checkpoints_and_wandb(tmp_path):
     assert "alm_config" in torch.load(ckpt / "checkpoint.ckpt", weights_only=True)
     assert (run / "wandb_id").is_file() and list((run / "wandb").glob("offline-run-*"))
     assert not list((run / "checkpoints").glob(".*"))  # no temporary leftovers
+
+
+# [robust] 11: lines a user cannot act on that Lightning, DeepSpeed, torch and W&B print by default
+NOISE = ("The `srun` command is available", "💡 Tip", "litlogger", "anonymous setting", "LeafSpec", "FutureWarning",
+         "Epoch 0", "Validation", "initializing deepspeed distributed", "TPU available", "was configured so")
+
+
+def assert_quiet(output: str) -> None:
+    found = [n for n in NOISE if n in output]
+    assert not found, f"noise in the training output: {found}\n{output[-3000:]}"
 
 
 def _check_exact_resume(tmp_path, *overrides):
@@ -85,7 +100,8 @@ def test_strategies_agree_two_processes(tmp_path):
         "zero3": ("trainer.strategy=deepspeed", "trainer.zero_stage=3"),
         "zero3_offload": ("trainer.strategy=deepspeed", "trainer.zero_stage=3", "trainer.offload=true"),
     }.items():
-        train(tmp_path / name, *common, *extra)
+        p = train(tmp_path / name, *common, *extra)
+        assert_quiet(p.stdout + p.stderr)
         curves[name] = torch.tensor([v for _, v in sorted(losses(tmp_path / name).items())])
     assert len(curves["ddp"]) == 10
     for name in ("zero1", "zero2", "zero3", "zero3_offload"):
@@ -133,3 +149,46 @@ def test_sigusr1_checkpoints_stops_and_resumes_exactly(tmp_path):
     assert read_state(pre)["state"] == "done"
     a, b = losses(full), losses(pre)
     assert [a[s] for s in range(step, 40)] == [b[s] for s in range(step, 40)]
+
+
+def test_no_device_value_is_read_between_log_steps(tmp_path, monkeypatch):
+    """[spine2] 11: between log steps nothing in the training loop reads a tensor's value on the host
+    (`.item()`, `float()`, `int()`, `bool()`: each a device synchronisation on a GPU), so steps queue
+    up on the accelerator; the metrics of a log step are all there."""
+    from alm.config import load_recipe
+    from alm.data.cache import resolve_synthetic
+    from alm.training.trainer import train as train_in_process
+
+    reads: dict[int, list[str]] = {}
+    state = {"step": None}
+
+    class Where(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            state["step"] = trainer.global_step
+
+        def on_train_batch_end(self, trainer, *args):
+            state["step"] = None
+
+    def spy(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *a, **k):
+            caller = sys._getframe(1).f_code.co_filename
+            # torch's Adam reads its CPU step counter (no device value; a bare PyTorch loop does too)
+            if state["step"] is not None and f"torch{os.sep}optim{os.sep}" not in caller:
+                reads.setdefault(state["step"], []).append(f"{name} in {caller}")
+            return original(self, *a, **k)
+        return read
+
+    cfg = load_recipe(TINY, [*FAST, f"run_dir={tmp_path / 'run'}", "data.num_workers=0", "trainer.max_steps=10",
+                             "trainer.log_every_n_steps=5", "trainer.ckpt_every_n_steps=100"])
+    resolve_synthetic(cfg)
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, spy(name))
+    train_in_process(cfg, extra_callbacks=(Where(),))
+    monkeypatch.undo()
+    log_steps = {4, 9}  # steps 5 and 10 (0-based step index = global_step before the step)
+    assert {s: r for s, r in reads.items() if s not in log_steps} == {}
+    rows = read_metrics(tmp_path / "run")
+    assert sorted(s for s, m in rows.items() if "train/grad_norm" in m) == sorted(log_steps)
+    assert all("train/tokens_per_s" in rows[s] and "train/loss" in rows[s] for s in log_steps)

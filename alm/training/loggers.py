@@ -7,14 +7,19 @@ attempts; for a step logged twice (after a kill between checkpoints) the later a
 W&B: the run id is created once and kept in RUN_DIR/wandb_id, so every resumed attempt logs into
 the same W&B run. WANDB_MODE (environment) overrides wandb.mode in the recipe; `offline` writes to
 RUN_DIR/wandb/ with no network (`wandb sync` uploads later).
+
+`quiet_library_noise()` drops messages of the libraries underneath that a user of alm cannot act on
+(each named below); everything else is shown, once.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import uuid
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
@@ -48,6 +53,41 @@ def wandb_run_id(run_dir: Path) -> str:
     return run_id
 
 
+# (category, message regex) of warnings alm silences: none of them asks anything of an alm user
+NOISE_WARNINGS = (
+    # Lightning, on any machine with SLURM installed: alm launches SLURM jobs with srun itself, and a
+    # run outside srun (`alm train`, `alm launch local`) is deliberate
+    (Warning, r"The `srun` command is available on your system but is not used"),
+    # DeepSpeed's ZeRO collectives call a deprecated torch API, once per step per rank
+    (FutureWarning, r"`torch\.distributed\.all_gather_into_tensor` is deprecated"),
+    (FutureWarning, r"`torch\.distributed\._all_gather_base` is a private function"),
+    (FutureWarning, r"`torch\.distributed\._reduce_scatter_base` is a private function"),
+    (FutureWarning, r"`torch\.distributed\.reduce_scatter_tensor` is deprecated"),
+    # Lightning's pytree helper on torch >= 2.13
+    (Warning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+)
+# Lightning's info lines that are advertisements, about hardware alm never uses, or restate settings
+NOISE_INFO = re.compile(r"^(💡 Tip:|TPU available:|HPU available:|IPU available:|initializing deepspeed distributed:"
+                        r"|`Trainer\((limit_\w+|val_check_interval|overfit_batches)=[^)]*\)` was configured so)")
+NOISE_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.pytorch.strategies.deepspeed")
+
+
+class _DropInfo(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not NOISE_INFO.match(str(record.getMessage()))
+
+
+def quiet_library_noise() -> None:
+    """Silence the messages listed in NOISE_WARNINGS / NOISE_INFO in this process (idempotent)."""
+    for category, message in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    for name in NOISE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropInfo) for f in logger.filters):
+            logger.addFilter(_DropInfo())
+
+
 def build_loggers(cfg: RunConfig) -> list:
     run_dir = Path(cfg.run_dir)
     attempts = _attempts(run_dir)
@@ -69,6 +109,8 @@ def build_loggers(cfg: RunConfig) -> list:
                 config={"run_dir": str(run_dir), "stage": cfg.stage},
             )
         )
+        # Lightning passes anonymous=None to wandb.init, which then warns that the setting has no effect
+        loggers[-1]._wandb_init.pop("anonymous", None)
     return loggers
 
 

@@ -1,16 +1,22 @@
-"""Preemption: SIGUSR1 -> finish the step -> checkpoint -> requeue the SLURM job -> stop.
+"""Preemption: SIGUSR1 or SIGTERM -> finish the optimizer step -> checkpoint -> requeue or exit.
 
 SLURM sends SIGUSR1 ahead of the time limit when the job asks for it (`#SBATCH --signal=USR1@90`),
-and `scancel -s USR1 JOBID` sends it by hand. Every rank's handler only sets a flag; at the end of
-the current step the checkpoint callback agrees across ranks (an all-reduce) and saves; training
-stops, and once `fit()` has returned (metrics and state written, W&B flushed) global rank 0 runs
-`scontrol requeue $SLURM_JOB_ID` as the run's last act — SLURM kills the job's processes at once.
-The requeued job starts the same command, which resumes exactly from that checkpoint
-(resume=auto) into the same W&B run.
+`scancel -s USR1 JOBID` sends it by hand, and SIGTERM comes from `scancel`, `kill` or a cluster
+manager. Every rank's handler only records the request; at the next optimizer-step boundary (never
+in the middle of gradient accumulation) the ranks agree on it (alm.training.checkpoint.SaveAgreement,
+one step later across ranks), every rank saves, validation and audio samples are skipped, and
+training stops:
 
-`ALM_MAX_REQUEUES` (set by the sbatch template, default 20) bounds the number of requeues: past it
-the job checkpoints and ends as `preempted` instead of looping forever. Outside SLURM the signal
-still checkpoints and stops (state `preempted`), so `kill -USR1` works for local runs too.
+* SIGUSR1 under SLURM: once `fit()` has returned (metrics and state written, W&B flushed) global
+  rank 0 runs `scontrol requeue $SLURM_JOB_ID` as the run's last act; the requeued job resumes
+  exactly from that checkpoint (resume=auto) into the same W&B run. `ALM_MAX_REQUEUES` (set by the
+  sbatch template, default 20) bounds the requeues: past it the job ends as `preempted`.
+* SIGUSR1 outside SLURM, or SIGTERM anywhere: the run exits cleanly (status 0) as `preempted`,
+  with `signal` recorded in state.json; rerunning the command resumes exactly.
+
+The checkpoint's meta.json records `save_seconds`, how long the save took, from which a launcher
+can size the signal's lead time. Lightning's own SIGTERM handling (which stops without saving) is
+replaced while training runs.
 
 The run's state (running / done / failed / preempted) goes to RUN_DIR/state.json for `alm runs`.
 """
@@ -29,6 +35,7 @@ import lightning as L
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from alm.io import atomic_write_text
+from alm.training.checkpoint import PREEMPT, TERMINATE
 
 STATE_FILE = "state.json"
 
@@ -70,44 +77,69 @@ def requeue_job(job_id: str) -> bool:
     return True
 
 
-class Preemption(L.Callback):
-    """Install the SIGUSR1 handler; after the checkpoint it triggers, requeue (SLURM) and stop."""
+SIGNALS = {signal.SIGUSR1: PREEMPT, signal.SIGTERM: TERMINATE}
 
-    def __init__(self, ckpt, run_dir: str, signum: int = signal.SIGUSR1):
+
+class Preemption(L.Callback):
+    """SIGUSR1 / SIGTERM handlers; after the checkpoint they trigger: stop, then requeue (SLURM, USR1).
+
+    SIGUSR1's handler is installed at setup (nothing else handles it; its default would kill the
+    process), SIGTERM's at the start of training, after Lightning installed its own, which it
+    replaces until training ends.
+    """
+
+    def __init__(self, ckpt, run_dir: str):
         self.ckpt = ckpt
         self.run_dir = run_dir
-        self.signum = signum
-        self._previous = None
+        self._previous: dict[int, object] = {}
         self.requeue_pending: str | None = None
 
     def _handler(self, signum, frame) -> None:
-        self.ckpt.request_save(reason="preemption")
+        self.ckpt.request_save(SIGNALS[signum])
+
+    def _install(self, signum: int) -> None:
+        try:
+            self._previous[signum] = signal.signal(signum, self._handler)
+        except ValueError:  # not the main thread (e.g. an interactive notebook): no signal handling
+            pass
+
+    def _restore(self, signum: int) -> None:
+        if signum in self._previous:
+            signal.signal(signum, self._previous.pop(signum))
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        try:
-            self._previous = signal.signal(self.signum, self._handler)
-        except ValueError:  # not the main thread (e.g. an interactive notebook): no signal handling
-            self._previous = None
+        self._install(signal.SIGUSR1)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._install(signal.SIGTERM)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore(signal.SIGTERM)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore(signal.SIGTERM)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        if self._previous is not None:
-            signal.signal(self.signum, self._previous)
-            self._previous = None
+        self._restore(signal.SIGUSR1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.ckpt.last_save_reason != "preemption" or self.ckpt.saved_step != trainer.global_step:
+        reason = self.ckpt.stop_reason
+        if reason is None:
             return
-        self.ckpt.last_save_reason = None
+        self.ckpt.stop_reason = None
         trainer.should_stop = True
+        trainer.limit_val_batches = 0  # no validation (nor audio samples) on the way out
         job = os.environ.get("SLURM_JOB_ID")
-        if trainer.is_global_zero and job:
+        if reason == "preemption" and trainer.is_global_zero and job and trainer.global_step < trainer.max_steps:
             if requeue_allowed():
                 self.requeue_pending = job  # requeue_if_pending(), after fit() returns
             else:
                 rank_zero_warn(f"not requeueing job {job}: SLURM_RESTART_COUNT reached ALM_MAX_REQUEUES")
-        rank_zero_info(f"preempted at step {trainer.global_step}: checkpoint saved"
+        name = "SIGUSR1" if reason == "preemption" else "SIGTERM"
+        rank_zero_info(f"{name}: stopped at step {trainer.global_step}, checkpoint saved"
                        + (f", requeueing job {job}" if self.requeue_pending else ""))
-        write_state(self.run_dir, "preempted", step=trainer.global_step, requeued=self.requeue_pending is not None)
+        write_state(self.run_dir, "preempted", step=trainer.global_step, requeued=self.requeue_pending is not None,
+                    signal=name)
 
     def requeue_if_pending(self) -> bool:
         """`scontrol requeue` as the last thing the run does (after fit): SLURM kills the job at once."""

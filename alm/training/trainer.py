@@ -8,8 +8,10 @@ offload); on CPU, DDP uses gloo and DeepSpeed runs through alm.training.deepspee
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import lightning as L
@@ -19,13 +21,21 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleD
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from alm.config import RunConfig, from_yaml_text, to_yaml
-from alm.io import atomic_write_text
+from alm.errors import UserError
+from alm.io import atomic_write_text, fsync_dir
 from alm.training.callbacks import StepMetrics, StepProgressBar, StepSeed
-from alm.training.checkpoint import PeriodicCheckpoint, fit_path, latest_checkpoint, read_meta, remove_partial
-from alm.training.loggers import build_loggers
+from alm.training.checkpoint import Checkpoint, PeriodicCheckpoint, fit_path, read_meta, remove_partial
+from alm.training.loggers import build_loggers, quiet_library_noise
 from alm.training.preemption import Preemption, write_state
+from alm.training.preflight import ResumePlan, preflight
 
 log = logging.getLogger(__name__)
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """One line for the user, from global rank 0 only (the `alm` logger prints INFO)."""
+    log.info(message)
 
 
 def resolve_accelerator(cfg: RunConfig) -> str:
@@ -33,7 +43,7 @@ def resolve_accelerator(cfg: RunConfig) -> str:
     if acc == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
     if acc in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise RuntimeError("trainer.accelerator=gpu but no CUDA device is visible (use trainer.accelerator=cpu)")
+        raise UserError("trainer.accelerator=gpu but no CUDA device is visible: use trainer.accelerator=cpu or auto")
     return "gpu" if acc in ("gpu", "cuda") else "cpu"
 
 
@@ -71,6 +81,7 @@ def build_strategy(cfg: RunConfig, accelerator: str):
 
 def build_trainer(cfg: RunConfig, extra_callbacks: tuple = ()) -> tuple[L.Trainer, PeriodicCheckpoint]:
     t = cfg.trainer
+    quiet_library_noise()
     accelerator = resolve_accelerator(cfg)
     deepspeed = t.strategy == "deepspeed"
     ckpt = PeriodicCheckpoint(cfg, t.ckpt_every_n_steps, t.keep_last_k)
@@ -82,7 +93,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: tuple = ()) -> tuple[L.Traine
         *extra_callbacks,
     ]
     if t.progress_bar:
-        callbacks.append(StepProgressBar())
+        callbacks.append(StepProgressBar(refresh_rate=t.log_every_n_steps))
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     validate = cfg.data.val_shards is not None and t.val_every_n_steps > 0
     trainer = L.Trainer(
@@ -109,42 +120,64 @@ def build_trainer(cfg: RunConfig, extra_callbacks: tuple = ()) -> tuple[L.Traine
         default_root_dir=cfg.run_dir,
         plugins=plugins,
     )
+    skip_lightning_sigterm_broadcast(trainer)
     return trainer, ckpt
 
 
-def resume_from(cfg: RunConfig) -> str | None:
-    """The checkpoint to resume from per `resume` (auto | never | PATH), validated against the run."""
-    if cfg.resume == "never":
-        return None
-    if cfg.resume == "auto":
-        step_dir = latest_checkpoint(cfg.run_dir)
-        if step_dir is None:
-            return None
+def skip_lightning_sigterm_broadcast(trainer: L.Trainer) -> None:
+    """Lightning 2.6 broadcasts a SIGTERM flag from rank 0 and reads it on the host (`.item()`)
+    before every training batch when world_size > 1: a device synchronisation per micro-batch.
+    While training runs alm's Preemption callback handles SIGTERM (agreed across ranks without a
+    sync, and with a checkpoint) in place of Lightning's handler, so that flag stays 0: skip it."""
+    loop = trainer.fit_loop.epoch_loop
+    if callable(getattr(loop, "_broadcast_sigterm_tensor", None)):
+        loop._broadcast_sigterm_tensor = lambda: None
+
+
+RESUME_ENV = "ALM_RESUME_CHOICE"  # rank 0's choice, inherited by the ranks Lightning starts from fit()
+
+
+def agree_on_resume(trainer: L.Trainer, plan: ResumePlan) -> ResumePlan:
+    """Global rank 0's resume plan on every rank (a stale listing of run_dir, e.g. on NFS after a
+    requeue, must not make ranks resume from different checkpoints).
+
+    Lightning creates the process group inside fit() (strategy.setup_environment) but reads
+    ckpt_path, passed to fit(), later in that same call, with no hook to change it in between. So
+    the ranks agree before fit():
+    * launchers that start every rank themselves (SLURM, torchrun): the strategy's environment is
+      set up here, as fit() would (fit() then finds the process group and reuses it), and rank 0's
+      plan is broadcast;
+    * `alm train trainer.devices=N` on one machine, where Lightning starts ranks 1..N-1 from inside
+      fit(): rank 0 decides before they exist and they inherit its plan in ALM_RESUME_CHOICE.
+    PeriodicCheckpoint.setup then verifies inside fit() that every rank resumes the same checkpoint.
+    """
+    if trainer.world_size == 1:
+        return plan
+    mine = {"checkpoint": str(plan.checkpoint.path) if plan.checkpoint else None, "restart": plan.restart}
+    inherited = os.environ.get(RESUME_ENV)
+    if inherited and json.loads(inherited).get("pid") == os.getppid():
+        chosen = json.loads(inherited)
+    elif not trainer.strategy.cluster_environment.creates_processes_externally:
+        os.environ[RESUME_ENV] = json.dumps({**mine, "pid": os.getpid()})
+        return plan
     else:
-        step_dir = Path(cfg.resume)
-        if not step_dir.exists():
-            raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint")
-        if step_dir.is_file():
-            step_dir = step_dir.parent
-    meta = read_meta(step_dir)
-    if meta.get("strategy") and meta["strategy"] != cfg.trainer.strategy:
-        raise ValueError(
-            f"checkpoint {step_dir} was written with trainer.strategy={meta['strategy']}, this run uses "
-            f"{cfg.trainer.strategy}; resume with the same strategy (or export it and start a new run)"
-        )
-    if meta.get("world_size") and meta["world_size"] != cfg.trainer.devices * cfg.trainer.num_nodes:
-        rank_zero_warn(
-            f"resuming {step_dir} (written by {meta['world_size']} processes) with "
-            f"{cfg.trainer.devices * cfg.trainer.num_nodes}: training continues, but the data order from here on "
-            "differs from an uninterrupted run"
-        )
-    return fit_path(step_dir)
+        trainer.strategy.setup_environment()
+        chosen = trainer.strategy.broadcast(mine, src=0)
+    if chosen["checkpoint"] == mine["checkpoint"]:
+        return plan
+    path = chosen["checkpoint"]
+    ckpt = Checkpoint(int(read_meta(Path(path)).get("step", -1)), Path(path), read_meta(Path(path))) if path else None
+    return ResumePlan(ckpt, restart=chosen["restart"])
 
 
 @rank_zero_only
-def prepare_run_dir(cfg: RunConfig) -> None:
+def prepare_run_dir(cfg: RunConfig, plan: ResumePlan) -> None:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if plan.restart:
+        moved = move_previous_run(run_dir)
+        if moved:
+            rank_zero_info(f"resume=restart: the previous run's files are in {moved}")
     removed = remove_partial(run_dir)
     if removed:
         rank_zero_info(f"removed unfinished checkpoint writes: {', '.join(removed)}")
@@ -152,22 +185,55 @@ def prepare_run_dir(cfg: RunConfig) -> None:
     text = to_yaml(cfg)
     if path.is_file() and path.read_text() != text:
         diff = difflib.unified_diff(path.read_text().splitlines(), text.splitlines(), "previous", "now", lineterm="", n=0)
-        rank_zero_warn("the run's config changed since its last start:\n" + "\n".join(diff))
+        rank_zero_info("the run's config changed since its last start:\n" + "\n".join(diff))
         atomic_write_text(run_dir / "config.previous.yaml", path.read_text())
     atomic_write_text(path, text)
 
 
-def train(cfg: RunConfig) -> L.Trainer:
-    """Train `cfg` (resuming from run_dir per cfg.resume). Returns the finished Trainer."""
+PREVIOUS_RUN = ("checkpoints", "logs", "samples", "wandb", "wandb_id", "state.json", "config.yaml", "config.previous.yaml")
+
+
+def move_previous_run(run_dir: Path) -> Path | None:
+    """resume=restart: move what a previous run left in run_dir to run_dir/replaced/<UTC time>/."""
+    present = [name for name in PREVIOUS_RUN if (run_dir / name).exists()]
+    if not present:
+        return None
+    dest = run_dir / "replaced" / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    n = 1
+    while dest.exists():
+        dest = dest.with_name(f"{dest.name.split('.')[0]}.{n}")
+        n += 1
+    dest.mkdir(parents=True)
+    for name in present:
+        os.replace(run_dir / name, dest / name)
+    fsync_dir(run_dir)
+    return dest
+
+
+def train(cfg: RunConfig, extra_callbacks: tuple = ()) -> L.Trainer:
+    """Train `cfg` (resuming from run_dir per cfg.resume). Returns the finished Trainer.
+
+    User errors (bad paths, shards, an incompatible checkpoint) are raised by preflight() before
+    anything is written; the run dir of a run that never started is left as it was."""
     if cfg.trainer.threads > 0:
         torch.set_num_threads(cfg.trainer.threads)
-    prepare_run_dir(cfg)
-    ckpt_path = resume_from(cfg)
-    L.seed_everything(cfg.seed, workers=False, verbose=False)  # identical init on every rank / strategy
+    plan = preflight(cfg)
+    from alm.data.provenance import resolve_provenance
     from alm.training.module import build_module
 
-    module = build_module(cfg)  # the model itself is built in configure_model (sharded under ZeRO-3)
-    trainer, _ = build_trainer(cfg)
+    for line in resolve_provenance(cfg):  # tokenizer / codec agree with what made the shards
+        say(line)
+
+    # the stage's checks (tokenizer / codec / model agreement, init_from) run here, before anything
+    # is written; the model itself is built in configure_model (sharded under ZeRO-3)
+    module = build_module(cfg)
+    warn_world_size(cfg, plan.checkpoint)
+    prepare_run_dir(cfg, plan)
+    L.seed_everything(cfg.seed, workers=False, verbose=False)  # identical init on every rank / strategy
+    trainer, ckpt = build_trainer(cfg, extra_callbacks)
+    plan = agree_on_resume(trainer, plan)
+    ckpt.resume_from(plan.checkpoint)
+    ckpt_path = fit_path(plan.checkpoint.path) if plan.checkpoint else None
     if ckpt_path:
         rank_zero_info(f"resuming from {ckpt_path}")
     write_state(cfg.run_dir, "running", stage=cfg.stage, max_steps=cfg.trainer.max_steps, resumed_from=ckpt_path)
@@ -185,6 +251,15 @@ def train(cfg: RunConfig) -> L.Trainer:
         if isinstance(callback, Preemption):
             callback.requeue_if_pending()
     return trainer
+
+
+def warn_world_size(cfg: RunConfig, ckpt: Checkpoint | None) -> None:
+    world = cfg.trainer.devices * cfg.trainer.num_nodes
+    if ckpt is not None and ckpt.meta.get("world_size") and ckpt.meta["world_size"] != world:
+        rank_zero_warn(
+            f"resuming {ckpt.path} (written by {ckpt.meta['world_size']} processes) with {world}: training "
+            "continues, but the data order from here on differs from an uninterrupted run"
+        )
 
 
 def finish_wandb(trainer: L.Trainer) -> None:
