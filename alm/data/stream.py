@@ -307,10 +307,11 @@ class ShardStream(IterableDataset):
         by_shard: dict[int, list[int]] = {}
         for shard, p in ids:
             by_shard.setdefault(shard, []).append(p)
-        got = {}
+        got, drawn = {}, counter.drawn
         for shard, ps in by_shard.items():
             for p, sample in self.read(shard, sorted(set(ps)), counter):
                 got[(shard, p)] = sample
+        counter.drawn = drawn  # drawn before the checkpoint already
         missing = [i for i in ids if i not in got]
         if missing:
             raise RuntimeError(f"resume: {len(missing)} buffered sample(s) no longer readable, e.g. shard "

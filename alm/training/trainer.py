@@ -22,6 +22,7 @@ from alm.config import RunConfig, from_yaml_text, to_yaml
 from alm.io import atomic_write_text
 from alm.stages import stage_builder
 from alm.training.callbacks import StepMetrics, StepProgressBar, StepSeed
+from alm.training.data_state import DataState
 from alm.training.checkpoint import PeriodicCheckpoint, fit_path, latest_checkpoint, read_meta, remove_partial
 from alm.training.loggers import build_loggers
 from alm.training.preemption import Preemption, write_state
@@ -77,6 +78,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: tuple = ()) -> tuple[L.Traine
     callbacks = [
         StepSeed(cfg.seed),
         StepMetrics(0.0 if deepspeed else t.gradient_clip_val),
+        DataState(cfg),  # before ckpt: the data positions of the batches trained go into each checkpoint
         ckpt,
         Preemption(ckpt, cfg.run_dir),  # after ckpt: acts on the checkpoint a signal asked for
         *extra_callbacks,
