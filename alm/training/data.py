@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Callable
 
 import lightning as L
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from alm.config import RunConfig
+from alm.data.splits import resolve_split_spec
 from alm.data.stream import Collate, MakeExample, ShardStream, make_loader, resolve_shard_sets
 from alm.training.data_state import DataState, resume_positions
 
@@ -20,7 +23,12 @@ def _data_state(trainer: L.Trainer) -> DataState | None:
 
 def _loader(trainer: L.Trainer, cfg: RunConfig, spec: str, make_example: MakeExample, collate: Collate,
             length: Callable[[dict[str, Any]], int] | None, train: bool):
-    sets = resolve_shard_sets(spec)
+    role = "train" if train else "val"
+    resolved = resolve_split_spec(spec, role)
+    sets = resolve_shard_sets(resolved)
+    if resolved != spec:  # a directory: its manifest's splits for this role
+        rank_zero_info(f"{role} data: {spec} -> {len(sets[0])} shard(s): "
+                       f"{', '.join(sorted({n.rsplit('-', 1)[0] for n in map(os.path.basename, sets[0])}))}")
     workers = cfg.data.num_workers if train else min(cfg.data.num_workers, 1)
     start_batch, positions = 0, None
     if train:
