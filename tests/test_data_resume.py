@@ -141,3 +141,40 @@ def test_order_is_the_reference_order(tmp_path, per_shard):
         ref = _reference_order(spec, rank, world, 0) + _reference_order(spec, rank, world, 1)  # 2 epochs
         keys = [b["keys"][0] for b in itertools.islice(stream(spec, rank, world, batch_size=1), len(ref))]
         assert keys == ref and len(ref) > 0
+
+
+def test_topology_change_is_an_error_or_an_epoch_restart():
+    from alm.training.data_state import DataError, resume_positions
+
+    state = {"world_size": 2, "num_workers": 2, "shards": 6,
+             "positions": {"0": {"0": {"epoch": 3, "local": 5}}, "1": {"0": {"epoch": 2, "local": 5}}}}
+    same = {"world_size": 2, "num_workers": 2, "shards": 6}
+    assert resume_positions(state, same, 1, 10, "error") == {0: {"epoch": 2, "local": 5}}
+    for now in ({**same, "num_workers": 1}, {**same, "world_size": 1}, {**same, "shards": 7}):
+        with pytest.raises(DataError, match=r"2 rank\(s\) x 2 worker\(s\) over 6 shard\(s\).*on_topology_change=restart_epoch"):
+            resume_positions(state, now, 0, 10, "error")
+    pos = resume_positions(state, {**same, "num_workers": 3}, 0, 10, "restart_epoch")
+    assert {p["epoch"] for p in pos.values()} == {2} and [pos[w]["local"] for w in range(3)] == [4, 3, 3]
+
+
+def test_epoch_restart_positions_continue_the_batch_numbers(tmp_path):
+    from alm.training.data_state import resume_positions
+
+    spec = shards(tmp_path, n_samples=24, per_shard=4)
+    state = {"world_size": 1, "num_workers": 2, "shards": 6, "positions": {"0": {"0": {"epoch": 1, "local": 9}}}}
+    pos = resume_positions(state, {"world_size": 1, "num_workers": 3, "shards": 6}, 0, 10, "restart_epoch")
+    got = run(make_loader(stream(spec, positions=pos, batch_size=2), 3), 12)
+    assert [b["_index"] for b in got] == list(range(10, 22))
+    fresh = run(make_loader(stream(spec, batch_size=2), 3), 24)  # the same topology from the start: epochs 0, 1
+    epoch1 = sorted(k for b in fresh[12:] for k in b["keys"])
+    assert sorted(k for b in got for k in b["keys"]) == epoch1  # epoch 1 again, whole
+
+
+def test_remote_shards_stream_in_the_same_order(tmp_path):
+    spec = shards(tmp_path, n_samples=20, per_shard=5)
+    remote = "::".join(f"pipe:cat {u}" for u in resolve_shard_sets(spec)[0])
+    ref = run(make_loader(stream(spec), 2), 12)
+    got = run(make_loader(stream(remote), 2), 12)
+    assert seen(got) == seen(ref)
+    back = run(make_loader(stream(remote, positions=positions_before(got, 5)), 2), 7)
+    assert seen(back) == seen(ref[5:])
