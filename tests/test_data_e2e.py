@@ -80,3 +80,23 @@ def test_truncated_shard_is_reported_and_can_stop_the_run(tmp_path):
     line = p.stderr.strip().splitlines()[-1]
     assert "data.max_corrupt_fraction=0.001" in line and f"bad shards: {bad} (" in line
     assert json.loads((stop / "data_errors.json").read_text())["stopped"] is True
+
+
+def test_kill_resume_exact_token_budget_batches(tmp_path):
+    _check_exact_resume(tmp_path, "data.num_workers=2", "data.max_tokens=300")
+
+
+def test_one_shard_trains_on_two_ranks_with_two_workers(tmp_path):
+    from alm.data.cache import cache_root
+    from alm.stages.semantic import synthetic_semantic
+
+    tokens = synthetic_semantic(cache_root(), 64)
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(tokens / "train-000000.tar", one / "train-000000.tar")  # 40 samples, 4 readers
+    run = tmp_path / "run"
+    train(run, "trainer.max_steps=4", "trainer.ckpt_every_n_steps=4", "trainer.devices=2", "data.num_workers=2",
+          f"data.train_shards={one}", "data.val_shards=null", f"data.tokenizer={tokens / 'tokenizer'}")
+    assert sorted(losses(run)) == list(range(4))
+    report = json.loads((run / "data_errors.json").read_text())
+    assert report["corrupt_samples"] == 0 and report["drawn_samples"] <= 40 * 2  # no reader read the shard 4 times

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,12 +37,10 @@ class ShardIndex:
     members: list[list[tuple[str, int, int]]] = field(default_factory=list)
     problem: str | None = None  # None = a complete, readable tar
     lost: int = 0  # samples (partly) past the damage: dropped, counted as corrupt
+    stamp: tuple[int, int] = (0, 0)  # the file's (size, mtime_ns) when scanned
 
     def __len__(self) -> int:
         return len(self.keys)
-
-    def position_of(self) -> dict[str, int]:
-        return {k: i for i, k in enumerate(self.keys)}
 
 
 class Reads:
@@ -52,6 +51,21 @@ class Reads:
 
 
 _CACHE: dict[tuple[str, int, int], ShardIndex] = {}
+_FILES: "OrderedDict[tuple[str, tuple[int, int]], int]" = OrderedDict()  # open shard files of this process (pread: no shared offset)
+OPEN_FILES = 16
+
+
+def _fd(index: ShardIndex) -> int:
+    """An open descriptor of the indexed file (a shard replaced since is opened anew)."""
+    key = (index.path, index.stamp)
+    fd = _FILES.get(key)
+    if fd is None:
+        fd = _FILES[key] = os.open(index.path, os.O_RDONLY)
+        while len(_FILES) > OPEN_FILES:
+            os.close(_FILES.popitem(last=False)[1])
+    else:
+        _FILES.move_to_end(key)
+    return fd
 
 
 def _octal(field_bytes: bytes) -> int:
@@ -93,8 +107,9 @@ def _pax_path(data: bytes) -> str | None:
 
 def scan_tar(path: str) -> ShardIndex:
     """Index a local tar shard by reading its headers only (see the module docstring)."""
-    index = ShardIndex(path)
-    size = os.path.getsize(path)
+    st = os.stat(path)
+    size = st.st_size
+    index = ShardIndex(path, stamp=(st.st_size, st.st_mtime_ns))
     current_key: str | None = None
     current: dict[str, tuple[int, int]] = {}
     order: list[str] = []
@@ -178,12 +193,12 @@ def shard_index(path: str) -> ShardIndex:
 def read_sample(index: ShardIndex, i: int, url: str | None = None) -> dict[str, Any]:
     """Sample i of the indexed shard as webdataset gives it: {"__key__", "__url__", ext: bytes}."""
     sample: dict[str, Any] = {"__key__": index.keys[i], "__url__": url or index.path}
-    with open(index.path, "rb", buffering=0) as f:
-        for ext, at, n in index.members[i]:
-            data = os.pread(f.fileno(), n, at)
-            if len(data) != n:
-                raise OSError(f"{index.path}: member {index.keys[i]}.{ext} is short ({len(data)} of {n} bytes)")
-            sample[ext] = data
-            Reads.bytes += n
+    fd = _fd(index)
+    for ext, at, n in index.members[i]:
+        data = os.pread(fd, n, at)
+        if len(data) != n:
+            raise OSError(f"{index.path}: member {index.keys[i]}.{ext} is short ({len(data)} of {n} bytes)")
+        sample[ext] = data
+        Reads.bytes += n
     Reads.samples += 1
     return sample

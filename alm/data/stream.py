@@ -182,15 +182,17 @@ class ShardStream(IterableDataset):
         self.rank_world = rank_world
         self.positions = positions
         self._plans: OrderedDict[int, _Plan] = OrderedDict()
+        self._by_name: list[dict[str, str]] | None = None
 
     # -- which samples belong to a slot in an epoch -----------------------------------------
     def plan(self, shard: int) -> _Plan:
         """The (cached) plan of shard group `shard` (its number in shard_sets[0])."""
         found = self._plans.get(shard)
         if found is None:
+            if self._by_name is None:
+                self._by_name = [{os.path.basename(u): u for u in s} for s in self.shard_sets[1:]]
             url = self.shard_sets[0][shard]
-            name = os.path.basename(url)
-            group = [url] + [next(u for u in s if os.path.basename(u) == name) for s in self.shard_sets[1:]]
+            group = [url] + [m[os.path.basename(url)] for m in self._by_name]
             found = self._plans[shard] = _make_plan(group)
             while len(self._plans) > max(INDEX_CACHE, len(self.shard_sets[0]) if self._few else 0):
                 self._plans.popitem(last=False)
