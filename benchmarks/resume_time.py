@@ -62,7 +62,7 @@ def positions_at(spec: str, args, step: int) -> dict[int, dict]:
     workers = max(1, args.workers)
     real: dict[int, dict] = {}
     for b in make_loader(stream(spec, args), args.workers):  # a real mid-epoch position per worker
-        real[b["_state"]["worker"]] = b["_state"]
+        real[b["_state"].state["worker"]] = b["_state"].state
         if len(real) == workers and b["_index"] >= 2 * workers:
             break
     per_epoch = args.samples // args.batch_size

@@ -34,7 +34,7 @@ def positions_before(batches, b):
     """What the data-state callback keeps after training batches 0..b-1: the newest state per worker."""
     pos = {}
     for batch in batches[:b]:
-        pos[batch["_state"]["worker"]] = batch["_state"]
+        pos[batch["_state"].state["worker"]] = batch["_state"].state
     return pos
 
 

@@ -274,7 +274,7 @@ class ShardStream(IterableDataset):
             if c.rng is None:
                 c.rng = np.random.default_rng([self.seed, c.epoch, slot, 11])
             if c.pending:  # resuming: read the samples the buffer held
-                c.buffer = self._refill(c.pending, counter)
+                c.buffer, c.ids = self._refill(c.pending, counter), list(c.pending)
                 c.pending = []
             while c.unit < len(units):
                 shard, start, stride = units[c.unit]
@@ -289,17 +289,20 @@ class ShardStream(IterableDataset):
                         yield c.epoch, sample
                         continue
                     if len(c.buffer) < self.shuffle_buffer:
-                        c.buffer.append(((shard, p), sample))
+                        c.buffer.append(sample)
+                        c.ids.append((shard, p))
                         continue
                     j = int(c.rng.integers(len(c.buffer)))
-                    c.buffer[j], out = ((shard, p), sample), c.buffer[j]
-                    yield c.epoch, out[1]
+                    c.buffer[j], out = sample, c.buffer[j]
+                    c.ids[j] = (shard, p)
+                    yield c.epoch, out
                 c.unit, c.offset = c.unit + 1, 0
             while c.buffer:  # drain at epoch end: each sample exactly once per epoch
                 if c.track:
                     c.mark()
-                out = c.buffer.pop(int(c.rng.integers(len(c.buffer))))
-                yield c.epoch, out[1]
+                j = int(c.rng.integers(len(c.buffer)))
+                c.ids.pop(j)
+                yield c.epoch, c.buffer.pop(j)
             yield c.epoch, None  # the epoch is complete
             if not self.infinite:
                 return
@@ -318,7 +321,7 @@ class ShardStream(IterableDataset):
         if missing:
             raise RuntimeError(f"resume: {len(missing)} buffered sample(s) no longer readable, e.g. shard "
                                f"{self.shard_sets[0][missing[0][0]]} position {missing[0][1]} (did the shards change?)")
-        return [(i, got[i]) for i in ids]
+        return [got[i] for i in ids]
 
     def _examples(self, slot: int, n_slots: int, counter: _Counter, cursor: "_Cursor"):
         """(example, position before its sample was drawn or None) forever (or one epoch)."""
@@ -394,8 +397,24 @@ class ShardStream(IterableDataset):
             batch["_corrupt_shards"] = {k: v - reported[2].get(k, 0) for k, v in counter.by_shard.items()
                                         if v != reported[2].get(k, 0)}
             reported = (counter.corrupt, counter.drawn, dict(counter.by_shard))
-            batch["_state"] = {**state, "local": local + 1, "worker": logical, "workers": n_workers}
+            batch["_state"] = Position({**state, "local": local + 1, "worker": logical, "workers": n_workers})
             yield batch
+
+
+class Position:
+    """A worker's stream position, carried by its batch. A plain object, not a dict, so the
+    DataLoader and Lightning pass it through instead of walking the buffer ids."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+
+    def __getstate__(self):
+        return self.state
+
+    def __setstate__(self, state) -> None:
+        self.state = state
 
 
 class _Cursor:
@@ -404,7 +423,8 @@ class _Cursor:
     def __init__(self, track: bool = False) -> None:
         self.epoch, self.unit, self.offset = 0, 0, 0
         self.rng: np.random.Generator | None = None
-        self.buffer: list[tuple[tuple[int, int], dict[str, Any]]] = []
+        self.buffer: list[dict[str, Any]] = []  # buffered samples
+        self.ids: list[tuple[int, int]] = []  # their (shard, position), in buffer order
         self.pending: list[tuple[int, int]] = []  # buffered ids still to be read (resume)
         self.local = 0
         self.track = track
@@ -416,7 +436,7 @@ class _Cursor:
             "epoch": self.epoch,
             "unit": self.unit,
             "offset": self.offset,
-            "buffer": [list(i) for i, _ in self.buffer] + [list(i) for i in self.pending],
+            "buffer": self.ids + self.pending,  # (shard, position) pairs
             "rng": None if self.rng is None else self.rng.bit_generator.state,
         }
 

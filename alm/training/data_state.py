@@ -79,9 +79,9 @@ class DataState(L.Callback):
         self._trainer = trainer
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        state = batch.get("_state")
-        if state is not None:
-            self.positions[int(state["worker"])] = state
+        position = batch.get("_state")
+        if position is not None:
+            self.positions[int(position.state["worker"])] = position.state
         self.corrupt += int(batch.get("_corrupt", 0))
         self.drawn += int(batch.get("_drawn", 0))
         for name, n in (batch.get("_corrupt_shards") or {}).items():
