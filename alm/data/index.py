@@ -4,7 +4,7 @@
 so it reads ~512 bytes per member whatever the shard's size, and groups members into samples the
 way webdataset does (key = the name up to the first dot of its last path part; consecutive members
 with one key form a sample; extensions lower-cased; `__*__` meta files and non-regular members
-skipped). The index is cached per process (keyed by path, size and mtime).
+skipped). The newest indexes are cached per process (keyed by path, size and mtime).
 
 `read_sample(index, i)` then reads only sample i's member bytes (one positioned read per member):
 a reader seeks straight to any sample, and a resumed shuffle buffer reads only what it holds.
@@ -50,7 +50,8 @@ class Reads:
     bytes = 0
 
 
-_CACHE: dict[tuple[str, int, int], ShardIndex] = {}
+_CACHE: "OrderedDict[tuple[str, int, int], ShardIndex]" = OrderedDict()  # the newest scanned indexes
+CACHED_INDEXES = 64
 _FILES: "OrderedDict[tuple[str, tuple[int, int]], int]" = OrderedDict()  # open shard files of this process (pread: no shared offset)
 OPEN_FILES = 16
 
@@ -187,6 +188,10 @@ def shard_index(path: str) -> ShardIndex:
     found = _CACHE.get(key)
     if found is None:
         found = _CACHE[key] = scan_tar(path)
+        while len(_CACHE) > CACHED_INDEXES:
+            _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
     return found
 
 
