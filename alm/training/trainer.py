@@ -22,8 +22,8 @@ from alm.config import RunConfig, from_yaml_text, to_yaml
 from alm.io import atomic_write_text
 from alm.stages import stage_builder
 from alm.training.callbacks import StepMetrics, StepProgressBar, StepSeed
-from alm.training.data_state import DataState
 from alm.training.checkpoint import PeriodicCheckpoint, fit_path, latest_checkpoint, read_meta, remove_partial
+from alm.training.data_state import DataState
 from alm.training.loggers import build_loggers
 from alm.training.preemption import Preemption, write_state
 
