@@ -63,6 +63,8 @@ class DataConfig:
     shuffle_buffer: int = 500  # samples held in each worker's shuffle buffer
     tokenizer: Optional[str] = None  # directory of the tokenizer that made the tokens (exported with the model)
     codec: Optional[str] = None  # codec that made codes.npy (name, hub id or local dir); acoustic stages
+    on_topology_change: str = "error"  # resuming with other devices/nodes/num_workers/shards: error | restart_epoch
+    max_corrupt_fraction: float = 0.01  # stop once more than this fraction of the samples drawn were unreadable
 
 
 @dataclass

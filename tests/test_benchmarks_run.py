@@ -17,6 +17,8 @@ pytestmark = pytest.mark.slow
                      "--frames", "10", "--levels", "3", "--codebook", "16", "--semantic-vocab", "8",
                      "--first-steps", "4"], "fewer passes"),
     ("loader_throughput.py", ["--batches", "3"], "audio-hours/minute"),
+    ("resume_time.py", ["--steps", "2", "20", "--rounds", "1", "--samples", "200", "--per-shard", "50", "--buffer", "16"],
+     "resume time ratio"),
 ])
 def test_benchmark_runs(script, args, expect):
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, env=env(),

@@ -302,6 +302,7 @@ class PeriodicCheckpoint(L.Callback):
                 "strategy": "deepspeed" if deepspeed else "ddp",
                 "zero_stage": self.cfg.trainer.zero_stage if deepspeed else None,
                 "world_size": trainer.world_size,
+                "num_workers": max(1, self.cfg.data.num_workers),  # loader workers per rank (data topology)
                 "stage": self.cfg.stage,
                 "time": time.time(),
                 "reason": reason,

@@ -25,6 +25,7 @@ from alm.errors import UserError
 from alm.io import atomic_write_text, fsync_dir
 from alm.training.callbacks import StepMetrics, StepProgressBar, StepSeed
 from alm.training.checkpoint import Checkpoint, PeriodicCheckpoint, fit_path, read_meta, remove_partial
+from alm.training.data_state import DataState
 from alm.training.loggers import build_loggers, quiet_library_noise
 from alm.training.preemption import Preemption, write_state
 from alm.training.preflight import ResumePlan, preflight
@@ -88,6 +89,7 @@ def build_trainer(cfg: RunConfig, extra_callbacks: tuple = ()) -> tuple[L.Traine
     callbacks = [
         StepSeed(cfg.seed),
         StepMetrics(0.0 if deepspeed else t.gradient_clip_val),
+        DataState(cfg),  # before ckpt: the data positions of the batches trained go into each checkpoint
         ckpt,
         Preemption(ckpt, cfg.run_dir),  # after ckpt: acts on the checkpoint a signal asked for
         *extra_callbacks,
@@ -227,7 +229,7 @@ def train(cfg: RunConfig, extra_callbacks: tuple = ()) -> L.Trainer:
     # the stage's checks (tokenizer / codec / model agreement, init_from) run here, before anything
     # is written; the model itself is built in configure_model (sharded under ZeRO-3)
     module = build_module(cfg)
-    warn_world_size(cfg, plan.checkpoint)
+    check_topology(cfg, plan.checkpoint)
     prepare_run_dir(cfg, plan)
     L.seed_everything(cfg.seed, workers=False, verbose=False)  # identical init on every rank / strategy
     trainer, ckpt = build_trainer(cfg, extra_callbacks)
@@ -253,13 +255,19 @@ def train(cfg: RunConfig, extra_callbacks: tuple = ()) -> L.Trainer:
     return trainer
 
 
-def warn_world_size(cfg: RunConfig, ckpt: Checkpoint | None) -> None:
-    world = cfg.trainer.devices * cfg.trainer.num_nodes
-    if ckpt is not None and ckpt.meta.get("world_size") and ckpt.meta["world_size"] != world:
-        rank_zero_warn(
-            f"resuming {ckpt.path} (written by {ckpt.meta['world_size']} processes) with {world}: training "
-            "continues, but the data order from here on differs from an uninterrupted run"
-        )
+def check_topology(cfg: RunConfig, ckpt: Checkpoint | None) -> None:
+    """A resume with another number of ranks or loader workers cannot continue the same data stream:
+    an error before anything starts, unless data.on_topology_change=restart_epoch (the train loader
+    then restarts the data at the start of the epoch; alm.training.data_state.resume_positions)."""
+    if ckpt is None:
+        return
+    world, workers = cfg.trainer.devices * cfg.trainer.num_nodes, max(1, cfg.data.num_workers)
+    old = (ckpt.meta.get("world_size", world), ckpt.meta.get("num_workers", workers))
+    if old == (world, workers) or cfg.data.on_topology_change == "restart_epoch":
+        return
+    raise UserError(f"{ckpt.path.name}'s data stream was read by {old[0]} rank(s) x {old[1]} worker(s), this run has "
+                    f"{world} rank(s) x {workers} worker(s): it cannot continue exactly; resume with the old topology, "
+                    "or set data.on_topology_change=restart_epoch to restart the data at the start of the epoch")
 
 
 def finish_wandb(trainer: L.Trainer) -> None:
