@@ -55,7 +55,7 @@ class DataConfig:
     # Shards: a directory, a glob ("dir/train-*.tar"), a brace pattern ("dir/train-{000000..000009}.tar"),
     # several of those separated by "::", or "synthetic" = the built-in generated set (made once, cached).
     train_shards: str = MISSING
-    val_shards: Optional[str] = None
+    val_shards: Optional[str] = None  # null: no validation; auto: the validation split of the train directory
     batch_size: int = 8  # examples per batch per process
     max_tokens: int = 0  # > 0: dynamic batches of at most this many padded tokens (replaces batch_size)
     max_len: int = 512  # longest example in tokens; longer sequences are randomly cropped

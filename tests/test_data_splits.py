@@ -77,3 +77,28 @@ def test_plain_directory_trains_unknown_split_names_are_refused(tmp_path):
         resolve_split_spec(mixed, "train")
     with pytest.raises(ValueError, match="role"):
         resolve_split_spec(plain, "test")
+
+
+def test_val_shards_auto_is_the_validation_split_of_the_train_directory(tmp_path):
+    from alm.data.splits import auto_val_spec
+    from alm.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "mine", num_clips=4, val_clips=2, seconds=0.5, shard_size=2)
+    val = auto_val_spec(str(tmp_path / "mine"))
+    assert val is not None and all("/val-" in s for s in val.split("::")), val
+    assert auto_val_spec(str(tmp_path / "mine" / "train-*.tar")) is None  # a glob: nothing to derive
+    (tmp_path / "only-train").mkdir()
+    for p in (tmp_path / "mine").glob("train-*.tar"):
+        (tmp_path / "only-train" / p.name).write_bytes(p.read_bytes())
+    assert auto_val_spec(str(tmp_path / "only-train")) is None  # no validation split: validation off
+
+
+def test_val_shards_auto_follows_synthetic_train_data():
+    from alm.config import load_recipe
+    from alm.data.cache import resolve_synthetic
+    from helpers import TINY
+
+    cfg = load_recipe(TINY)
+    assert cfg.data.val_shards == "auto"
+    resolve_synthetic(cfg)
+    assert "val-" in cfg.data.val_shards and "train-" in cfg.data.train_shards

@@ -54,6 +54,7 @@ def resolve_synthetic(cfg) -> None:
     """Replace `synthetic` in data.train_shards / data.val_shards by the stage's cached dataset."""
     if "synthetic" not in (cfg.data.train_shards, cfg.data.val_shards):
         return
+    train_was_synthetic = cfg.data.train_shards == "synthetic"
     from alm.errors import UserError
     from alm.stages import get_stage
 
@@ -63,7 +64,7 @@ def resolve_synthetic(cfg) -> None:
     made = make(cfg, cache_root())
     if cfg.data.train_shards == "synthetic":
         cfg.data.train_shards = made["train_shards"]
-    if cfg.data.val_shards == "synthetic":
+    if cfg.data.val_shards == "synthetic" or (cfg.data.val_shards == "auto" and train_was_synthetic):
         cfg.data.val_shards = made["val_shards"]
     if cfg.data.tokenizer in (None, "synthetic"):
         cfg.data.tokenizer = made.get("tokenizer")

@@ -116,3 +116,18 @@ def resolve_split_spec(spec: str, role: str) -> str:
             pieces.append(_resolve_dir(local, role) if not is_remote(piece) and os.path.isdir(local) else piece)
         sets.append("::".join(pieces))
     return " + ".join(sets)
+
+
+def auto_val_spec(train_spec: str) -> str | None:
+    """`data.val_shards: auto`: the validation split of the directories `train_spec` names, or None
+    (no validation) when it names a glob or file (no split to derive), or a directory without a
+    validation split."""
+    pieces = [p.strip() for one in join_sets(train_spec) for p in one.split("::") if p.strip()]
+    if not pieces or not all(not is_remote(p) and os.path.isdir(os.path.expanduser(p)) for p in pieces):
+        log.info("data.val_shards=auto: data.train_shards=%s names no prepared directory: validation off", train_spec)
+        return None
+    try:
+        return resolve_split_spec(train_spec, "val")
+    except UserError as exc:
+        log.info("data.val_shards=auto: no validation split (%s): validation off", exc)
+        return None

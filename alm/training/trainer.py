@@ -219,6 +219,10 @@ def train(cfg: RunConfig, extra_callbacks: tuple = ()) -> L.Trainer:
     anything is written; the run dir of a run that never started is left as it was."""
     if cfg.trainer.threads > 0:
         torch.set_num_threads(cfg.trainer.threads)
+    if cfg.data.val_shards == "auto":
+        from alm.data.splits import auto_val_spec
+
+        cfg.data.val_shards = auto_val_spec(cfg.data.train_shards)
     plan = preflight(cfg)
     from alm.data.provenance import resolve_provenance
     from alm.training.module import build_module
