@@ -99,3 +99,14 @@ def test_cli_reuses_existing_model(shards, tmp_path):
     assert main(args[:-1] + ["100", "--retrain"]) == 0
     assert json.loads((out / "text_tokenizer.json").read_text())["requested_vocab_size"] == 100
     assert main(["--shards", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--vocab-size", "50"]) == 2
+
+
+def test_a_prepared_directory_fits_on_its_training_split_only(tmp_path):
+    """[robust] split leakage: `--shards DIR` must not fit on validation/test captions."""
+    from alm.data.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "mine", num_clips=6, val_clips=3, seconds=0.5, shard_size=3)
+    train_text_tokenizer(str(tmp_path / "mine"), tmp_path / "tok", vocab_size=40)
+    meta = json.loads((tmp_path / "tok" / "text_tokenizer.json").read_text())
+    assert meta["corpus"]["samples"] == 6, meta["corpus"]  # the 3 val clips are not in the corpus
+    assert "val-" not in meta["fit_shards"] and "train-" in meta["fit_shards"]

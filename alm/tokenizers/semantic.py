@@ -294,7 +294,10 @@ def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, token
     else:
         if cfg is None:
             raise ValueError("no tokenizer to load and no config to fit one")
-        fit_urls = expand_shards(fit_shards) if fit_shards else urls
+        from alm.data.splits import resolve_split_spec
+
+        # fitting takes the training split(s) of a directory (a test split only by explicit glob)
+        fit_urls = expand_shards(resolve_split_spec(fit_shards or shards, "fit"))
         samples = (s for u in fit_urls for s in read_shard(u))
         tok = fit_tokenizer(cfg, samples, max_fit_frames, seed, device)
     if tokenizer_dir and not continuing:  # the same files: the same fingerprint (alm.data.provenance)
@@ -331,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"(default: {d.features}, {again})")
     p.add_argument("--tokenizer", default=None, help="reuse a fitted tokenizer dir instead of fitting "
                                                      "(e.g. the train set's, for its validation set)")
-    p.add_argument("--fit-shards", default=None, help="shards to fit k-means on (default: --shards)")
+    p.add_argument("--fit-shards", default=None, help="shards to fit k-means on (default: the training split(s) of --shards)")
     p.add_argument("--fit-frames", type=int, default=200_000, help="feature frames sampled to fit k-means")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
     p.add_argument("--device", default="cpu", help="where the SSL model runs: cpu, cuda, cuda:1, ...")

@@ -133,6 +133,10 @@ def train_text_tokenizer(
     """
     import sentencepiece as spm
 
+    from alm.data.splits import resolve_split_spec
+
+    fit_spec = resolve_split_spec(shards_spec, "fit") if isinstance(shards_spec, str) else shards_spec  # a directory: its training split(s)
+
     from alm.io import atomic_write_bytes, atomic_write_text
 
     if model_type not in ("unigram", "bpe"):
@@ -140,7 +144,7 @@ def train_text_tokenizer(
     if vocab_size < 8:
         raise ValueError(f"vocab_size must be >= 8, got {vocab_size}")
     stats: dict[str, int] = {}
-    texts = list(iter_texts(shards_spec, stats))
+    texts = list(iter_texts(fit_spec, stats))
     if not texts:
         raise ValueError(f"shards {shards_spec!r}: no captions or transcripts found in the json members")
     corpus_hash = hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
@@ -186,6 +190,7 @@ def train_text_tokenizer(
         "model_file": MODEL_FILE,
         "settings": {k: settings[k] for k in ("character_coverage", "byte_fallback", "num_threads")} | {"seed": seed},
         "source": shards_spec if isinstance(shards_spec, str) else list(shards_spec),
+        "fit_shards": fit_spec if isinstance(fit_spec, str) else list(fit_spec),
         "corpus": {**stats, "sha256": corpus_hash},
     }
     atomic_write_text(out_dir / META_FILE, json.dumps(meta, indent=1, ensure_ascii=False))
@@ -202,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=DefaultsFormatter,
         epilog="writes OUT/spm.model, OUT/spm.vocab and OUT/text_tokenizer.json (special ids: pad=0 unk=1 bos=2 eos=3)",
     )
-    parser.add_argument("--shards", required=True, help="shards whose json members hold captions/transcripts")
+    parser.add_argument("--shards", required=True, help="shards whose json members hold captions/transcripts "
+                        "(a prepared directory: its training split(s); a test split only by explicit glob)")
     parser.add_argument("--out", required=True, help="output directory (spm.model, text_tokenizer.json)")
     parser.add_argument("--vocab-size", type=int, required=True, help="sentencepiece vocabulary size")
     parser.add_argument("--model-type", choices=("unigram", "bpe"), default="unigram", help="sentencepiece model type")
