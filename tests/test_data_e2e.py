@@ -59,10 +59,11 @@ def _damaged_copy(tmp_path) -> tuple[str, str, str]:
     for name in sorted(os.listdir(tokens)):
         if name.startswith("train-"):
             shutil.copy(tokens / name, out / name)
+    shutil.copytree(tokens / "tokenizer", out / "tokenizer")  # a token set carries what made it
     bad = out / "train-000002.tar"
     with open(bad, "r+b") as f:
         f.truncate(os.path.getsize(bad) // 2)
-    return str(out), str(tokens / "tokenizer"), bad.name
+    return str(out), str(out / "tokenizer"), bad.name
 
 
 def test_truncated_shard_is_reported_and_can_stop_the_run(tmp_path):
@@ -95,9 +96,10 @@ def test_one_shard_trains_on_two_ranks_with_two_workers(tmp_path):
     one = tmp_path / "one"
     one.mkdir()
     shutil.copy(tokens / "train-000000.tar", one / "train-000000.tar")  # 40 samples, 4 readers
+    shutil.copytree(tokens / "tokenizer", one / "tokenizer")
     run = tmp_path / "run"
     train(run, "trainer.max_steps=4", "trainer.ckpt_every_n_steps=4", "trainer.devices=2", "data.num_workers=2",
-          f"data.train_shards={one}", "data.val_shards=null", f"data.tokenizer={tokens / 'tokenizer'}")
+          f"data.train_shards={one}", "data.val_shards=null", f"data.tokenizer={one / 'tokenizer'}")
     assert sorted(losses(run)) == list(range(4))
     report = json.loads((run / "data_errors.json").read_text())
     assert report["corrupt_samples"] == 0 and report["drawn_samples"] <= 40 * 2  # no reader read the shard 4 times

@@ -91,8 +91,8 @@ class DataState(L.Callback):
             self.by_shard[name] = self.by_shard.get(name, 0) + int(n)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return
+        if (batch_idx + 1) % trainer.accumulate_grad_batches or trainer.global_step % trainer.log_every_n_steps:
+            return  # judged at log intervals only: the all-reduce and its host read are a device sync on GPUs
         counts = torch.tensor([float(self.corrupt), float(self.drawn)], dtype=torch.float64)
         if trainer.world_size > 1:  # every rank must take the same decision
             counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()

@@ -54,7 +54,9 @@ def preflight(cfg: RunConfig) -> ResumePlan:
     check_shards("data.train_shards", cfg.data.train_shards)
     if cfg.data.val_shards is not None and cfg.trainer.val_every_n_steps > 0:
         check_shards("data.val_shards", cfg.data.val_shards)
-    if cfg.data.tokenizer and not is_remote(cfg.data.tokenizer) and not os.path.exists(cfg.data.tokenizer):
+    # `synthetic` left over while the shards are the user's is resolved (or refused) by alm.data.provenance next
+    if cfg.data.tokenizer and cfg.data.tokenizer != "synthetic" and not is_remote(cfg.data.tokenizer) \
+            and not os.path.exists(cfg.data.tokenizer):
         raise UserError(f"data.tokenizer={cfg.data.tokenizer}: no such file or directory")
     plan = resume_plan(cfg)
     if plan.checkpoint is not None:
