@@ -120,6 +120,10 @@ class Preemption(L.Callback):
         self._restore(signal.SIGTERM)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
+        # a SIGUSR1 after training (SLURM sends it ahead of the time limit, maybe as a run ends) must
+        # not kill the process with its default action: ours stays, and does nothing any more
+        if self._previous.get(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            self._previous.pop(signal.SIGUSR1, None)
         self._restore(signal.SIGUSR1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -32,8 +32,8 @@ from alm.config import RunConfig, to_yaml
 from alm.data.shards import is_remote
 from alm.data.stream import resolve_shard_sets
 from alm.errors import UserError
-from alm.training.checkpoint import (CKPT_FILE, Checkpoint, checkpoints, current_branch, is_deepspeed_checkpoint,
-                                     read_meta)
+from alm.training.checkpoint import (CKPT_FILE, STEP_DIR, Checkpoint, checkpoints, current_branch,
+                                     is_deepspeed_checkpoint, read_meta)
 
 # keys that must equal the checkpoint's for a resume: they shape the weights or their sharding
 # (model.dropout may change: it shapes nothing)
@@ -127,8 +127,9 @@ def _explicit_checkpoint(cfg: RunConfig, here: list[Checkpoint], head: Checkpoin
     if not ((path / CKPT_FILE).is_file() or is_deepspeed_checkpoint(path)):
         raise UserError(f"resume={cfg.resume}: not a checkpoint directory (expected {CKPT_FILE} or a DeepSpeed "
                         "checkpoint inside, e.g. RUN_DIR/checkpoints/step-000001000)")
-    step = int(read_meta(path).get("step", -1))
-    chosen = Checkpoint(step, path, read_meta(path))
+    meta = read_meta(path)
+    named = STEP_DIR.match(path.name)
+    chosen = Checkpoint(int(meta.get("step", named.group(1) if named else -1)), path, meta)
     if head is not None and chosen.path.resolve() not in {c.path.resolve() for c in here} \
             and chosen.lineage != head.lineage:
         raise UserError(
@@ -158,7 +159,7 @@ def config_changes(old_yaml: str, new_yaml: str) -> list[str]:
         fixed = lambda k: _fixed(k) or k == "trainer.zero_stage"  # noqa: E731  (ZeRO shards differ per stage)
     else:
         fixed = _fixed
-    keys = sorted(k for k in set(old) | set(new) if fixed(k))
+    keys = sorted(k for k in set(old) & set(new) if fixed(k))  # a key added to alm since is no change
     return [f"{k} changed {old.get(k)} -> {new.get(k)}" for k in keys if old.get(k) != new.get(k)]
 
 
