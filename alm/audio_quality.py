@@ -22,13 +22,19 @@ def si_snr(ref: np.ndarray, est: np.ndarray) -> float:
     return float(10 * np.log10(max(target @ target, 1e-20) / max(noise @ noise, 1e-20)))
 
 
-def spectral_flatness(audio: np.ndarray, frame: int = 512, hop: int = 256, floor: float = 1e-6) -> float:
-    """Median spectral flatness of the frames whose energy is above `floor` x the loudest frame's."""
+def spectral_flatness(audio: np.ndarray, frame: int = 512, hop: int = 256, floor: float = 1e-6,
+                      sample_rate: int = 16000, max_hz: float | None = None) -> float:
+    """Median spectral flatness of the frames whose energy is above `floor` x the loudest frame's.
+
+    max_hz: only the bins up to max_hz (e.g. a band-limited codec's coded band: an empty upper band
+    alone drives the full-band measure towards 0)."""
     x = np.asarray(audio, np.float64).reshape(-1)
     if len(x) < frame:
         x = np.pad(x, (0, frame - len(x)))
     frames = np.lib.stride_tricks.sliding_window_view(x, frame)[::hop] * np.hanning(frame)
     power = np.abs(np.fft.rfft(frames, axis=-1)) ** 2  # (n_frames, frame // 2 + 1)
+    if max_hz is not None:
+        power = power[:, : int(max_hz / sample_rate * frame) + 1]
     energy = power.sum(-1)
     keep = energy > floor * energy.max() if energy.max() > 0 else np.zeros(len(energy), bool)
     if not keep.any():

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
                      "--frames", "10", "--levels", "3", "--codebook", "16", "--semantic-vocab", "8",
                      "--first-steps", "4"], "fewer passes"),
     ("loader_throughput.py", ["--batches", "3"], "audio-hours/minute"),
+    ("demo_quality.py", ["--clips", "8", "--val", "4", "--iters", "2"], "held-out SI-SNR (dB) per kind"),
 ])
 def test_benchmark_runs(script, args, expect):
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, env=env(),
