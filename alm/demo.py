@@ -129,47 +129,20 @@ def train_stage(stage: str, out: Path, steps: int, overrides: list[str]) -> dict
             "run": run_dir, "export": exp}
 
 
-def read_clips(audio_dir: Path, split: str) -> list[tuple[np.ndarray, dict]]:
-    """(audio at 16 kHz, json) of every clip of one split of the synthetic audio shards."""
-    import json
-
-    from alm.data.audio import load_mono
-    from alm.data.shards import expand_shards, read_shard
-
-    return [(load_mono(s["flac"], 16000)[0], json.loads(s["json"])) for url in expand_shards(str(audio_dir / f"{split}-*.tar"))
-            for s in read_shard(url)]
-
-
-def kind_of(info: dict) -> str:
-    meta = info.get("metadata") or {}
-    return str(meta.get("kind", "?"))
-
-
 def codec_quality(codec_dir: Path, audio_dir: Path) -> dict[str, float]:
     """Mean reconstruction SI-SNR (dB) per kind of the demo codec on the held-out (val) clips."""
     import torch
 
     from alm.audio_quality import si_snr
+    from alm.plots import kind_of, read_clips
     from alm.tokenizers.codec import decode, encode, load_codec
 
     codec = load_codec(codec_dir)
     per_kind: dict[str, list[float]] = {}
-    for wav, info in read_clips(audio_dir, "val"):
+    for wav, info in read_clips(str(audio_dir / "val-*.tar")):
         recon = decode(codec, encode(codec, torch.from_numpy(wav)[None]))[0].numpy()
         per_kind.setdefault(kind_of(info), []).append(si_snr(wav, recon))
     return {k: float(np.mean(v)) for k, v in sorted(per_kind.items())}
-
-
-def closest_clip(audio: np.ndarray, clips: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
-    """The training clip whose mean log spectrum is closest to `audio`'s (it tells which kind was generated)."""
-    from alm.plots import log_spectrogram
-
-    def profile(x: np.ndarray) -> np.ndarray:
-        p = log_spectrogram(x, 16000).mean(-1)
-        return p - p.max()
-
-    target = profile(audio)
-    return min(clips, key=lambda c: float(np.sum((profile(c[0]) - target) ** 2)))
 
 
 def draw_pictures(out: Path, wav: Path, audio_dir: Path, stages: dict) -> dict:
@@ -178,11 +151,11 @@ def draw_pictures(out: Path, wav: Path, audio_dir: Path, stages: dict) -> dict:
     import soundfile as sf
 
     from alm.audio_quality import spectral_flatness
-    from alm.plots import loss_curves_png, spectrograms_png
+    from alm.plots import closest_clip, kind_of, loss_curves_png, read_clips, spectrograms_png
     from alm.training.loggers import read_metrics
 
     generated, rate = sf.read(str(wav), dtype="float32")
-    ref, info = closest_clip(generated, read_clips(audio_dir, "train"))
+    ref, info = closest_clip(generated, rate, read_clips(str(audio_dir / "train-*.tar"), rate))
     caption = (info.get("captions") or [""])[0]
     spec = spectrograms_png(out / "generated.png", [(f"generated ({wav.name})", generated, rate),
                                                     (f"closest training clip ({kind_of(info)}): {caption}", ref, 16000)])

@@ -81,3 +81,80 @@ def loss_curves_png(path: str | os.PathLike, curves: dict[str, tuple[Sequence[fl
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# A generated wav beside the training clip it resembles
+
+
+def read_clips(shards_spec: str, sample_rate: int = 16000, limit: int | None = None) -> list[tuple[np.ndarray, dict]]:
+    """(mono audio at `sample_rate`, json) of the clips of an audio shard set (flac/wav/ogg + json)."""
+    import json
+
+    from alm.data.audio import load_mono
+    from alm.data.shards import expand_shards, read_shard
+
+    clips = []
+    for url in expand_shards(shards_spec):
+        for s in read_shard(url):
+            data = next((s[e] for e in ("flac", "wav", "ogg") if e in s), None)
+            if data is not None:
+                clips.append((load_mono(data, sample_rate)[0], json.loads(s["json"]) if "json" in s else {}))
+            if limit is not None and len(clips) >= limit:
+                return clips
+    return clips
+
+
+def kind_of(info: dict) -> str:
+    """The kind of a clip from its json (metadata.kind of the synthetic set), else its first caption, else '?'."""
+    meta = info.get("metadata") or {}
+    return str(meta.get("kind") or (info.get("captions") or ["?"])[0])
+
+
+def closest_clip(audio: np.ndarray, sample_rate: int, clips: list[tuple[np.ndarray, dict]]) -> tuple[np.ndarray, dict]:
+    """The clip (at `sample_rate` too) whose mean log spectrum is closest to `audio`'s: the kind it resembles."""
+    def profile(x: np.ndarray) -> np.ndarray:
+        p = log_spectrogram(x, sample_rate).mean(-1)
+        return p - p.max()
+
+    target = profile(audio)
+    return min(clips, key=lambda c: float(np.sum((profile(c[0]) - target) ** 2)))
+
+
+def training_audio_of(export_dir: str | os.PathLike) -> str | None:
+    """The audio shards an acoustic export's codes were made from (codec.json's source), when still on disk."""
+    from alm.data.provenance import spec_provenance
+    from alm.export import load_config
+
+    try:
+        cfg = load_config(str(export_dir))
+        codec = spec_provenance(cfg.data.train_shards, "data.train_shards")["codec"] if cfg.data.train_shards else None
+        source = (codec or {}).get("source")
+        if isinstance(source, list):
+            source = "::".join(source)
+        from alm.data.shards import expand_shards
+
+        return source if source and expand_shards(source) else None
+    except (OSError, ValueError):  # moved or deleted shards: draw the generated audio alone
+        return None
+
+
+def plot_generated(wav: str | os.PathLike, export_dir: str | os.PathLike, png: str | os.PathLike | None = None,
+                   max_clips: int = 256) -> dict:
+    """PNG spectrogram of a generated wav (default: beside it, .png) over the closest of the first
+    `max_clips` training clips of `export_dir` (an acoustic export) when its training audio is found.
+    -> {"png", "kind" (of that clip, or None), "caption"}."""
+    import soundfile as sf
+
+    audio, rate = sf.read(str(wav), dtype="float32")
+    audio = audio if audio.ndim == 1 else audio.mean(-1)
+    png = Path(png) if png is not None else Path(wav).with_suffix(".png")
+    source = training_audio_of(export_dir)
+    clips = read_clips(source, rate, max_clips) if source else []
+    panels = [(f"generated ({Path(wav).name})", audio, rate)]
+    kind = caption = None
+    if clips:
+        ref, info = closest_clip(audio, rate, clips)
+        kind, caption = kind_of(info), (info.get("captions") or [""])[0]
+        panels.append((f"closest training clip ({kind}): {caption}", ref, rate))
+    return {"png": spectrograms_png(png, panels), "kind": kind, "caption": caption}

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from alm.audio_quality import si_snr  # noqa: E402
 from alm.data.synthetic import write_synthetic  # noqa: E402
-from alm.demo import kind_of, read_clips  # noqa: E402
+from alm.plots import kind_of, read_clips  # noqa: E402
 from alm.tokenizers import codec as C  # noqa: E402
 from alm.tokenizers.demo_codec import DemoCodecConfig, fit_demo_codec  # noqa: E402
 
@@ -45,8 +45,8 @@ def main() -> int:
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic(Path(tmp), num_clips=a.clips, val_clips=a.val)
-        train = [w for w, _ in read_clips(Path(tmp), "train")]
-        val = read_clips(Path(tmp), "val")
+        train = [w for w, _ in read_clips(f"{tmp}/train-*.tar")]
+        val = read_clips(f"{tmp}/val-*.tar")
     cfg = DemoCodecConfig(kmeans_iters=a.iters, bins=a.bins)
     levels = list(range(1, cfg.num_quantizers + 1))
     t = time.time()

@@ -124,6 +124,24 @@ def test_codes_through_tokenize_export_and_generate(small, tmp_path):
     assert np.abs(got - np.clip(want, -1, 1)).max() < 1 / 16000  # 16-bit wav of the decode
     assert np.isfinite(spectral_flatness(got))
 
+    # --plot: the spectrogram beside the closest clip of the audio the export's codes came from
+    from alm.config import load_recipe
+    from alm.export import build_model, write_export
+    from alm.plots import plot_generated
+
+    cfg = load_recipe(str(Path(exports["coarse"]).parents[0] / "coarse" / "config.yaml"), [])
+    cfg.data.train_shards = f"{out}/train-*.tar"
+    write_export(build_model(cfg), cfg, tmp_path / "coarse-on-codes")
+    pic = plot_generated(tmp_path / "g.wav", tmp_path / "coarse-on-codes")
+    assert pic["png"] == str(tmp_path / "g.png") and pic["kind"] in ("melody", "chords", "speech", "knocks", "rain", "siren")
+    from PIL import Image
+
+    with Image.open(pic["png"]) as im:
+        assert im.format == "PNG"
+    assert cli(["generate", "audiolm", "--semantic", exports["semantic"], "--coarse", exports["coarse"], "--fine",
+                exports["fine"], "--seconds", "0.2", "--out", str(tmp_path / "h.wav"), "--plot"]) == 0
+    assert (tmp_path / "h.png").is_file()  # no training audio recorded (synthetic recipe): the generated one alone
+
 
 def test_flatness_and_si_snr_measure_what_they_say():
     t = np.arange(16000) / 16000

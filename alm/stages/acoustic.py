@@ -193,6 +193,19 @@ def _chain_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--plot", action="store_true", help="also write OUT.png: the spectrogram beside a training clip")
+
+
+def print_plot(a, export_dir: str) -> None:
+    """--plot: OUT.png, the generated audio's spectrogram over the closest training clip of `export_dir`'s data."""
+    if not getattr(a, "plot", False):
+        return
+    from alm.plots import plot_generated
+
+    pic = plot_generated(a.out, export_dir)
+    beside = f" beside the closest training clip (a {pic['kind']} clip)" if pic["kind"] else \
+        " (the export's training audio was not found, so without a training clip)"
+    print(f"[alm] wrote {pic['png']}: its spectrogram{beside}")
 
 
 def _chain(a) -> int:
@@ -201,6 +214,7 @@ def _chain(a) -> int:
     r = generate_audiolm(a.semantic, a.coarse, a.fine, a.seconds, a.out, a.prompt, a.temperature, a.top_k, a.seed, a.device)
     print(f"[alm] wrote {r['wav']}: {r['seconds']:.2f} s at {r['sample_rate']} Hz "
           f"({r['semantic_tokens']} semantic tokens, codes {tuple(r['codes'].shape)})")
+    print_plot(a, a.coarse)
     return 0
 
 
