@@ -217,9 +217,12 @@ def _encode_demo(codec, audio: torch.Tensor, lengths: torch.Tensor, levels: int,
     hop = int(codec.config.hop_length)
     frames = -(-lengths // hop)
     codes = torch.full((audio.shape[0], levels, int(frames.max())), pad_value, dtype=torch.long, device=device)
+    from alm.tokenizers.demo_codec import one_thread
+
     x = audio.to(device=device, dtype=torch.float32)
-    coeffs = [codec.analyse(x[b : b + 1, :n])[0] for b, n in enumerate(lengths.tolist())]  # (F_b, bins) each
-    flat = codec.quantise(torch.cat(coeffs), levels)  # (sum F_b, levels): one pass over the batch
+    with one_thread():  # codes independent of the thread count
+        coeffs = [codec.analyse(x[b : b + 1, :n])[0] for b, n in enumerate(lengths.tolist())]  # (F_b, bins) each
+        flat = codec.quantise(torch.cat(coeffs), levels)  # (sum F_b, levels): one pass over the batch
     for b, part in enumerate(flat.split([len(c) for c in coeffs])):
         codes[b, :, : len(part)] = part.T
     return codes

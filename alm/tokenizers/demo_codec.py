@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -85,6 +86,19 @@ class _Quantizer:
     def get_num_quantizers_for_bandwidth(self, bandwidth: float) -> int:
         per_q = math.log2(self.config.codebook_size) * self.config.frame_rate
         return int(max(1, min(self.config.num_quantizers, math.floor(bandwidth * 1000 / per_q + 1e-9))))
+
+
+@contextmanager
+def one_thread():
+    """Run torch on one intra-op thread: the codes and codebooks then do not depend on the machine's
+    thread count (float sums in another order can flip a near tie of the nearest code), and on a busy
+    2-core machine one thread was faster (fit: 9 s on one thread, 68 s on two under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def mdct_basis(hop: int) -> torch.Tensor:
@@ -154,7 +168,7 @@ class DemoCodec(torch.nn.Module):
             for p in (range(1) if q == 0 else prev.unique().tolist()):
                 rows = (prev == p).nonzero().flatten() if q else torch.arange(len(coeffs), device=coeffs.device)
                 book = self.book(q, p)
-                codes[rows, q] = torch.cdist(residual[rows], book).argmin(-1)
+                codes[rows, q] = nearest(residual[rows], book)
                 residual[rows] -= book[codes[rows, q]]
             prev = codes[:, q]
         return codes
@@ -169,9 +183,10 @@ class DemoCodec(torch.nn.Module):
     @torch.no_grad()
     def encode_audio(self, audio: torch.Tensor, levels: int) -> torch.Tensor:
         """audio (B, T) -> codes (B, levels, ceil(T / hop))."""
-        coeffs = self.analyse(audio.float())  # (B, F, bins)
-        B, F, D = coeffs.shape
-        return self.quantise(coeffs.reshape(B * F, D), levels).reshape(B, F, levels).permute(0, 2, 1)
+        with one_thread():
+            coeffs = self.analyse(audio.float())  # (B, F, bins)
+            B, F, D = coeffs.shape
+            return self.quantise(coeffs.reshape(B * F, D), levels).reshape(B, F, levels).permute(0, 2, 1)
 
     @torch.no_grad()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -236,13 +251,18 @@ def is_demo_codec(codec: Any) -> bool:
 # Fitting
 
 
+def nearest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """(N,) index of the nearest centre (K, D) to each row of x (N, D): argmin |c|^2 - 2 x.c (one matmul)."""
+    return ((centres * centres).sum(-1) - 2 * x @ centres.T).argmin(-1)
+
+
 def _kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> torch.Tensor:
     """(k, D) centres of x (N, D) by Lloyd's k-means from k random rows; fewer rows than k -> repeats."""
     if len(x) <= k:
         return x[torch.arange(k) % len(x)].clone()
     centres = x[torch.randperm(len(x), generator=gen)[:k]].clone()
     for _ in range(iters):
-        assign = torch.cdist(x, centres).argmin(-1)
+        assign = nearest(x, centres)
         sums = torch.zeros_like(centres).index_add_(0, assign, x)
         counts = torch.bincount(assign, minlength=k).to(x.dtype)[:, None]
         centres = torch.where(counts > 0, sums / counts.clamp(min=1), centres)  # an empty cluster keeps its centre
@@ -255,24 +275,30 @@ def fit_demo_codec(clips: Sequence[np.ndarray], config: DemoCodecConfig | None =
     config = config or DemoCodecConfig()
     if not clips:
         raise ValueError("demo codec: no audio to fit on")
+    with one_thread():
+        return _fit(clips, config)
+
+
+def _fit(clips: Sequence[np.ndarray], config: DemoCodecConfig) -> DemoCodec:
     codec = DemoCodec(config)
     gen = torch.Generator().manual_seed(config.seed)
     coeffs = torch.cat([codec.analyse(torch.as_tensor(np.asarray(c, np.float32))[None])[0] for c in clips])  # (M, D)
     K = config.codebook_size
     residual = coeffs.clone()
     codec.first.copy_(_kmeans(residual, K, config.kmeans_iters, gen))
-    codes = torch.cdist(residual, codec.first).argmin(-1)
+    codes = nearest(residual, codec.first)
     residual -= codec.first[codes]
     for q in range(1, config.num_quantizers):
-        unconditional = _kmeans(residual, K, config.kmeans_iters, gen)  # for codes never seen at level q - 1
         new = torch.zeros_like(codes)
         for p in range(K):
             rows = (codes == p).nonzero().flatten()
-            book = _kmeans(residual[rows], K, config.kmeans_iters, gen) if len(rows) else unconditional
+            if not len(rows):  # a code never used at level q - 1: any codebook will do; fit one on all residuals
+                codec.rest[q - 1, p] = _kmeans(residual, K, config.kmeans_iters, gen)
+                continue
+            book = _kmeans(residual[rows], K, config.kmeans_iters, gen)
             codec.rest[q - 1, p] = book
-            if len(rows):
-                new[rows] = torch.cdist(residual[rows], book).argmin(-1)
-                residual[rows] -= book[new[rows]]
+            new[rows] = nearest(residual[rows], book)
+            residual[rows] -= book[new[rows]]
         codes = new
     codec.config.fitted_on = {**config.fitted_on, "clips": len(clips), "frames": len(coeffs),
                               "residual_energy": round(float((residual ** 2).sum() / (coeffs ** 2).sum().clamp(min=1e-12)), 4)}
