@@ -172,6 +172,28 @@ def draw_pictures(out: Path, wav: Path, audio_dir: Path, stages: dict) -> dict:
             "reference_band_flatness": spectral_flatness(ref, max_hz=band)}
 
 
+def log_pictures_to_wandb(run_dir: Path, pictures: dict) -> str:
+    """Log the two pictures into the fine stage's W&B run (resumed by its id; offline unless
+    WANDB_MODE=online, as the demo's recipes log) -> a line saying where they went."""
+    import os
+
+    from alm.training.loggers import wandb_run_id
+
+    mode = os.environ.get("WANDB_MODE") or OmegaConf.create(BASE).wandb.mode
+    if mode == "disabled":
+        return "W&B disabled (WANDB_MODE=disabled): pictures not logged there"
+    try:
+        import wandb
+
+        run = wandb.init(project=OmegaConf.create(BASE).wandb.project, id=wandb_run_id(run_dir), resume="allow",
+                         dir=str(run_dir), mode=mode, name=run_dir.name)
+        run.log({"demo/spectrograms": wandb.Image(pictures["spectrogram"]), "demo/loss_curves": wandb.Image(pictures["losses"])})
+        run.finish()
+    except Exception as exc:  # the pictures are on disk anyway: say why W&B did not get them
+        return f"W&B did not get the pictures ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return f"pictures logged to the fine stage's W&B run ({mode}, {run_dir / 'wandb'})"
+
+
 def codec_band(codec_dir: Path) -> float:
     """The fraction of the spectrum the demo codec codes (bins / hop); 1.0 for another codec."""
     from alm.tokenizers.demo_codec import read_config
@@ -240,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                          a.seconds, str(wav), temperature=0.9, top_k=20, seed=0)
     np.save(out / "generated_codes.npy", r["codes"])
     pictures = draw_pictures(out, wav, audio, stages)
+    print(f"  {log_pictures_to_wandb(stages['fine']['run'], pictures)}")
     print(f"  generated wav: median spectral flatness {pictures['flatness']:.3f} (0 = tonal, ~0.5 = white noise; "
           f"the closest training clip, a {pictures['kind']} clip: {pictures['reference_flatness']:.3f}); "
           f"within the coded band 0-{pictures['band_hz'] / 1000:.0f} kHz: {pictures['band_flatness']:.3f} "
