@@ -1,7 +1,8 @@
 """PNG pictures of a run: log-magnitude spectrograms side by side, and loss curves (matplotlib, Agg).
 
     spectrograms_png(path, [(title, audio, sample_rate), ...])   one panel per clip, same colour scale
-    loss_curves_png(path, {name: (steps, losses), ...})          one line per curve, log-scaled steps
+    loss_curves_png(path, {name: (steps, losses), ...})          one line per curve
+    plot_generated(wav, export_dir)                              `alm generate --plot`: OUT.png beside the wav
 """
 
 from __future__ import annotations
