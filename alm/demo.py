@@ -2,10 +2,13 @@
 
   1. a synthetic captioned audio set (melodies, chords, speech-like babble, noise events) -> shards
   2. tokens: semantic = k-means on log-mel frames (the demo's stand-in for HuBERT features);
-     acoustic = a tiny random EnCodec with k-means-filled codebooks (no pretrained weights offline)
+     acoustic = the demo codec (the demo's stand-in for EnCodec/SoundStream: MDCT frames + residual VQ
+     fitted by k-means on the demo's own training clips, alm/tokenizers/demo_codec.py; no pretrained
+     weights offline), its reconstruction SI-SNR measured per kind on the held-out clips
   3. three tiny stages — semantic, coarse, fine — trained with the same Trainer, checkpoints and
      loggers as any run, each exported to safetensors
-  4. generation from the exports: semantic tokens -> coarse -> fine -> codec -> a wav
+  4. generation from the exports: semantic tokens -> coarse -> fine -> codec -> a wav, its spectral
+     flatness, and pictures: its spectrogram beside the closest training clip's, the loss curves
 """
 
 from __future__ import annotations
@@ -126,6 +129,79 @@ def train_stage(stage: str, out: Path, steps: int, overrides: list[str]) -> dict
             "run": run_dir, "export": exp}
 
 
+def codec_quality(codec_dir: Path, audio_dir: Path) -> dict[str, float]:
+    """Mean reconstruction SI-SNR (dB) per kind of the demo codec on the held-out (val) clips."""
+    import torch
+
+    from alm.audio_quality import si_snr
+    from alm.plots import kind_of, read_clips
+    from alm.tokenizers.codec import decode, encode, load_codec
+
+    codec = load_codec(codec_dir)
+    per_kind: dict[str, list[float]] = {}
+    for wav, info in read_clips(str(audio_dir / "val-*.tar")):
+        recon = decode(codec, encode(codec, torch.from_numpy(wav)[None]))[0].numpy()
+        per_kind.setdefault(kind_of(info), []).append(si_snr(wav, recon))
+    return {k: float(np.mean(v)) for k, v in sorted(per_kind.items())}
+
+
+def draw_pictures(out: Path, wav: Path, audio_dir: Path, stages: dict) -> dict:
+    """generated.png (the generated wav's spectrogram over the closest training clip's) and losses.png
+    (the three stages' training losses); -> their paths, the kind of that clip and both flatnesses."""
+    import soundfile as sf
+
+    from alm.audio_quality import spectral_flatness
+    from alm.plots import closest_clip, kind_of, loss_curves_png, read_clips, spectrograms_png
+    from alm.training.loggers import read_metrics
+
+    generated, rate = sf.read(str(wav), dtype="float32")
+    ref, info = closest_clip(generated, rate, read_clips(str(audio_dir / "train-*.tar"), rate))
+    caption = (info.get("captions") or [""])[0]
+    spec = spectrograms_png(out / "generated.png", [(f"generated ({wav.name})", generated, rate),
+                                                    (f"closest training clip ({kind_of(info)}): {caption}", ref, 16000)])
+    curves = {}
+    for stage, s in stages.items():
+        m = read_metrics(s["run"])
+        steps = [k for k, v in m.items() if "train/loss" in v]
+        curves[stage] = (steps, [m[k]["train/loss"] for k in steps])
+    losses = loss_curves_png(out / "losses.png", curves, "alm demo: training loss of the three stages")
+    band = 16000 / 2 * codec_band(out / "codec")  # the band the codec codes: flatness there too
+    return {"spectrogram": spec, "losses": losses, "kind": kind_of(info), "flatness": spectral_flatness(generated),
+            "reference_flatness": spectral_flatness(ref), "band_hz": band,
+            "band_flatness": spectral_flatness(generated, sample_rate=rate, max_hz=band),
+            "reference_band_flatness": spectral_flatness(ref, max_hz=band)}
+
+
+def log_pictures_to_wandb(run_dir: Path, pictures: dict) -> str:
+    """Log the two pictures into the fine stage's W&B run (resumed by its id; offline unless
+    WANDB_MODE=online, as the demo's recipes log) -> a line saying where they went."""
+    import os
+
+    from alm.training.loggers import wandb_run_id
+
+    mode = os.environ.get("WANDB_MODE") or OmegaConf.create(BASE).wandb.mode
+    if mode == "disabled":
+        return "W&B disabled (WANDB_MODE=disabled): pictures not logged there"
+    try:
+        import wandb
+
+        run = wandb.init(project=OmegaConf.create(BASE).wandb.project, id=wandb_run_id(run_dir), resume="allow",
+                         dir=str(run_dir), mode=mode, name=run_dir.name)
+        run.log({"demo/spectrograms": wandb.Image(pictures["spectrogram"]), "demo/loss_curves": wandb.Image(pictures["losses"])})
+        run.finish()
+    except Exception as exc:  # the pictures are on disk anyway: say why W&B did not get them
+        return f"W&B did not get the pictures ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return f"pictures logged to the fine stage's W&B run ({mode}, {run_dir / 'wandb'})"
+
+
+def codec_band(codec_dir: Path) -> float:
+    """The fraction of the spectrum the demo codec codes (bins / hop); 1.0 for another codec."""
+    from alm.tokenizers.demo_codec import read_config
+
+    cfg = read_config(codec_dir)
+    return cfg.bins / cfg.hop_length if cfg is not None else 1.0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="alm demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="alm-demo", help="where data, runs, exports and samples go")
@@ -137,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out).resolve()
 
     from alm.data.synthetic import write_synthetic
-    from alm.tokenizers.codec import make_tiny_codec, tokenize_codec_shards
+    from alm.tokenizers.codec import tokenize_codec_shards
+    from alm.tokenizers.demo_codec import make_demo_codec
     from alm.tokenizers.semantic import SemanticTokenizerConfig, run as tokenize
 
     audio, sem, codes, codec = out / "data" / "audio", out / "data" / "semantic", out / "data" / "codes", out / "codec"
@@ -149,12 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     else:
         say(f"1/4 synthetic dataset already in {audio}")
     say(f"2/4 tokens: semantic = k-means (K={CLUSTERS}) on log-mel frames (demo stand-in for HuBERT) -> {sem}\n"
-        f"           acoustic = a tiny random EnCodec, 4 RVQ levels x 32 codes at 50 Hz -> {codes}")
+        f"           acoustic = the demo codec (stand-in for EnCodec: MDCT + residual VQ fitted on the training clips),\n"
+        f"           4 RVQ levels x 32 codes at 50 Hz -> {codes}")
     if not list(sem.glob("val-*.tar")):
         tokenize(str(audio), str(sem), SemanticTokenizerConfig(features="logmel", n_clusters=CLUSTERS),
                  fit_shards=str(audio / "train-*.tar"))
     if not (codec / "config.json").is_file():
-        make_tiny_codec(codec, seed=0)
+        t = time.time()
+        make_demo_codec(codec, str(audio / "train-*.tar"))
+        print(f"  demo codec fitted on the training clips in {time.time() - t:.0f} s -> {codec}")
+    quality = codec_quality(codec, audio)
+    print("  codec reconstruction SI-SNR on held-out clips: "
+          + ", ".join(f"{kind} {db:.1f} dB" for kind, db in quality.items()))
     if not list(codes.glob("val-*.tar")):
         tokenize_codec_shards(str(audio), codes, str(codec))
 
@@ -178,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     r = generate_audiolm(str(stages["semantic"]["export"]), str(stages["coarse"]["export"]), str(stages["fine"]["export"]),
                          a.seconds, str(wav), temperature=0.9, top_k=20, seed=0)
     np.save(out / "generated_codes.npy", r["codes"])
+    pictures = draw_pictures(out, wav, audio, stages)
+    print(f"  {log_pictures_to_wandb(stages['fine']['run'], pictures)}")
+    print(f"  generated wav: median spectral flatness {pictures['flatness']:.3f} (0 = tonal, ~0.5 = white noise; "
+          f"the closest training clip, a {pictures['kind']} clip: {pictures['reference_flatness']:.3f}); "
+          f"within the coded band 0-{pictures['band_hz'] / 1000:.0f} kHz: {pictures['band_flatness']:.3f} "
+          f"(that clip: {pictures['reference_band_flatness']:.3f})")
 
     lines = [f"\n[alm demo] done in {time.time() - t0:.0f} s"]
     for stage, s in stages.items():
@@ -188,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         f"  token shards    {sem}  and  {codes}",
         f"  runs            {out / 'runs'}/{{semantic,coarse,fine}}  (config.yaml, checkpoints/, logs/attempt-*/metrics.csv, wandb/)",
         f"  exports         {out / 'exports'}/{{semantic,coarse,fine}}  (model.safetensors, config.yaml, tokenizer/, codec/)",
-        f"  generated audio {wav}  ({r['seconds']:.2f} s at {r['sample_rate']} Hz; the tiny random codec shows the",
-        "                  plumbing, not audio quality: use a pretrained EnCodec for real sound)",
+        f"  generated audio {wav}  ({r['seconds']:.2f} s at {r['sample_rate']} Hz, decoded by the demo codec;",
+        "                  use a pretrained EnCodec for real sound)",
+        f"  spectrograms    {pictures['spectrogram']}  (generated vs the closest training clip, a {pictures['kind']} clip)",
+        f"  loss curves     {pictures['losses']}",
         f"  load a model:   python -c \"import alm; print(alm.load_pretrained('{out / 'exports' / 'semantic'}'))\"",
     ]
     lines += next_steps(out, wav)

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
     ("loader_throughput.py", ["--batches", "3"], "audio-hours/minute"),
     ("resume_time.py", ["--steps", "2", "20", "--rounds", "1", "--samples", "200", "--per-shard", "50", "--buffer", "16"],
      "resume time ratio"),
+    ("demo_quality.py", ["--clips", "8", "--val", "4", "--iters", "2"], "held-out SI-SNR (dB) per kind"),
 ])
 def test_benchmark_runs(script, args, expect):
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, env=env(),

@@ -44,6 +44,17 @@ def test_demo_end_to_end(tmp_path):
     audio, rate = sf.read(out / "generated.wav")
     assert rate == 16000 and len(audio) == 2 * 16000
     assert np.load(out / "generated_codes.npy").shape == (4, 100)
+    from PIL import Image
+
+    for picture in ("generated.png", "losses.png"):  # the pictures exist, are valid PNGs, and are named
+        assert str(out / picture) in text
+        with Image.open(out / picture) as im:
+            assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+    from alm.audio_quality import spectral_flatness
+
+    flatness = float(re.search(r"median spectral flatness ([0-9.]+)", text).group(1))
+    assert abs(flatness - spectral_flatness(audio)) < 1e-3  # computed on the written wav, and printed
+    assert "codec reconstruction SI-SNR on held-out clips: chords" in text
     model = alm_pkg.load_pretrained(out / "exports" / "semantic")
     assert model.cfg.vocab_size == 66
     g = alm("generate", "semantic", str(out / "exports" / "semantic"), "--tokens", "20", "--num", "2",

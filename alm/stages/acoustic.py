@@ -103,12 +103,9 @@ def check_codec(cfg: RunConfig, codebook_size: int, frame_rate: float, levels: i
 
 def codec_meta(codec: str) -> dict:
     """Facts of a local codec directory from its config.json ({} for a hub id: checked when loaded)."""
-    if not (Path(codec) / "config.json").is_file():
-        return {}
-    from transformers import EncodecConfig
+    from alm.tokenizers.codec import codec_facts
 
-    c = EncodecConfig.from_pretrained(codec)
-    return {"codebook_size": c.codebook_size, "n_q": c.num_quantizers, "frame_rate": c.frame_rate}
+    return codec_facts(codec)
 
 
 @torch.no_grad()
@@ -137,29 +134,43 @@ def examples(cfg: RunConfig):
     return functools.partial(make_example, model=cfg.model)
 
 
-TINY_CODEC = "tiny-codec-16k-q4-c32"
+TINY_CODEC = "tiny-codec-16k-q4-c32"  # the tiny random EnCodec the tests share (alm.tokenizers.codec.make_tiny_codec)
+DEMO_CODEC = "demo-codec-mdct-rvq-16k-q4-c32"  # the demo codec fitted on the synthetic train clips
 
 
 def synthetic_tokens(root: Path, semantic_vocab: int, codebook_size: int, frame_rate: float, levels: int):
     """(semantic token dir, codes dir, codec dir) of the synthetic audio set: log-mel semantic tokens
-    with K = semantic_vocab (64 when 0) and codes of alm's tiny codec, all made once into the cache."""
+    with K = semantic_vocab (64 when 0) and codes of the demo codec (MDCT + residual VQ fitted on the
+    set's train clips: alm/tokenizers/demo_codec.py), all made once into the cache."""
     from alm.data.cache import cached
     from alm.stages.semantic import SYNTHETIC_AUDIO, synthetic_semantic
-    from alm.tokenizers.codec import make_tiny_codec, tokenize_codec_shards
+    from alm.tokenizers.codec import tokenize_codec_shards
 
     if codebook_size != 32 or levels > 4 or frame_rate != 50:
-        raise ValueError("data.train_shards=synthetic uses alm's tiny codec: model.codebook_size must be 32, "
+        raise ValueError("data.train_shards=synthetic uses alm's demo codec: model.codebook_size must be 32, "
                          "model.frame_rate 50 and at most 4 RVQ levels")
-    codec = cached(root / TINY_CODEC, lambda d: make_tiny_codec(d, seed=0), "a tiny random EnCodec (demo codec)")
     sem = synthetic_semantic(root, semantic_vocab or 64)  # also makes the audio set
-    audio = root / SYNTHETIC_AUDIO
-    codes = cached(root / f"{SYNTHETIC_AUDIO}-codes-{TINY_CODEC}",
-                   lambda d: tokenize_codec_shards(str(audio), d, str(codec), progress=False), "tiny-codec codes")
+    audio, codec = synthetic_codec(root)
+    codes = cached(root / f"{SYNTHETIC_AUDIO}-codes-{DEMO_CODEC}",
+                   lambda d: tokenize_codec_shards(str(audio), d, str(codec), progress=False), "demo-codec codes")
     return sem, codes, codec
 
 
+def synthetic_codec(root: Path) -> tuple[Path, Path]:
+    """(synthetic audio dir, demo codec dir fitted on its train clips), made once into the cache."""
+    from alm.data.cache import cached
+    from alm.data.synthetic import write_synthetic
+    from alm.stages.semantic import SYNTHETIC_AUDIO
+    from alm.tokenizers.demo_codec import make_demo_codec
+
+    audio = cached(root / SYNTHETIC_AUDIO, lambda d: write_synthetic(d), "the synthetic audio dataset")
+    codec = cached(root / DEMO_CODEC, lambda d: make_demo_codec(d, str(audio / "train-*.tar")),
+                   "the demo codec (MDCT + residual VQ fitted on the synthetic train clips)")
+    return audio, codec
+
+
 def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
-    """The synthetic audio set as semantic tokens (log-mel demo tokenizer) + tiny-codec codes."""
+    """The synthetic audio set as semantic tokens (log-mel demo tokenizer) + demo-codec codes."""
     m: AcousticLMConfig = cfg.model
     sem, codes, codec = synthetic_tokens(root, m.semantic_vocab, m.codebook_size, m.frame_rate,
                                          m.prefix_levels + m.target_levels)
@@ -182,6 +193,19 @@ def _chain_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--plot", action="store_true", help="also write OUT.png: the spectrogram beside a training clip")
+
+
+def print_plot(a, export_dir: str) -> None:
+    """--plot: OUT.png, the generated audio's spectrogram over the closest training clip of `export_dir`'s data."""
+    if not getattr(a, "plot", False):
+        return
+    from alm.plots import plot_generated
+
+    pic = plot_generated(a.out, export_dir)
+    beside = f" beside the closest training clip (a {pic['kind']} clip)" if pic["kind"] else \
+        " (the export's training audio was not found, so without a training clip)"
+    print(f"[alm] wrote {pic['png']}: its spectrogram{beside}")
 
 
 def _chain(a) -> int:
@@ -190,6 +214,7 @@ def _chain(a) -> int:
     r = generate_audiolm(a.semantic, a.coarse, a.fine, a.seconds, a.out, a.prompt, a.temperature, a.top_k, a.seed, a.device)
     print(f"[alm] wrote {r['wav']}: {r['seconds']:.2f} s at {r['sample_rate']} Hz "
           f"({r['semantic_tokens']} semantic tokens, codes {tuple(r['codes'].shape)})")
+    print_plot(a, a.coarse)
     return 0
 
 

@@ -115,6 +115,7 @@ def _generate_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--plot", action="store_true", help="also write OUT.png: the spectrogram beside a training clip")
 
 
 def _generate(a) -> int:
@@ -125,6 +126,9 @@ def _generate(a) -> int:
                             a.seed, a.device)
     print(f"[alm] wrote {r['wav']}: {r['seconds']:.2f} s at {r['sample_rate']} Hz "
           f"(codes {tuple(r['codes'].shape)} in {r['forward_passes']} SoundStorm forward passes)")
+    from alm.stages.acoustic import print_plot
+
+    print_plot(a, a.soundstorm)
     return 0
 
 

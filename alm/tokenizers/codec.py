@@ -2,7 +2,10 @@
 
 We use transformers' `EncodecModel` (no torchaudio needed). A codec is named by a short name
 (`encodec_24khz`, `encodec_32khz`), a Hugging Face hub id, or a local directory written by
-`save_pretrained` (e.g. the tiny test codec from `make_tiny_codec`).
+`save_pretrained` (e.g. the tiny test codec from `make_tiny_codec`). A local directory whose
+config.json says model_type "alm_demo_codec" is the demo's stand-in for EnCodec (MDCT + residual VQ
+fitted on the demo's own audio, alm/tokenizers/demo_codec.py): load_codec / encode / decode take
+it through the same calls, so tokenize, export, audio samples and generate treat both alike.
 
 Shapes used throughout:
     audio  (B, T)        mono float32 at the codec's sample rate, zero-padded to the longest
@@ -59,8 +62,11 @@ def load_codec(name_or_path: str | os.PathLike, device: str | torch.device = "cp
     from transformers import EncodecModel
 
     from alm.hub import from_pretrained
+    from alm.tokenizers.demo_codec import DemoCodec, read_config
 
     name = str(name_or_path)
+    if read_config(name) is not None:  # the demo codec (a local directory)
+        return DemoCodec.from_pretrained(os.path.expanduser(name)).to(device).eval()
     codec = from_pretrained(EncodecModel, CODEC_NAMES.get(name, name), what="codec")
     _check_supported(codec, name)
     return codec.to(device).eval()
@@ -138,6 +144,28 @@ def _device(codec) -> torch.device:
     return next(codec.parameters()).device
 
 
+def is_demo_codec(codec) -> bool:
+    from alm.tokenizers.demo_codec import DemoCodec
+
+    return isinstance(codec, DemoCodec)
+
+
+def codec_facts(path: str | os.PathLike) -> dict[str, Any]:
+    """{codebook_size, n_q, frame_rate} of a local codec directory from its config.json alone
+    (EnCodec or the demo codec); {} when `path` is not a local codec directory."""
+    from alm.tokenizers.demo_codec import read_config
+
+    if not (Path(os.path.expanduser(str(path))) / "config.json").is_file():
+        return {}
+    demo = read_config(path)
+    if demo is not None:
+        return {"codebook_size": demo.codebook_size, "n_q": demo.num_quantizers, "frame_rate": demo.frame_rate}
+    from transformers import EncodecConfig
+
+    c = EncodecConfig.from_pretrained(os.path.expanduser(str(path)))
+    return {"codebook_size": c.codebook_size, "n_q": c.num_quantizers, "frame_rate": c.frame_rate}
+
+
 @torch.no_grad()
 def encode(
     codec,
@@ -161,6 +189,8 @@ def encode(
     if lengths.shape != (B,) or int(lengths.min()) < 1 or int(lengths.max()) > T:
         raise ValueError(f"lengths must be (B,) in 1..{T}, got {lengths.tolist()}")
     levels = resolve_n_q(codec, n_q, bandwidth)
+    if is_demo_codec(codec):
+        return _encode_demo(codec, audio, lengths, levels, pad_value)
     # transformers only accepts one of config.target_bandwidths; RVQ levels are prefix-consistent,
     # so encode at the smallest listed bandwidth with enough levels and keep the first `levels`.
     quantizer = codec.quantizer
@@ -181,6 +211,23 @@ def encode(
     return codes.masked_fill(pad, pad_value)
 
 
+def _encode_demo(codec, audio: torch.Tensor, lengths: torch.Tensor, levels: int, pad_value: int) -> torch.Tensor:
+    """The demo codec: each sample encoded alone (no cross-sample effects), padded to the longest."""
+    device = _device(codec)
+    hop = int(codec.config.hop_length)
+    frames = -(-lengths // hop)
+    codes = torch.full((audio.shape[0], levels, int(frames.max())), pad_value, dtype=torch.long, device=device)
+    from alm.tokenizers.demo_codec import one_thread
+
+    x = audio.to(device=device, dtype=torch.float32)
+    with one_thread():  # codes independent of the thread count
+        coeffs = [codec.analyse(x[b : b + 1, :n])[0] for b, n in enumerate(lengths.tolist())]  # (F_b, bins) each
+        flat = codec.quantise(torch.cat(coeffs), levels)  # (sum F_b, levels): one pass over the batch
+    for b, part in enumerate(flat.split([len(c) for c in coeffs])):
+        codes[b, :, : len(part)] = part.T
+    return codes
+
+
 @torch.no_grad()
 def decode(codec, codes: torch.Tensor) -> torch.Tensor:
     """Decode codes (B, n_q, F) (any n_q up to the codec's levels; negative = padding, a suffix
@@ -198,8 +245,11 @@ def decode(codec, codes: torch.Tensor) -> torch.Tensor:
     valid = codes[:, 0, :] >= 0  # (B, F)
     frames = valid.long().sum(-1)  # padding is a suffix -> valid frame count
     hop = int(codec.config.hop_length)
-    audio = codec.decode(codes.clamp(min=0)[None], [None], return_dict=True).audio_values
-    audio = audio[:, 0, : F * hop].float()  # (B, F * hop)
+    if is_demo_codec(codec):
+        audio = codec.decode_codes(codes.clamp(min=0))  # (B, F * hop)
+    else:
+        audio = codec.decode(codes.clamp(min=0)[None], [None], return_dict=True).audio_values
+        audio = audio[:, 0, : F * hop].float()  # (B, F * hop)
     keep = torch.arange(audio.shape[-1], device=device)[None, :] < (frames * hop)[:, None]
     return audio * keep
 
