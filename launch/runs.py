@@ -31,6 +31,16 @@ LIVE_SLURM = {"RUNNING", "COMPLETING", "CONFIGURING", "PENDING", "REQUEUED", "RE
               "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 
 
+def _written_order(ckpt: tuple[int, Path]) -> tuple[int, int]:
+    """(seq, step): the checkpoint written last is the run's head (alm.training.checkpoint's rule:
+    a stale higher step of an abandoned branch is not the newest); no meta.json seq: step order."""
+    try:
+        seq = int(json.loads((ckpt[1] / "meta.json").read_text()).get("seq", 0))
+    except (OSError, ValueError):
+        seq = 0
+    return seq, ckpt[0]
+
+
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints, oldest first (same rule as alm.training.checkpoint.list_checkpoints)."""
     root = Path(run_dir) / "checkpoints"
@@ -230,8 +240,9 @@ def run_info(run_dir: Path) -> RunInfo:
                 state = "dead"
 
     ckpts = list_checkpoints(run_dir)
+    head = max(ckpts, key=_written_order) if ckpts else None  # the lineage's head, as resume=auto takes it
     logged = last_logged_step(run_dir)
-    steps = [s for s in (st.get("step"), logged, ckpts[-1][0] if ckpts else None) if s is not None]
+    steps = [s for s in (st.get("step"), logged, head[0] if head else None) if s is not None]
     wandb_id = None
     try:
         wandb_id = (run_dir / "wandb_id").read_text().strip() or None
@@ -243,7 +254,7 @@ def run_info(run_dir: Path) -> RunInfo:
         state=state,
         step=max(steps) if steps else None,
         max_steps=st.get("max_steps"),
-        last_checkpoint=str(ckpts[-1][1]) if ckpts else None,
+        last_checkpoint=str(head[1]) if head else None,
         wandb_id=wandb_id,
         slurm_job=job,
         job_state=job_state,

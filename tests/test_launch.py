@@ -476,3 +476,19 @@ def test_pipeline_paths_are_relative_to_the_pipeline_file(tmp_path):
     own.write_text("cluster: clusters/none.yaml\nstages:\n  - {name: a, command: x}\n")
     with pytest.raises(LaunchError, match="key 'cluster': clusters/none.yaml: no such file"):
         load_pipeline(str(own))
+
+
+def test_runs_shows_the_lineage_head_not_the_highest_step(tmp_path):
+    """[robust] 1: after resuming from step 20, the new step 25 is the run's checkpoint, not a stale 30."""
+    import json as _json
+
+    from alm.launch.runs import run_info
+
+    run = tmp_path / "run"
+    for step, seq in ((20, 1), (30, 2), (25, 3)):
+        d = run / "checkpoints" / f"step-{step:09d}"
+        d.mkdir(parents=True)
+        (d / "meta.json").write_text(_json.dumps({"step": step, "seq": seq}))
+    (run / "config.yaml").write_text("stage: semantic\n")
+    info = run_info(run)
+    assert info.last_checkpoint.endswith("step-000000025")
