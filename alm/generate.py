@@ -249,6 +249,20 @@ def write_codes_audio(export_dir: str, codes: np.ndarray, out_wav: str, device: 
     return len(audio), rate
 
 
+def _check_wav_request(semantic: str, acoustic: str, semantic_rate: float, frame_rate: float, seconds: float,
+                       temperature: float, top_k: int, out_wav: str, prompt_wav: str | None) -> None:
+    """What every semantic -> acoustic -> wav chain checks before sampling: at least one codec frame,
+    sampling settings, the output path, the acoustic export's codec, a readable prompt of the same tokenizer."""
+    if round(check_counts(seconds, semantic_rate) / semantic_rate * frame_rate) < 1:
+        raise UserError(f"--seconds {seconds} is less than one codec frame at {frame_rate:g} Hz")
+    check_sampling(temperature, top_k)
+    check_out_path(out_wav, suffixes=AUDIO_OUT)
+    codec_of(acoustic)
+    if prompt_wav:
+        _check_prompt_tokenizer(semantic, prompt_wav)
+        read_prompt(prompt_wav, 16000)
+
+
 def generate_audiolm(semantic: str, coarse: str, fine: str, seconds: float, out_wav: str, prompt_wav: str | None = None,
                      temperature: float = 0.9, top_k: int = 0, seed: int = 0, device: str = "cpu",
                      progress: bool = True) -> dict:
@@ -262,14 +276,7 @@ def generate_audiolm(semantic: str, coarse: str, fine: str, seconds: float, out_
         raise UserError(f"--fine {fine} does not continue --coarse {coarse} (levels, codebook size or frame rate differ)")
     check_same_tokenizer(semantic, coarse, "--coarse")
     check_same_codec(coarse, fine)
-    if round(check_counts(seconds, cc.semantic_rate) / cc.semantic_rate * cc.frame_rate) < 1:
-        raise UserError(f"--seconds {seconds} is less than one codec frame at {cc.frame_rate:g} Hz")
-    check_sampling(temperature, top_k)
-    check_out_path(out_wav, suffixes=AUDIO_OUT)
-    codec_of(coarse)
-    if prompt_wav:
-        _check_prompt_tokenizer(semantic, prompt_wav)
-        read_prompt(prompt_wav, 16000)
+    _check_wav_request(semantic, coarse, cc.semantic_rate, cc.frame_rate, seconds, temperature, top_k, out_wav, prompt_wav)
     sem = chain_semantic(semantic, cc.semantic_rate, seconds, prompt_wav, temperature, top_k, seed, device, progress)
     frames = int(round(len(sem) / cc.semantic_rate * cc.frame_rate))
     known = prompt_codes(coarse, prompt_wav, device) if prompt_wav else np.zeros((fc.prefix_levels + fc.target_levels, 0))
@@ -331,16 +338,10 @@ def generate_soundstorm(semantic: str, soundstorm: str, seconds: float, out_wav:
     if m.semantic_vocab != sem_vocab:
         raise UserError(f"--soundstorm {soundstorm} expects {m.semantic_vocab} semantic ids; --semantic {semantic} has {sem_vocab}")
     check_same_tokenizer(semantic, soundstorm, "--soundstorm")
-    if round(check_counts(seconds, m.semantic_rate) / m.semantic_rate * m.frame_rate) < 1:
-        raise UserError(f"--seconds {seconds} is less than one codec frame at {m.frame_rate:g} Hz")
     if steps is not None and (len(steps) != m.n_q or min(steps) < 1):
         raise UserError(f"--steps: expected {m.n_q} comma-separated counts >= 1 (one per RVQ level), got {steps}")
-    check_sampling(temperature, top_k)
-    check_out_path(out_wav, suffixes=AUDIO_OUT)
-    codec_of(soundstorm)
-    if prompt_wav:
-        _check_prompt_tokenizer(semantic, prompt_wav)
-        read_prompt(prompt_wav, 16000)
+    _check_wav_request(semantic, soundstorm, m.semantic_rate, m.frame_rate, seconds, temperature, top_k, out_wav,
+                       prompt_wav)
     sem = chain_semantic(semantic, m.semantic_rate, seconds, prompt_wav, temperature, top_k, seed, device, progress)
     frames = int(round(len(sem) / m.semantic_rate * m.frame_rate))
     known = prompt_codes(soundstorm, prompt_wav, device)[:, :frames] if prompt_wav else None

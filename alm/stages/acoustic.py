@@ -26,6 +26,7 @@ from alm.data.shards import npy_load
 from alm.errors import UserError
 from alm.models.acoustic_lm import AcousticLM, AcousticLMConfig, aligned_window
 from alm.stages.lm import IGNORE, collate, example_length, lm_loss
+from alm.stages.cli_args import add_wav_generation_arguments
 from alm.stages.spec import Command, Stage
 
 SEMANTIC = "semantic.npy"
@@ -186,14 +187,7 @@ def _chain_arguments(p) -> None:
     p.add_argument("--semantic", required=True, help="exported semantic stage")
     p.add_argument("--coarse", required=True, help="exported coarse stage")
     p.add_argument("--fine", required=True, help="exported fine stage")
-    p.add_argument("--prompt", default=None, help="a recording to continue (its semantic tokens prefix the output)")
-    p.add_argument("--seconds", type=float, default=3.0, help="seconds to generate (after the prompt)")
-    p.add_argument("--out", required=True, help="output .wav")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--plot", action="store_true", help="also write OUT.png: the spectrogram beside a training clip")
+    add_wav_generation_arguments(p)
 
 
 def print_plot(a, export_dir: str) -> None:

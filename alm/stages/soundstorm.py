@@ -21,6 +21,7 @@ from alm.config import RunConfig
 from alm.data.shards import npy_load
 from alm.models.acoustic_lm import aligned_window, semantic_per_frame
 from alm.models.soundstorm import SoundStorm, SoundStormConfig
+from alm.stages.cli_args import add_wav_generation_arguments
 from alm.stages.spec import Command, Stage
 
 SEMANTIC = "semantic.npy"
@@ -107,15 +108,8 @@ def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
 def _generate_arguments(p) -> None:
     p.add_argument("--semantic", required=True, help="exported semantic stage")
     p.add_argument("--soundstorm", required=True, help="exported SoundStorm stage")
-    p.add_argument("--prompt", default=None, help="a recording to continue (its semantic tokens prefix the output)")
-    p.add_argument("--seconds", type=float, default=3.0, help="seconds to generate (after the prompt)")
     p.add_argument("--steps", default=None, help="forward passes per RVQ level, e.g. 16,1,1,1 (default 16 then 1s)")
-    p.add_argument("--out", required=True, help="output .wav")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--plot", action="store_true", help="also write OUT.png: the spectrogram beside a training clip")
+    add_wav_generation_arguments(p)
 
 
 def _generate(a) -> int:
