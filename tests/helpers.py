@@ -33,6 +33,9 @@ FAST = [
 
 def env() -> dict[str, str]:
     e = dict(os.environ)
+    # a test that trained in the pytest process itself left its W&B service's address here: a
+    # subprocess would join that long-lived service, where a SIGKILLed client's run stays "in use"
+    e.pop("WANDB_SERVICE", None)
     e.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     return e
 
@@ -78,26 +81,8 @@ def train_and_kill(run_dir: Path, kill_after_step: int, *overrides: str, timeout
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        wait_for_wandb_service_exit(proc.pid)
     return last
 
-
-def wait_for_wandb_service_exit(pid: int, timeout: float = 60) -> None:
-    """W&B's service process runs in its own session and exits only once it notices that its client
-    (`--pid PID`) died; until then it holds the offline run, and a resume that starts at once fails
-    with "run ID ... is in use". Wait for it, as a requeued job on another node never has to."""
-    import psutil
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        alive = []
-        for p in psutil.process_iter(["cmdline"]):
-            cmd = p.info.get("cmdline") or []
-            if "--pid" in cmd and cmd[cmd.index("--pid") + 1 : cmd.index("--pid") + 2] == [str(pid)]:
-                alive.append(p)
-        if not alive:
-            return
-        time.sleep(0.2)
 
 
 def train_and_signal(run_dir: Path, after_step: int, *overrides: str, sig: int = signal.SIGUSR1, timeout: float = 300) -> int:
