@@ -264,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]](argv[1:])
     except UserError as exc:  # a user's mistake: one line, no traceback
-        print(f"alm {argv[0]}: {exc}", file=sys.stderr)
+        message = str(exc)
+        if "Original Traceback" in message:  # raised in a DataLoader worker: torch re-raises it with the worker's traceback
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        print(f"alm {argv[0]}: {message}", file=sys.stderr)
         return 2
 
 

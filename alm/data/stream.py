@@ -329,8 +329,12 @@ class ShardStream(IterableDataset):
         for epoch, sample in self._samples(slot, n_slots, counter, cursor):
             if sample is None:
                 if not produced and self.infinite:
-                    raise RuntimeError(f"slot {slot}/{n_slots}: epoch {epoch} over {len(self.shard_sets[0])} shard(s) "
-                                       "gave no examples")
+                    from alm.errors import UserError
+
+                    bad = ", ".join(f"{name} ({n})" for name, n in sorted(counter.by_shard.items())) or "none"
+                    raise UserError(f"reader {slot}/{n_slots}: epoch {epoch} over {len(self.shard_sets[0])} shard(s) gave "
+                                    f"no examples ({counter.corrupt} unreadable or corrupt; damaged shards: {bad}): "
+                                    "check the shards (or give more shards than loader readers)")
                 produced = False
                 continue
             before = cursor.marked
