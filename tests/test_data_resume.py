@@ -178,3 +178,16 @@ def test_remote_shards_stream_in_the_same_order(tmp_path):
     assert seen(got) == seen(ref)
     back = run(make_loader(stream(remote, positions=positions_before(got, 5)), 2), 7)
     assert seen(back) == seen(ref[5:])
+
+
+def test_an_epoch_of_only_damaged_shards_is_one_user_error_naming_them(tmp_path):
+    import os
+
+    from alm.errors import UserError
+
+    spec = shards(tmp_path, n_samples=5, per_shard=5)
+    shard = os.path.join(spec, "train-000000.tar")
+    with open(shard, "r+b") as f:
+        f.truncate(1500)  # inside the second member: no complete sample left
+    with pytest.raises(UserError, match=r"gave no examples .*damaged shards: train-000000.tar"):
+        run(stream(spec), 1)
