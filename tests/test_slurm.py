@@ -182,10 +182,10 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(cluster, reference, tmp_p
     while max(losses(run), default=-1) < 5:  # mid-training
         assert time.time() < deadline and _job(cluster, job)["JobState"] not in TERMINAL, log.read_text()[-4000:]
         time.sleep(0.1)
-    running = _alm(cluster, "runs", str(run)).stdout  # a live job: running, with its queue state
-    assert re.search(rf"\brunning\b.*\b{job} \(running\)", running), running
     sent = time.time()
-    _run(cluster, "scancel", "-s", "USR1", job)
+    _run(cluster, "scancel", "-s", "USR1", job)  # at once: 35 more tiny steps take only seconds
+    live = _alm(cluster, "runs", str(run)).stdout  # a live job is listed with its queue state
+    assert re.search(rf"\b{job} \((running|completing|pending|requeued)\)", live), live
 
     seen, turnaround = [], None
     while turnaround is None:
