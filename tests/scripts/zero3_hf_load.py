@@ -45,6 +45,10 @@ def worker(rank: int, hf_dir: str, out: str, port: int) -> None:
         record["compared"] = len(want)
     with open(f"{out}.rank{rank}.json", "w") as f:
         json.dump(record, f)
+    # tear gloo down before the interpreter exits: a process group left alive aborts at exit
+    # ("terminate called without an active exception") while its threads are still running
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
