@@ -29,8 +29,11 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     def setup_distributed(self) -> None:
         reset_seed()
         self.set_world_ranks()
-        import deepspeed.comm.torch as ds_torch
+        import importlib
 
+        # `import deepspeed.comm.torch as m` would bind PyTorch itself: deepspeed.comm re-exports
+        # `torch` from its star-import, shadowing the submodule attribute; import_module returns the submodule
+        ds_torch = importlib.import_module("deepspeed.comm.torch")
         ds_torch.build_shm_op = lambda: None  # use gloo collectives, no JIT-built shm kernel
         self._init_deepspeed_distributed()
 

@@ -20,14 +20,14 @@ def worker(rank: int, hf_dir: str, out: str, port: int) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import deepspeed
-    import deepspeed.comm.torch as ds_torch
+    import importlib
     from safetensors.torch import load_file
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from alm.training.init_from import load_hf_weights
     from alm.training.module import gathered_for_init
 
-    ds_torch.build_shm_op = lambda: None  # gloo collectives, no JIT-built shm kernel
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None  # gloo collectives, no shm kernel
     deepspeed.init_distributed(dist_backend="gloo")
     config = LlamaConfig.from_pretrained(hf_dir)
     with deepspeed.zero.Init(config_dict_or_path={"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1}):
