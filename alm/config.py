@@ -161,6 +161,21 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     return build_config(raw, path, overrides)
 
 
+def _overrides_conf(overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    """`key=value` items -> one config. Values are YAML (numbers, booleans, [lists], {maps}), except
+    that text YAML would read as a mapping only because it holds ': ' -- a shard spec such as
+    `a/*.tar :: b/*.tar` -- stays the text the user wrote."""
+    conf = OmegaConf.create()
+    for item in overrides:
+        key, value = item.split("=", 1)
+        parsed = OmegaConf.from_dotlist([item])
+        if isinstance(OmegaConf.select(parsed, key), DictConfig) and not value.lstrip().startswith("{"):
+            OmegaConf.update(conf, key, value, force_add=True)
+        else:
+            conf = OmegaConf.merge(conf, parsed)
+    return conf
+
+
 def build_config(raw: DictConfig, source: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     if not isinstance(raw, DictConfig):
         raise RecipeError(f"{source}: expected a mapping at the top level")
@@ -178,7 +193,7 @@ def build_config(raw: DictConfig, source: str, overrides: list[str] | tuple[str,
         raise _error(source, exc) from exc
     if overrides:
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+            cfg = OmegaConf.merge(cfg, _overrides_conf(overrides))
         except OmegaConfBaseException as exc:
             raise _error("command-line override", exc) from exc
     missing = sorted(OmegaConf.missing_keys(cfg))

@@ -95,3 +95,12 @@ def test_shipped_recipes_are_complete(path):
 
     missing = keys(schema) - keys(raw)
     assert not missing, f"{path} does not state: {sorted(missing)}"
+
+
+def test_a_shard_spec_with_colons_stays_text_on_the_command_line():
+    """YAML reads 'a :: b' (colon + space) as a mapping; an override's shard spec is the user's text."""
+    cfg = load_recipe(TINY, ["data.train_shards=a/*.tar :: b/*.tar", "data.val_shards=x/*.tar @3 :: y/*.tar @1",
+                             "optim.groups=[{params: 'head.*', lr: 0.1}]"])
+    assert cfg.data.train_shards == "a/*.tar :: b/*.tar"
+    assert cfg.data.val_shards == "x/*.tar @3 :: y/*.tar @1"
+    assert cfg.optim.groups[0].lr == 0.1  # real YAML values still parse
