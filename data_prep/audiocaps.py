@@ -127,7 +127,9 @@ def scan(src) -> Scan:
         if not path.is_file():
             continue
         folder = base.rstrip("/") if flat else base + split
-        index = indexes.setdefault(folder, _Folder(by_parent.get(folder, [])))
+        if folder not in indexes:  # flat: the three splits share one folder's index
+            indexes[folder] = _Folder(by_parent.get(folder, []))
+        index = indexes[folder]
         for clip_id, clip in read_split_csv(path).items():
             rows.append(Row(clip_id, split, {"captions": clip["captions"]}, index.candidates(clip_id, clip),
                             f"{folder}/{clip_id}.flac", PATTERNS))

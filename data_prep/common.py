@@ -141,7 +141,7 @@ def audio_files(folder: Path, root: Path, recursive: bool = False) -> list[str]:
                     if e.is_file():
                         if audio_ext(e.name):
                             found.append(pre + e.name)
-                    elif recursive and e.is_dir() and not e.name.startswith("."):
+                    elif recursive and e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
                         pending.append((Path(e.path), pre + e.name + "/"))
         except (FileNotFoundError, NotADirectoryError):
             continue
