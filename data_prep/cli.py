@@ -10,6 +10,7 @@ not be done (message on stderr), 2 bad command line.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -83,7 +84,16 @@ def run(dataset: str, src, out, sample_rate: int | None = None, shard_size: int 
     if unknown:
         raise ValueError(f"{dataset} takes no option {', '.join(unknown)}")
     module = importlib.import_module(f"alm.data_prep.{dataset}")  # not `data_prep.`: only the repo root has that
-    scan = module.scan(src, **options)
+    # A scan builds millions of small dicts/lists for a large dataset and frees nothing until it
+    # returns; Python's cyclic GC would re-traverse them again and again (measured at 200k rows:
+    # 37 -> 20 us/row of CPU, i.e. linear again). They hold no reference cycles.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        scan = module.scan(src, **options)
+    finally:
+        if collecting:
+            gc.enable()
     return prepare(dataset, scan, out, sample_rate=sample_rate, shard_size=shard_size or module.DEFAULT_SHARD_SIZE,
                    workers=workers, overwrite=overwrite, quiet=quiet)
 

@@ -116,6 +116,7 @@ def scan(src) -> Scan:
             index = read_captions(captions[split])
         else:
             index = {name: [] for name in meta}
+        meta_renamed = {renamed(k): v for k, v in meta.items()}  # a v2 metadata CSV beside v2.1 captions
         base = folder.relative_to(root).as_posix() + "/"
         files = audio_files(folder, root, recursive=True)  # every file below is reported if unused
         exact: dict[str, str] = {}
@@ -130,7 +131,7 @@ def scan(src) -> Scan:
             cands = [Candidate(exact[file_name], (0,), "file_name", exact=True)] if file_name in exact else []
             cands += [Candidate(f, (1,), "file_name with v2.1 renaming")
                       for f in by_key.get(renamed(file_name), []) if f != exact.get(file_name)]
-            fields = {"captions": caps, "metadata": meta.get(file_name)}
+            fields = {"captions": caps, "metadata": meta.get(file_name, meta_renamed.get(renamed(file_name)))}
             rows.append(Row(file_name, split, fields, cands, base + file_name,
                             "file_name exactly, then with v2.1's renaming of :*?\"<>|\\"))
 

@@ -156,7 +156,7 @@ def by_stem(paths: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """A file that may be a row's audio: `path` relative to the dataset folder, `rank` the
     pattern's preference (lower wins), `pattern` its name for the manifest."""
@@ -167,7 +167,7 @@ class Candidate:
     exact: bool = False  # the layout's canonical name for this row: never shared with looser matches
 
 
-@dataclass
+@dataclass(slots=True)
 class Row:
     """An index row looking for its audio file."""
 

@@ -265,7 +265,12 @@ def test_clotho_v2_csv_with_v21_audio_and_back(tmp_path):
         touch(tmp_path / "clotho_audio_development" / n)  # v2.1 audio
     captions_csv(tmp_path / "clotho_captions_validation.csv", [new[0]])  # a v2.1 CSV
     touch(tmp_path / "clotho_audio_validation" / old[0])  # audio extracted from a v2 archive
-    kept, skipped = outcome(clotho.scan(tmp_path))
+    (tmp_path / "clotho_metadata_validation.csv").write_bytes(  # metadata from v2: the old spelling
+        b"file_name,keywords,sound_id,sound_link,start_end_samples,manufacturer,license\n"
+        + f'"{old[0]}",rain;metal,9,http://x/9,"[0, 1]",M,CC0\n'.encode())
+    scan = clotho.scan(tmp_path)
+    kept, skipped = outcome(scan)
+    assert next(e for e in scan.entries if e.split == "validation").fields["metadata"]["sound_id"] == "9"
     assert kept == {old[0]: f"clotho_audio_development/{new[0]}", old[1]: f"clotho_audio_development/{new[1]}",
                     new[0]: f"clotho_audio_validation/{old[0]}"}  # ids stay the CSV's names
     assert skipped == []
