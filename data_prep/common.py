@@ -1,9 +1,9 @@
 """Shared pieces of every dataset scan: sample/skip records and audio-file lookup.
 
 A dataset module's `scan(src)` returns a `Scan`: the dataset folder that audio paths are
-relative to, the samples whose audio file exists (`Entry`), and the samples already known
-to be skipped (`Skip`: missing or unlisted audio). Decoding decides the rest
-(`corrupt_audio`, `empty_audio`) in `pipeline`.
+relative to, the samples whose audio file exists (`Entry`), and the samples and files already
+known to be skipped (`Skip`: missing, unlisted, duplicate, ambiguous or excluded audio).
+Decoding decides the rest (`corrupt_audio`, `empty_audio`) in `pipeline`.
 
 File names are used verbatim: lookups compare the exact strings `os.listdir` returns with the
 exact strings of the index (no case folding, no Unicode normalisation, no HTML unescaping),
