@@ -137,7 +137,8 @@ def scan(src) -> Scan:
 
         def describe(f: str, base=base, split=split):
             name = f[len(base):]
-            why = "in a sub-folder of the split's audio folder" if "/" in name else "no captions/metadata row names it"
+            why = ("in a sub-folder of the split's audio folder" if "/" in name else
+                   "no captions/metadata row names it (tried file_name exactly and with v2.1's renaming)")
             return name, split, why
 
         e, s = resolve(rows, files, describe)

@@ -182,7 +182,9 @@ def scan(src, exclude_ids: str | Path | None = None) -> Scan:
             rows.append(Row(sid, subset, fields, cands, f"{base}/{bare}.flac", tried))
 
         def describe(path: str, subset=subset):
-            return audio_stem(path.rsplit("/", 1)[-1]), subset, f"no entry of json_files/{subset}/ has this id"
+            tried = "{id}, Y{stem}" if subset == "AudioSet_SL" else "{id}"
+            detail = f"no entry of json_files/{subset}/ matches (tried {tried})"
+            return audio_stem(path.rsplit("/", 1)[-1]), subset, detail
 
         e, s = resolve(rows, [f for f in files if f not in taken], describe)
         entries += e

@@ -72,7 +72,8 @@ def test_without_exclusions_the_overlap_is_kept_and_reasons_say_why(tree):
     assert ("AudioSet_SL", "YoverlapAC01.wav") in ids and ("FreeSound", "999") in ids
     why = {(s.split, s.id): (s.reason, s.detail) for s in scan.skips}
     assert why[("FreeSound", "5555")][0] == "missing_audio" and "{id}" in why[("FreeSound", "5555")][1]
-    assert why[("AudioSet_SL", "YnotInJson99")] == ("unlisted_audio", "no entry of json_files/AudioSet_SL/ has this id")
+    assert why[("AudioSet_SL", "YnotInJson99")] == ("unlisted_audio",
+                                                   "no entry of json_files/AudioSet_SL/ matches (tried {id}, Y{stem})")
 
 
 def test_exclude_ids_text_file_and_bad_lists(tree, tmp_path):
