@@ -221,12 +221,14 @@ def test_musiccaps_names_and_split_folders(tmp_path):
 
 
 def test_musiccaps_split_folders_beside_the_csv(tmp_path):
-    (tmp_path / "musiccaps-public.csv").write_text(
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "musiccaps-public.csv").write_text(
         "\n".join([MC_HEAD, mc_row("hhhhhhhhhhh", 0, 10, False), mc_row("iiiiiiiiiii", 0, 10, True)]) + "\n")
-    tone(tmp_path / "train/hhhhhhhhhhh.wav")
-    tone(tmp_path / "eval/[iiiiiiiiiii]-[0-10].wav")
-    tone(tmp_path / "eval/[iiiiiiiiiii]-[0-10].flac")  # same pattern, preferred extension
-    manifest = run("musiccaps", tmp_path, tmp_path.parent / "mc-out", quiet=True)
+    tone(src / "train/hhhhhhhhhhh.wav")
+    tone(src / "eval/[iiiiiiiiiii]-[0-10].wav")
+    tone(src / "eval/[iiiiiiiiiii]-[0-10].flac")  # same pattern, preferred extension
+    manifest = run("musiccaps", src, tmp_path / "out", quiet=True)
     assert {s: i["num_samples"] for s, i in manifest["splits"].items()} == {"eval": 1, "train": 1}
     assert [(s["reason"], s["path"]) for s in manifest["skipped"]] == [
         ("duplicate_audio", "eval/[iiiiiiiiiii]-[0-10].wav")]
