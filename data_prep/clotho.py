@@ -1,5 +1,11 @@
-"""Clotho v2.1: `clotho_captions_{split}.csv` (file_name,caption_1..caption_5),
+"""Clotho v1, v2 and v2.1: `clotho_captions_{split}.csv` (file_name,caption_1..caption_5),
 `clotho_metadata_{split}.csv` and audio `clotho_audio_{split}/{file_name}`.
+
+Versions: v1 has the splits development (2893 clips) and evaluation; v2 adds clips to
+development (3840) and a validation split; v2.1 re-encodes ~150 damaged files and renames
+~10 whose names held characters illegal on common filesystems (e.g. `raindrops on metal:
+police background.wav` -> `raindrops on metal_police background.wav`: the character and the
+spaces around it become one `_`). The splits are whatever captions/metadata CSVs are present.
 
 Pitfalls handled:
 * The id is `file_name` exactly as in the captions CSV and the audio is looked up under that
@@ -12,9 +18,14 @@ Pitfalls handled:
   Metadata is optional per clip (`metadata: null`); keywords are split on ';'.
 * A split with metadata but no captions CSV (the DCASE test set) is indexed by its metadata,
   with `captions: []`; audio files no index row names -> unlisted_audio.
+* A row's audio is the file named exactly `file_name` (v2.1 CSVs with v2.1 audio, v1 with v1);
+  failing that, the one whose name is equal after the v2.1 renaming of `:*?"<>|\\` (so a v1/v2
+  CSV finds v2.1 audio and back). A file both spellings of two rows could claim, or two
+  files equal after renaming, is ambiguous_audio, never given by chance.
 Layout variants accepted: CSVs in SRC or SRC/clotho_csv_files/; audio in SRC/clotho_audio_{split}/,
-SRC/clotho_audio_files/{split}/ or SRC/{split}/ (what the 7z archives extract to), also with the
-archive's {split}/ folder nested inside.
+SRC/clotho_audio_files/{split}/ (the DCASE baseline layout), SRC/{split}/ (what the 7z archives
+extract to) or, for the DCASE test set, SRC/clotho_test_audio/; also with the archive's {split}/
+folder nested inside.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from alm.data_prep.common import (
-    Entry, PrepError, Scan, Skip, audio_ext, check_src, first_dir, list_files, rel, unlisted, walk_audio,
+    Candidate, Entry, PrepError, Row, Scan, Skip, audio_ext, audio_files, check_src, first_dir, list_files, resolve,
 )
 from alm.data_prep.textio import decode_legacy, read_csv, sniff_delimiter
 
@@ -34,6 +45,12 @@ DEFAULT_SHARD_SIZE = 500
 _CAPTIONS = re.compile(r"clotho_captions_(.+)\.csv$")
 _METADATA = re.compile(r"clotho_metadata_(.+)\.csv$")
 _CAPTION_COL = re.compile(r"caption_(\d+)$")
+_ILLEGAL = re.compile(r"\s*[:*?\"<>|\\]\s*")  # what v2.1 replaced by "_" in file names
+
+
+def renamed(name: str) -> str:
+    """A file name as Clotho v2.1 spells it (illegal characters and their spaces -> one `_`)."""
+    return _ILLEGAL.sub("_", name)
 
 
 def read_captions(path: Path) -> dict[str, list[str]]:
@@ -80,7 +97,8 @@ def scan(src) -> Scan:
     root = check_src(src)
     captions, metadata = _find(root, _CAPTIONS), _find(root, _METADATA)
     splits = set(captions) | set(metadata)
-    splits |= {p.name[len("clotho_audio_"):] for p in root.glob("clotho_audio_*") if p.is_dir()}
+    splits |= {p.name[len("clotho_audio_"):] for p in root.glob("clotho_audio_*")
+               if p.is_dir() and p.name != "clotho_audio_files"}  # that one holds {split}/ folders
     if (root / "clotho_audio_files").is_dir():
         splits |= {p.name for p in (root / "clotho_audio_files").iterdir() if p.is_dir()}
     if not captions and not metadata:
@@ -89,7 +107,8 @@ def scan(src) -> Scan:
     skips: list[Skip] = []
     for split in sorted(splits):
         default = root / f"clotho_audio_{split}"
-        folder = first_dir(default, root / "clotho_audio_files" / split, root / split) or default
+        extra = (root / "clotho_test_audio",) if split == "test" else ()
+        folder = first_dir(default, root / "clotho_audio_files" / split, root / split, *extra) or default
         if (folder / split).is_dir() and not any(audio_ext(n) for n in list_files(folder)):
             folder = folder / split  # `7z x clotho_audio_{split}.7z -oclotho_audio_{split}` nests {split}/
         meta = read_metadata(metadata[split]) if split in metadata else {}
@@ -97,17 +116,34 @@ def scan(src) -> Scan:
             index = read_captions(captions[split])
         else:
             index = {name: [] for name in meta}
-        names = set(list_files(folder))
-        claimed: set[Path] = set()
+        meta_renamed = {renamed(k): v for k, v in meta.items()}  # a v2 metadata CSV beside v2.1 captions
+        base = folder.relative_to(root).as_posix() + "/"
+        files = audio_files(folder, root, recursive=True)  # every file below is reported if unused
+        exact: dict[str, str] = {}
+        by_key: dict[str, list[str]] = {}
+        for f in files:
+            name = f[len(base):]
+            if "/" not in name:
+                exact[name] = f
+                by_key.setdefault(renamed(name), []).append(f)
+        rows = []
         for file_name, caps in index.items():
-            path = folder / file_name
-            if file_name not in names:
-                skips.append(Skip(file_name, split, "missing_audio", rel(path, root), "no such file"))
-                continue
-            claimed.add(path)
-            fields = {"captions": caps, "metadata": meta.get(file_name)}
-            entries.append(Entry(file_name, split, rel(path, root), fields))
-        skips += unlisted(walk_audio(folder), claimed, root, lambda p, f=folder: rel(p, f), lambda p, s=split: s)
+            cands = [Candidate(exact[file_name], (0,), "file_name", exact=True)] if file_name in exact else []
+            cands += [Candidate(f, (1,), "file_name with v2.1 renaming")
+                      for f in by_key.get(renamed(file_name), []) if f != exact.get(file_name)]
+            fields = {"captions": caps, "metadata": meta.get(file_name, meta_renamed.get(renamed(file_name)))}
+            rows.append(Row(file_name, split, fields, cands, base + file_name,
+                            "file_name exactly, then with v2.1's renaming of :*?\"<>|\\"))
+
+        def describe(f: str, base=base, split=split):
+            name = f[len(base):]
+            why = ("in a sub-folder of the split's audio folder" if "/" in name else
+                   "no captions/metadata row names it (tried file_name exactly and with v2.1's renaming)")
+            return name, split, why
+
+        e, s = resolve(rows, files, describe)
+        entries += e
+        skips += s
     return Scan(root, entries, skips)
 
 

@@ -1,15 +1,29 @@
 """Shared pieces of every dataset scan: sample/skip records and audio-file lookup.
 
 A dataset module's `scan(src)` returns a `Scan`: the dataset folder that audio paths are
-relative to, the samples whose audio file exists (`Entry`), and the samples already known
-to be skipped (`Skip`: missing or unlisted audio). Decoding decides the rest
-(`corrupt_audio`, `empty_audio`) in `pipeline`.
+relative to, the samples whose audio file exists (`Entry`), and the samples and files already
+known to be skipped (`Skip`: missing, unlisted, duplicate, ambiguous or excluded audio).
+Decoding decides the rest (`corrupt_audio`, `empty_audio`) in `pipeline`.
 
 File names are used verbatim: lookups compare the exact strings `os.listdir` returns with the
 exact strings of the index (no case folding, no Unicode normalisation, no HTML unescaping),
 so `Chris&#39; Elevator.wav`, `x.WAV` or an NFD name on disk vs NFC in the CSV behave as the
 rules say. Only the audio *extension* is matched case-insensitively when the layout leaves
 it open (AudioCaps `{ytid}_{start}.flac|.wav`, MusicCaps `{ytid}.wav`, ...).
+
+Datasets whose audio the user names (YouTube downloads, archives) go through `resolve`: every
+index row lists the files that could be its audio (`Candidate`, found by dictionary lookups in
+one scan of each audio folder, never a per-row glob), each with a preference rank, and
+`resolve` decides, reporting every file and row it could not use:
+* a row with no candidate -> `missing_audio` (detail: the patterns tried);
+* a file no row's patterns match -> `unlisted_audio` (detail: the patterns tried);
+* a row with several candidates keeps the most preferred one (lower rank, then the extension
+  order of AUDIO_EXTS, then a lower-case extension); the others -> `duplicate_audio`;
+* a file that several rows could claim (e.g. `{ytid}.wav` when the index has two clips of that
+  video), or two equally preferred files for one row -> `ambiguous_audio`: never resolved by
+  chance. An exact match (`Candidate.exact`) is never shared: it takes the file from looser
+  patterns of other rows.
+`excluded` is for samples a user asked to leave out (`alm prep wavcaps --exclude-ids`).
 """
 
 from __future__ import annotations
@@ -20,7 +34,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 AUDIO_EXTS = (".flac", ".wav")  # preference order when one stem has several audio files
-REASONS = ("missing_audio", "corrupt_audio", "empty_audio", "unlisted_audio")
+REASONS = ("missing_audio", "corrupt_audio", "empty_audio", "unlisted_audio", "duplicate_audio", "ambiguous_audio",
+           "excluded")
 
 
 class PrepError(Exception):
@@ -95,6 +110,142 @@ def audio_by_stem(names: Iterable[str]) -> dict[str, list[str]]:
     for stem, files in out.items():
         files.sort(key=lambda n: (AUDIO_EXTS.index(audio_ext(n)), n[len(stem):] != audio_ext(n), n))
     return out
+
+
+def ext_rank(name: str) -> tuple[int, bool]:
+    """Preference of an audio file name by extension: AUDIO_EXTS order, then lower case first."""
+    ext = audio_ext(name)
+    return AUDIO_EXTS.index(ext), not name.endswith(ext)
+
+
+def audio_stem(name: str) -> str:
+    """The file name without its audio extension (`a.b.WAV` -> `a.b`); `name` must be audio."""
+    return name[: -len(audio_ext(name))]
+
+
+def audio_files(folder: Path, root: Path, recursive: bool = False) -> list[str]:
+    """Audio files in `folder` (and below, if `recursive`) as sorted POSIX paths relative to `root`.
+
+    One `os.scandir` per directory and plain strings, so a folder of a million clips costs one
+    listing and a few hundred MB at most, never a stat or glob per index row.
+    """
+    found: list[str] = []
+    base = folder.relative_to(root).as_posix()
+    prefix = "" if base == "." else base + "/"
+    pending = [(folder, prefix)]
+    while pending:
+        path, pre = pending.pop()
+        try:
+            with os.scandir(path) as it:
+                for e in it:
+                    if e.is_file():
+                        if audio_ext(e.name):
+                            found.append(pre + e.name)
+                    elif recursive and e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
+                        pending.append((Path(e.path), pre + e.name + "/"))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return sorted(found)
+
+
+def by_stem(paths: Iterable[str]) -> dict[str, list[str]]:
+    """{stem of the base name: [paths]} (paths as given, in their order)."""
+    out: dict[str, list[str]] = {}
+    for p in paths:
+        out.setdefault(audio_stem(p.rsplit("/", 1)[-1]), []).append(p)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A file that may be a row's audio: `path` relative to the dataset folder, `rank` the
+    pattern's preference (lower wins), `pattern` its name for the manifest."""
+
+    path: str
+    rank: tuple
+    pattern: str
+    exact: bool = False  # the layout's canonical name for this row: never shared with looser matches
+
+
+@dataclass(slots=True)
+class Row:
+    """An index row looking for its audio file."""
+
+    id: str
+    split: str | None
+    fields: dict[str, Any]
+    candidates: list[Candidate]
+    expected: str  # the path reported when nothing matches (the layout's canonical name)
+    tried: str  # the patterns tried, for the manifest
+
+
+def _order(c: Candidate) -> tuple:
+    name = c.path.rsplit("/", 1)[-1]
+    return (*c.rank, *ext_rank(name))
+
+
+def resolve(rows: list[Row], files: Iterable[str], describe) -> tuple[list[Entry], list[Skip]]:
+    """Decide which file is each row's audio (see the module docstring for the rules).
+
+    `files` are every audio file in the folders the layout scans; `describe(path)` gives
+    (id, split, detail) of an `unlisted_audio` skip for a file no row matches.
+    """
+    exact_owner: dict[str, set[int]] = {}
+    for i, row in enumerate(rows):
+        for c in row.candidates:
+            if c.exact:
+                exact_owner.setdefault(c.path, set()).add(i)
+    cands: list[list[Candidate]] = []
+    claims: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        best: dict[str, Candidate] = {}
+        for c in row.candidates:
+            owners = exact_owner.get(c.path)
+            if owners and i not in owners and not c.exact:
+                continue  # another row's exact name
+            if c.path not in best or _order(c) < _order(best[c.path]):
+                best[c.path] = c
+        mine = sorted(best.values(), key=lambda c: (_order(c), c.path))
+        cands.append(mine)
+        for c in mine:
+            claims.setdefault(c.path, []).append(i)
+    entries: list[Entry] = []
+    skips: list[Skip] = []
+    chosen: dict[int, str] = {}  # row index -> the file it keeps
+    mentioned: set[str] = set()  # files named in an ambiguous row's skip
+    for i, row in enumerate(rows):
+        if not cands[i]:
+            skips.append(Skip(row.id, row.split, "missing_audio", row.expected, f"no file matches; tried {row.tried}"))
+            continue
+        own = [c for c in cands[i] if len(claims[c.path]) == 1]
+        listed = ", ".join(f"{c.path} ({c.pattern})" for c in cands[i])
+        if not own or (len(own) > 1 and _order(own[0]) == _order(own[1])):
+            if own:
+                detail = f"equally good matches, none used: {listed}"
+            else:
+                others = sorted({rows[j].id for c in cands[i] for j in claims[c.path] if j != i})
+                detail = f"{listed}: also matched by {', '.join(others)}; not used for any of them"
+            skips.append(Skip(row.id, row.split, "ambiguous_audio", cands[i][0].path, detail))
+            mentioned.update(c.path for c in cands[i])
+            continue
+        entries.append(Entry(row.id, row.split, own[0].path, row.fields))
+        chosen[i] = own[0].path
+    used = set(chosen.values())
+    for path, owners in claims.items():
+        if path in used or path in mentioned:
+            continue
+        keepers = [j for j in owners if j in chosen]
+        j = keepers[0] if keepers else owners[0]
+        pattern = next(c.pattern for c in cands[j] if c.path == path)
+        also = sorted({rows[k].id for k in owners if k != j})
+        detail = f"matches {rows[j].id} ({pattern})" + (f" and {', '.join(also)}" if also else "")
+        detail += f"; {chosen[j]} is used" if keepers else "; not used"
+        skips.append(Skip(rows[j].id, rows[j].split, "duplicate_audio" if keepers else "ambiguous_audio", path, detail))
+    for path in files:
+        if path not in claims:
+            sid, split, detail = describe(path)
+            skips.append(Skip(sid, split, "unlisted_audio", path, detail))
+    return entries, skips
 
 
 def first_dir(*candidates: Path) -> Path | None:

@@ -1,8 +1,10 @@
 """LibriLight unlabelled: `{subset}/{speaker}/{book_dir}/{stem}.flac` + optional `{stem}.json`.
 
-`--src` is the LibriLight root holding the subset folders (small/, medium/, large/,
-duplicate/, ...: every folder present is a subset except librispeech_finetuning/, which
-is the labelled set); the split is the subset name. A subset folder itself is accepted too.
+`--src` is the LibriLight root holding the subset folders small/, medium/, large/ and
+duplicate/ (those present); the split is the subset name. A subset folder itself is accepted
+too. librispeech_finetuning/ (the labelled set) is skipped. Any other folder under the root
+(a stray `backup/`, `small_cut/`, ...) is not a split: every audio file in it, and any audio
+file directly in the root, is reported as unlisted_audio (split null) and not prepared.
 
 Pitfalls handled:
 * One sample per file (whole chapters, minutes long), id `{speaker}/{book_dir}/{stem}`;
@@ -11,7 +13,8 @@ Pitfalls handled:
   writes bare `NaN` for a missing SNR, which strict parsers reject: accepted and stored as null.
   Durations come from the audio, never from `file_length_sec`.
 * A sidecar without its audio -> missing_audio; audio files not at speaker/book/file depth ->
-  unlisted_audio (id = their path in the subset without the extension).
+  unlisted_audio (id = their path in the subset without the extension); a second audio file
+  for one id (`x.flac` + `x.wav`) -> duplicate_audio (AUDIO_EXTS order picks the one used).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from alm.data_prep.common import AUDIO_EXTS, Entry, PrepError, Scan, Skip, audio_ext, check_src, rel
+from alm.data_prep.common import Entry, PrepError, Scan, Skip, audio_ext, audio_files, check_src, ext_rank, rel
 from alm.data_prep.textio import read_sidecar
 
 NAME = "librilight"
@@ -29,15 +32,28 @@ KNOWN_SUBSETS = ("small", "medium", "large", "duplicate")
 NOT_SUBSETS = ("librispeech_finetuning",)
 
 
-def find_subsets(root: Path) -> tuple[Path, list[str]]:
-    """(LibriLight root, subset names). Accepts the root or one subset folder as --src."""
+def find_subsets(root: Path) -> tuple[Path, list[str], list[str] | None]:
+    """(LibriLight root, subset names, stray folder names or None when --src is one subset folder)."""
     children = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if root.name in KNOWN_SUBSETS and not any(c in KNOWN_SUBSETS for c in children):
-        return root.parent, [root.name]
-    subsets = [c for c in children if c not in NOT_SUBSETS]
+        return root.parent, [root.name], None
+    subsets = [c for c in children if c in KNOWN_SUBSETS]
     if not subsets:
-        raise PrepError(f"{root}: no LibriLight subset folders (small/, medium/, large/, duplicate/) found")
-    return root, subsets
+        found = f" (found {', '.join(c + '/' for c in children)})" if children else ""
+        raise PrepError(f"{root}: no LibriLight subset folders (small/, medium/, large/, duplicate/){found}")
+    return root, subsets, [c for c in children if c not in KNOWN_SUBSETS and c not in NOT_SUBSETS]
+
+
+def stray_audio(root: Path, strays: list[str] | None) -> list[Skip]:
+    """unlisted_audio for audio in non-subset folders under the root and directly in the root."""
+    skips: list[Skip] = []
+    if strays is None:  # --src was one subset folder: its siblings are not ours to judge
+        return skips
+    for path in audio_files(root, root) + [f for d in strays for f in audio_files(root / d, root, recursive=True)]:
+        where = path.split("/", 1)[0] + "/" if "/" in path else "the LibriLight root"
+        skips.append(Skip(path[: -len(audio_ext(path))], None, "unlisted_audio", path,
+                          f"in {where}, which is not a subset folder ({', '.join(KNOWN_SUBSETS)}): not prepared"))
+    return skips
 
 
 def scan_subset(root: Path, subset: str) -> tuple[list[Entry], list[Skip]]:
@@ -64,13 +80,13 @@ def scan_subset(root: Path, subset: str) -> tuple[list[Entry], list[Skip]]:
         speaker, book, stem = key
         sample_id = f"{speaker}/{book}/{stem}"
         folder = base / speaker / book
-        names = sorted(audio.get(key, []), key=lambda n: (AUDIO_EXTS.index(audio_ext(n)), n))
+        names = sorted(audio.get(key, []), key=lambda n: (ext_rank(n), n))
         if not names:
             skips.append(Skip(sample_id, subset, "missing_audio", rel(folder / f"{stem}.flac", root),
                               f"sidecar {sidecars[key]} has no audio file"))
             continue
         for extra in names[1:]:
-            skips.append(Skip(sample_id, subset, "unlisted_audio", rel(folder / extra, root),
+            skips.append(Skip(sample_id, subset, "duplicate_audio", rel(folder / extra, root),
                               f"a second audio file for this id ({names[0]} is used)"))
         metadata = read_sidecar(folder / sidecars[key]) if key in sidecars else None
         entries.append(Entry(sample_id, subset, rel(folder / names[0], root),
@@ -79,9 +95,9 @@ def scan_subset(root: Path, subset: str) -> tuple[list[Entry], list[Skip]]:
 
 
 def scan(src) -> Scan:
-    root, subsets = find_subsets(check_src(src))
+    root, subsets, strays = find_subsets(check_src(src))
     entries: list[Entry] = []
-    skips: list[Skip] = []
+    skips: list[Skip] = stray_audio(root, strays)
     for subset in subsets:
         e, s = scan_subset(root, subset)
         entries += e

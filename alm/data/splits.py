@@ -11,6 +11,7 @@ Split names -> roles (the datasets alm prepares):
     AudioCaps  train / val / test          Clotho  development (train) / validation / evaluation (test)
     MusicCaps  train / eval (test)         LibriLight: every subset, and every librispeech_finetuning
                                            folder (1h/*, 9h/*): training data
+    WavCaps    every subset (AudioSet_SL, BBC_Sound_Effects, FreeSound, SoundBible): training data
 
 A test split is never picked for a directory: to train or fit on it, name its files with an
 explicit glob (`dir/test-*.tar`); an explicit glob, brace pattern, file or URL means exactly the
@@ -38,7 +39,7 @@ SPLIT_ROLES = {
     "val": "val", "valid": "val", "validation": "val",
     "test": "test", "eval": "test", "evaluation": "test",
 }
-ALL_TRAIN_DATASETS = ("librilight", "librispeech_finetuning")
+ALL_TRAIN_DATASETS = ("librilight", "librispeech_finetuning", "wavcaps")
 ALL_TRAIN_PREFIX = re.compile(r"^(small|medium|large|duplicate|1h_\d+_(clean|other)|9h_(clean|other))$")
 _SHARD = re.compile(r"^(.+)-\d{6}\.tar$")
 
