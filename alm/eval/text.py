@@ -1,0 +1,108 @@
+"""`alm eval text --task asr|translation|caption --hyps H.jsonl --refs R.jsonl`: text metrics.
+
+    asr          wer, cer (fractions, jiwer's definitions over the whole set), and the word-level
+                 substitutions, deletions, insertions, hits counts; after --normalize (default
+                 whisper_en; none = jiwer on the raw text). One reference per id.
+    translation  bleu, chrf: sacrebleu corpus scores (0-100) on the raw, cased, detokenised text (BLEU's
+                 tokenisation --tokenize, default 13a; chrF with sacrebleu's defaults: chrF2, char
+                 order 6, no word n-grams); results["signature"] holds each metric's sacrebleu
+                 signature. Several references per id ("texts") allowed.
+    caption      bleu_1..bleu_4, rouge_l, cider_d as pycocoevalcap computes them (alm/eval/caption.py).
+
+The files are described in alm/eval/jsonl.py; the results layout in alm/eval/results.py.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from alm.errors import UserError
+from alm.eval import jsonl, results
+from alm.eval.normalize import NORMALIZERS, normalizer
+
+NAME = "text"
+HELP = "ASR (WER/CER), translation (sacreBLEU BLEU/chrF) and captioning (BLEU, ROUGE-L, CIDEr-D, ...) metrics"
+TASKS = ("asr", "translation", "caption")
+DEFAULT_NORMALIZE = "whisper_en"
+DEFAULT_TOKENIZE = "13a"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--hyps", required=True, help='hypotheses, JSON lines {"id": ..., "text": ...}')
+    p.add_argument("--refs", required=True,
+                   help='references, JSON lines {"id": ..., "text": ...} or {"id": ..., "texts": [...]}')
+    p.add_argument("--normalize", choices=NORMALIZERS, default=None,
+                   help=f"asr only: text normalisation of both sides (default {DEFAULT_NORMALIZE}; "
+                        "basic = lower-case, punctuation deleted, spaces collapsed; none = raw text)")
+    p.add_argument("--tokenize", default=None,
+                   help=f"translation only: sacrebleu's BLEU tokenizer (default {DEFAULT_TOKENIZE}; e.g. intl, zh, char, none)")
+    from alm.eval import caption
+
+    caption.add_arguments(p)
+    results.add_report_arguments(p)
+
+
+def asr_metrics(hyps: list[str], refs: list[str], normalize: str) -> dict:
+    """wer, cer and word-level edit counts of jiwer over the whole set, after `normalize`."""
+    import jiwer
+
+    norm = normalizer(normalize)
+    refs = [norm(r) for r in refs]
+    hyps = [norm(h) for h in hyps]
+    words = jiwer.process_words(refs, hyps)
+    chars = jiwer.process_characters(refs, hyps)
+    return {"wer": words.wer, "cer": chars.cer, "substitutions": words.substitutions, "deletions": words.deletions,
+            "insertions": words.insertions, "hits": words.hits}
+
+
+def translation_metrics(hyps: list[str], refs: list[list[str]], tokenize: str) -> tuple[dict, dict]:
+    """({bleu, chrf}, {bleu: signature, chrf: signature}) of sacrebleu's corpus scores. Ids with
+    fewer references than the most any id has are padded with None (sacrebleu's way of saying
+    'no reference here'; the signature then says nrefs:var)."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    if tokenize not in BLEU.TOKENIZERS:
+        raise UserError(f"--tokenize {tokenize!r}: sacrebleu's BLEU tokenizers are {', '.join(BLEU.TOKENIZERS)}")
+    most = max(len(r) for r in refs)
+    streams = [[r[k] if k < len(r) else None for r in refs] for k in range(most)]
+    bleu, chrf = BLEU(tokenize=tokenize), CHRF()
+    scores = {"bleu": bleu.corpus_score(hyps, streams).score, "chrf": chrf.corpus_score(hyps, streams).score}
+    return scores, {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}
+
+
+def _only_for(a, flag: str, value, task: str) -> None:
+    if value is not None and a.task != task:
+        raise UserError(f"{flag} applies to --task {task} only (got --task {a.task})")
+
+
+def run(a) -> int:
+    from alm.eval import caption
+
+    _only_for(a, "--normalize", a.normalize, "asr")
+    _only_for(a, "--tokenize", a.tokenize, "translation")
+    caption.check_arguments(a)
+    if a.run is not None:
+        results.check_run_dir(a.run)
+    ids, hyps, refs = jsonl.match(jsonl.read_hypotheses(a.hyps), jsonl.read_references(a.refs), a.hyps, a.refs)
+    config = {"hyps": str(a.hyps), "refs": str(a.refs)}
+    extra, absent = {}, {}
+    if a.task == "asr":
+        several = [i for i, r in zip(ids, refs) if len(r) != 1]
+        if several:
+            raise UserError(f"{a.refs}: --task asr takes one reference per id; several \"texts\" for ids "
+                            f"{jsonl.name_ids(several)}")
+        normalize = a.normalize or DEFAULT_NORMALIZE
+        metrics = asr_metrics(hyps, [r[0] for r in refs], normalize)
+        config.update(normalize=normalize, jiwer=version("jiwer"))
+        if normalize == "whisper_en":
+            config["whisper_normalizer"] = version("whisper-normalizer")
+    elif a.task == "translation":
+        tokenize = a.tokenize or DEFAULT_TOKENIZE
+        metrics, extra["signature"] = translation_metrics(hyps, refs, tokenize)
+        config.update(tokenize=tokenize, sacrebleu=version("sacrebleu"))
+    else:
+        metrics, absent, caption_config = caption.caption_metrics(hyps, refs, a)
+        config.update(caption_config)
+    results.report(results.results(a.task, metrics, len(ids), config, **extra), a.out, a.run, absent)
+    return 0
