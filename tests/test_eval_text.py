@@ -3,9 +3,11 @@ the reference libraries (jiwer, sacrebleu, pycocoevalcap) called directly on the
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
+import shutil
 
 import pytest
 
@@ -199,6 +201,21 @@ CAPTIONS = [
     (["An engine idles and revs up.", "a car engine revving"], "an engine is running"),
     (["Water trickles from a tap.", "water running from a faucet"], ""),
 ]
+
+
+@pytest.mark.skipif(shutil.which("java") is None, reason="METEOR runs pycocoevalcap's meteor-1.5.jar: needs java")
+def test_meteor_with_java_and_identical_captions_score_1():
+    # every word matched exactly (P = R = 1) in one chunk that is the whole caption: METEOR 1.5 applies no
+    # fragmentation penalty -> 1.0 (after normalisation: case and punctuation differ)
+    metrics, absent, _ = caption.caption_metrics(["A dog barks at cars."], [["a dog barks at cars"]],
+                                                 argparse.Namespace(no_meteor=False))
+    assert metrics["meteor"] == 1.0 and "meteor" not in absent
+
+
+def test_meteor_absent_without_java(monkeypatch):
+    monkeypatch.setattr(caption.shutil, "which", lambda name: None)
+    metrics, absent, _ = caption.caption_metrics(["a"], [["a"]], argparse.Namespace(no_meteor=False))
+    assert "meteor" not in metrics and absent["meteor"].startswith("needs a Java runtime")
 
 
 def test_caption_metrics_agree_with_pycocoevalcap():
