@@ -138,6 +138,21 @@ def test_bleu_chrf_agree_with_sacrebleu_and_tokenize_passes_through():
         translation_metrics(hyps, [[r] for r in refs], "nope")
 
 
+def test_chunked_sacrebleu_equals_whole_corpus_score():
+    # the corpus is scored 10k segments at a time (bounded memory): the sums of integer statistics make it exact
+    import sacrebleu
+
+    rng = random.Random(2)
+    refs = [[s] if i % 3 else [s, _noisy(rng, s)] for i, s in enumerate([s for s in SENTENCES if s] * 3)]
+    hyps = [_noisy(rng, r[0]) for r in refs]
+    whole, whole_sig = translation_metrics(hyps, refs, "13a", chunk=len(hyps))
+    for chunk in (1, 3, 7):
+        assert translation_metrics(hyps, refs, "13a", chunk=chunk) == (whole, whole_sig)
+    streams = [[r[0] for r in refs], [r[1] if len(r) > 1 else None for r in refs]]
+    assert whole["bleu"] == sacrebleu.corpus_bleu(hyps, streams).score and whole["chrf"] == sacrebleu.corpus_chrf(hyps, streams).score
+    assert whole_sig["bleu"].startswith("nrefs:var|")  # chunks of 1 each see one count: var over the whole set
+
+
 def test_several_references_of_varying_count():
     # padding an id's missing references with None must score as repeating one of its references does
     # (a repeated reference changes neither the clipped counts nor the closest length)
