@@ -296,3 +296,29 @@ def test_duplicate_and_malformed_lines_are_errors(tmp_path):
             jsonl.read_references(_write(tmp_path / "r.jsonl", [row]))
     with pytest.raises(FileNotFoundError, match="missing.jsonl: no such file"):
         jsonl.read_references(tmp_path / "missing.jsonl")
+
+
+def test_results_do_not_depend_on_line_order(tmp_path, capsys):
+    # the same pairs in another order on either side: equal metrics (refs reordered: float sums may differ in the last bit)
+    from alm.eval.cli import main
+
+    rng = random.Random(3)
+    refs = [{"id": f"c{i}", "texts": r} for i, (r, _) in enumerate(CAPTIONS)] + \
+           [{"id": i, "text": s} for i, s in enumerate(SENTENCES) if s]
+    hyps = [{"id": r["id"], "text": _noisy(rng, r.get("text") or r["texts"][0])} for r in refs]
+    asr_refs = [{"id": r["id"], "text": r.get("text") or r["texts"][0]} for r in refs]
+    for task, rows in (("asr", asr_refs), ("translation", refs), ("caption", refs)):
+        runs = []
+        for order in range(3):
+            h, r = list(hyps), list(rows)
+            if order:
+                rng.shuffle(h)
+            if order == 2:
+                rng.shuffle(r)
+            _write(tmp_path / "h.jsonl", h), _write(tmp_path / "r.jsonl", r)
+            extra = ["--no-meteor"] if task == "caption" else []
+            assert main(["text", "--task", task, "--hyps", str(tmp_path / "h.jsonl"), "--refs", str(tmp_path / "r.jsonl"),
+                         "--out", str(tmp_path / "res.json"), *extra]) == 0
+            runs.append(json.loads((tmp_path / "res.json").read_text())["metrics"])
+        assert runs[1] == runs[0] and runs[2] == pytest.approx(runs[0], rel=1e-12), task
+    capsys.readouterr()
