@@ -322,3 +322,57 @@ def test_results_do_not_depend_on_line_order(tmp_path, capsys):
             runs.append(json.loads((tmp_path / "res.json").read_text())["metrics"])
         assert runs[1] == runs[0] and runs[2] == pytest.approx(runs[0], rel=1e-12), task
     capsys.readouterr()
+
+
+STAND_IN_SPICE = r"""
+package edu.anu.spice;
+import java.nio.file.*;
+import java.util.regex.*;
+// A stand-in for SPICE 1.0's scorer (the real one needs the CoreNLP jars, not available offline): it checks the
+// command line alm builds and scores each caption by its word count / 10 (NaN for an empty caption).
+public class SpiceScorer {
+  public static void main(String[] args) throws Exception {
+    String cp = System.getProperty("java.class.path"), out = null;
+    for (int i = 1; i < args.length; i++) if (args[i].equals("-out")) out = args[i + 1];
+    if (!cp.contains("corenlp") || !java.util.Arrays.asList(args).contains("-subset") || out == null) System.exit(3);
+    Matcher m = Pattern.compile("\"image_id\": (\\d+), \"test\": \"([^\"]*)\"").matcher(Files.readString(Path.of(args[0])));
+    StringBuilder sb = new StringBuilder("[");
+    while (m.find()) {
+      String test = m.group(2).trim();
+      String f = test.isEmpty() ? "NaN" : Double.toString(test.split(" ").length / 10.0);
+      sb.append(sb.length() > 1 ? "," : "").append("{\"image_id\": " + m.group(1) + ", \"scores\": {\"All\": {\"f\": " + f + "}}}");
+    }
+    Files.writeString(Path.of(out), sb.append("]").toString());
+  }
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("javac") is None or shutil.which("java") is None, reason="needs a JDK (javac)")
+def test_spice_and_spider_with_corenlp_dir(tmp_path):
+    import subprocess
+    import zipfile
+
+    src = tmp_path / "src" / "edu" / "anu" / "spice"
+    src.mkdir(parents=True)
+    (src / "SpiceScorer.java").write_text(STAND_IN_SPICE)
+    subprocess.run(["javac", "-d", str(tmp_path / "classes"), str(src / "SpiceScorer.java")], check=True)
+    jar = tmp_path / "spice" / "spice-1.0.jar"
+    jar.parent.mkdir()
+    with zipfile.ZipFile(jar, "w") as z:
+        z.write(tmp_path / "classes/edu/anu/spice/SpiceScorer.class", "edu/anu/spice/SpiceScorer.class")
+    corenlp = tmp_path / "corenlp"
+    corenlp.mkdir()
+    a = argparse.Namespace(no_meteor=True, corenlp_dir=str(corenlp), spice_jar=str(jar), task="caption")
+    with pytest.raises(UserError, match="no stanford-corenlp-3.6.0.jar, stanford-corenlp-3.6.0-models.jar there"):
+        caption.check_arguments(a)
+    for name in ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar"):
+        zipfile.ZipFile(corenlp / name, "w").close()
+    caption.check_arguments(a)
+    hyps, refs = ["A dog barks.", "rain falls on a tin roof"], [["a dog barks"], ["rain on a roof"]]
+    metrics, absent, config = caption.caption_metrics(hyps, refs, a, ["d", "r"])
+    assert metrics["spice"] == pytest.approx((3 / 10 + 6 / 10) / 2)  # the stand-in's word counts / 10, mean over ids
+    assert metrics["spider"] == pytest.approx((metrics["cider_d"] + metrics["spice"]) / 2)
+    assert "spice" not in absent and config["spice_jar"] == str(jar)
+    metrics, absent, _ = caption.caption_metrics(["", "rain"], refs, a, ["d", "r"])
+    assert "spice" not in metrics and "spider" not in metrics and absent["spice"] == "SPICE gave no score (NaN) for ids 'd'"

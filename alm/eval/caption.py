@@ -12,8 +12,10 @@ would remove as punctuation tokens, but keeps "don't" and "dog's" as one word ("
                     evaluated set's references, clipped hypothesis counts, Gaussian length penalty
                     sigma 6, x10), mean over ids
     meteor          pycocoevalcap Meteor (its bundled meteor-1.5.jar, -l en -norm): needs `java` on PATH
-    spice, spider   not computed: SPICE needs the Stanford CoreNLP 3.6.0 jars, which pycocoevalcap
-                    downloads at first use (no download here)
+    spice           with --corenlp-dir DIR (the Stanford CoreNLP 3.6.0 jar and models jar, which pycocoevalcap
+                    downloads at first use; nothing downloads here): pycocoevalcap's spice-1.0.jar (or
+                    --spice-jar) run on the normalised captions, mean of the ids' "All" F-scores (alm/eval/spice.py)
+    spider          (cider_d + spice) / 2, with spice
     fense           not computed: needs FENSE's sentence-BERT and error-detector weights
 Metrics not computed are absent from results.json; the table says why, one line each.
 """
@@ -27,23 +29,35 @@ from importlib.metadata import version
 
 from alm.eval.normalize import basic
 
-NOT_COMPUTED = {
-    "spice": "needs the Stanford CoreNLP 3.6.0 jars (pycocoevalcap downloads them at first use; not supported here)",
-    "spider": "the mean of cider_d and spice; spice is not computed",
-    "fense": "needs FENSE's sentence-BERT and error-detector weights (not supported here)",
+NO_SPICE = {
+    "spice": "needs --corenlp-dir (stanford-corenlp-3.6.0.jar and -models.jar; pycocoevalcap would download them)",
+    "spider": "the mean of cider_d and spice: needs spice",
 }
+NOT_COMPUTED = {"fense": "not implemented in alm (FENSE needs its sentence-BERT and error-detector weights)"}
 
 
 def add_arguments(p) -> None:
     p.add_argument("--no-meteor", action="store_true",
                    help="caption only: skip METEOR (computed whenever `java` is on PATH; the JVM takes ~10 s to start)")
+    p.add_argument("--corenlp-dir", default=None, metavar="DIR",
+                   help="caption only: a folder with stanford-corenlp-3.6.0.jar and stanford-corenlp-3.6.0-models.jar: "
+                        "computes spice and spider (needs java)")
+    p.add_argument("--spice-jar", default=None, metavar="PATH",
+                   help="caption only, with --corenlp-dir: the SPICE 1.0 jar, its lib/ beside it (default: pycocoevalcap's)")
 
 
 def check_arguments(a) -> None:
     from alm.errors import UserError
 
-    if a.no_meteor and a.task != "caption":
-        raise UserError(f"--no-meteor applies to --task caption only (got --task {a.task})")
+    for flag, value in (("--no-meteor", a.no_meteor), ("--corenlp-dir", a.corenlp_dir), ("--spice-jar", a.spice_jar)):
+        if value and a.task != "caption":
+            raise UserError(f"{flag} applies to --task caption only (got --task {a.task})")
+    if a.spice_jar and not a.corenlp_dir:
+        raise UserError("--spice-jar needs --corenlp-dir (SPICE parses with Stanford CoreNLP)")
+    if a.corenlp_dir:
+        from alm.eval.spice import check_paths
+
+        check_paths(a.corenlp_dir, a.spice_jar)
 
 
 def _coco_inputs(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict]:
@@ -82,16 +96,30 @@ def meteor(hyps: list[str], refs: list[list[str]]) -> float:
     return float(score)
 
 
-def caption_metrics(hyps: list[str], refs: list[list[str]], a) -> tuple[dict, dict, dict]:
-    """(metrics, {absent metric: why}, config) for --task caption."""
+def caption_metrics(hyps: list[str], refs: list[list[str]], a, ids: list | None = None) -> tuple[dict, dict, dict]:
+    """(metrics, {absent metric: why}, config) for --task caption; `ids` name the captions in messages."""
     metrics = coco_metrics(hyps, refs)
     absent = {}
+    config = {"normalize": "basic", "pycocoevalcap": version("pycocoevalcap")}
     if a.no_meteor:
         absent["meteor"] = "--no-meteor"
     elif shutil.which("java") is None:
         absent["meteor"] = "needs a Java runtime (`java` on PATH) for pycocoevalcap's meteor-1.5.jar"
     else:
         metrics["meteor"] = meteor(hyps, refs)
+    if getattr(a, "corenlp_dir", None):
+        from alm.eval.jsonl import name_ids
+        from alm.eval.spice import check_paths, spice
+
+        jar, corenlp_dir = check_paths(a.corenlp_dir, a.spice_jar)
+        value, nan_at = spice(*_coco_inputs(hyps, refs), jar, corenlp_dir)
+        config.update(spice_jar=str(jar), corenlp_dir=str(corenlp_dir))
+        if nan_at:
+            named = name_ids([ids[i] for i in nan_at] if ids else nan_at)
+            absent.update(spice=f"SPICE gave no score (NaN) for ids {named}", spider="the mean of cider_d and spice: needs spice")
+        else:
+            metrics.update(spice=value, spider=(metrics["cider_d"] + value) / 2)
+    else:
+        absent.update(NO_SPICE)
     absent.update(NOT_COMPUTED)
-    config = {"normalize": "basic", "pycocoevalcap": version("pycocoevalcap")}
     return metrics, absent, config

@@ -121,7 +121,7 @@ def run(a) -> int:
         metrics, extra["signature"] = translation_metrics(hyps, refs, tokenize)
         config.update(tokenize=tokenize, sacrebleu=version("sacrebleu"))
     else:
-        metrics, absent, caption_config = caption.caption_metrics(hyps, refs, a)
+        metrics, absent, caption_config = caption.caption_metrics(hyps, refs, a, ids)
         config.update(caption_config)
     results.report(results.results(a.task, metrics, len(ids), config, **extra), a.out, a.run, absent)
     return 0
