@@ -88,6 +88,23 @@ def test_wer_cer_agree_with_jiwer_on_raw_and_normalised_text():
           f"whisper_en {m['wer']:.4f})")
 
 
+def test_chunked_jiwer_equals_whole_set():
+    # jiwer runs 10k utterances at a time (bounded memory): the summed counts give jiwer's whole-set rates exactly
+    import jiwer
+
+    rng = random.Random(4)
+    refs = [s for s in SENTENCES] * 3  # includes empty references
+    hyps = [_noisy(rng, r) for r in refs]
+    whole = asr_metrics(hyps, refs, "none", chunk=len(refs))
+    assert whole["wer"] == jiwer.wer(refs, hyps) and whole["cer"] == jiwer.cer(refs, hyps)
+    for chunk in (1, 4, 7):
+        assert asr_metrics(hyps, refs, "none", chunk=chunk) == whole
+    # no reference words at all: jiwer's edge case (WER = the number of insertions)
+    for hyps in (["", ""], ["a b", "c"]):
+        m = asr_metrics(hyps, ["", ""], "none", chunk=1)
+        assert (m["wer"], m["cer"]) == (jiwer.wer(["", ""], hyps), jiwer.cer(["", ""], hyps))
+
+
 def test_whisper_normaliser_agrees_with_transformers_copy():
     # transformers keeps its own copy of Whisper's English normaliser; given the same spelling map it must agree
     from importlib.resources import files

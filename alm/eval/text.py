@@ -43,17 +43,41 @@ def add_arguments(p) -> None:
     results.add_report_arguments(p)
 
 
-def asr_metrics(hyps: list[str], refs: list[str], normalize: str) -> dict:
-    """wer, cer and word-level edit counts of jiwer over the whole set, after `normalize`."""
+JIWER_CHUNK = 10_000  # utterances jiwer aligns at once (it keeps every utterance's tokens and alignment: ~5.6 KB each)
+
+
+def _jiwer_counts(process, refs: list[str], hyps: list[str], chunk: int) -> dict[str, int]:
+    """Summed hits/substitutions/deletions/insertions of jiwer's `process` (process_words or
+    process_characters) over chunks of the set, and the reference length (hits + subs + dels)."""
+    counts = dict.fromkeys(("hits", "substitutions", "deletions", "insertions"), 0)
+    for i in range(0, len(refs), chunk):
+        out = process(refs[i:i + chunk], hyps[i:i + chunk])
+        for k in counts:
+            counts[k] += getattr(out, k)
+    return counts
+
+
+def _jiwer_rate(c: dict[str, int]) -> float:
+    """jiwer's WER/CER from the summed counts: (S + D + I) / (H + S + D); with no reference tokens at
+    all, jiwer's edge case: the number of insertions."""
+    ref_len = c["hits"] + c["substitutions"] + c["deletions"]
+    if ref_len == 0:
+        return c["insertions"]
+    return float(c["substitutions"] + c["deletions"] + c["insertions"]) / float(ref_len)
+
+
+def asr_metrics(hyps: list[str], refs: list[str], normalize: str, chunk: int = JIWER_CHUNK) -> dict:
+    """wer, cer and word-level edit counts of jiwer over the whole set, after `normalize`. jiwer runs on
+    `chunk` utterances at a time; the counts are sums, so the rates equal jiwer's on the whole set."""
     import jiwer
 
     norm = normalizer(normalize)
     refs = [norm(r) for r in refs]
     hyps = [norm(h) for h in hyps]
-    words = jiwer.process_words(refs, hyps)
-    chars = jiwer.process_characters(refs, hyps)
-    return {"wer": words.wer, "cer": chars.cer, "substitutions": words.substitutions, "deletions": words.deletions,
-            "insertions": words.insertions, "hits": words.hits}
+    words = _jiwer_counts(jiwer.process_words, refs, hyps, chunk)
+    chars = _jiwer_counts(jiwer.process_characters, refs, hyps, chunk)
+    return {"wer": _jiwer_rate(words), "cer": _jiwer_rate(chars), **{k: words[k] for k in
+            ("substitutions", "deletions", "insertions", "hits")}}
 
 
 SACREBLEU_CHUNK = 10_000  # segments whose reference n-grams are held at once (~14 KB each for BLEU + chrF)
