@@ -9,6 +9,7 @@
     alm prep DATASET --src DIR --out DIR       dataset on disk -> WebDataset shards (alm prep synthetic --out DIR: no download)
     alm launch {slurm,local} RECIPE|PIPELINE   submit to SLURM (multi-node, preemption, pipelines) or run locally
     alm runs [DIR ...]                         list run dirs: state, last step, last checkpoint, W&B id
+    alm eval {text} ...                        score outputs as the papers' libraries do -> results.json (+ W&B)
 
 `alm COMMAND --help` shows each command's options.
 """
@@ -228,6 +229,12 @@ def _launch(argv: list[str]) -> int:
     return launch_main(argv)
 
 
+def _eval(argv: list[str]) -> int:
+    from alm.eval.cli import main
+
+    return main(argv)
+
+
 def _runs(argv: list[str]) -> int:
     from alm.launch.cli import runs_main
 
@@ -244,6 +251,7 @@ COMMANDS = {
     "prep": _prep,
     "launch": _launch,
     "runs": _runs,
+    "eval": _eval,
 }
 
 
