@@ -9,6 +9,7 @@
     alm prep DATASET --src DIR --out DIR       dataset on disk -> WebDataset shards (alm prep synthetic --out DIR: no download)
     alm launch {slurm,local} RECIPE|PIPELINE   submit to SLURM (multi-node, preemption, pipelines) or run locally
     alm runs [DIR ...]                         list run dirs: state, last step, last checkpoint, W&B id
+    alm eval {audio,retrieval} ...             score outputs: FAD / KLD / CLAP score, retrieval R@k / mAP@10
 
 `alm COMMAND --help` shows each command's options.
 """
@@ -234,6 +235,12 @@ def _runs(argv: list[str]) -> int:
     return runs_main(argv)
 
 
+def _eval(argv: list[str]) -> int:
+    from alm.eval.cli import main as eval_main
+
+    return eval_main(argv)
+
+
 COMMANDS = {
     "demo": _demo,
     "recipes": _recipes,
@@ -244,6 +251,7 @@ COMMANDS = {
     "prep": _prep,
     "launch": _launch,
     "runs": _runs,
+    "eval": _eval,
 }
 
 
