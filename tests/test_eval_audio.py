@@ -6,6 +6,7 @@ ASTForAudioClassification) and a TorchScript file: nothing is downloaded."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,22 @@ def test_kld_two_classes_by_hand():
     assert out["kld_both"] == pytest.approx(pq + qp, abs=1e-5)
 
 
+def test_kld_agrees_with_audiocrafts_torch_expression():
+    import torch
+
+    gen = torch.softmax(3 * torch.randn(40, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), -1)
+    ref = torch.softmax(3 * torch.randn(40, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(1)), -1)
+    ref[0, :5] = 0  # 0 log 0 = 0, as torch's kl_div has it
+    ref[0] /= ref[0].sum()
+
+    def audiocraft(pred, target):  # audiocraft/metrics/kld.py: kl_div((pred + 1e-6).log(), target).sum(-1)
+        return torch.nn.functional.kl_div((pred + 1e-6).log(), target, reduction="none").sum(-1).mean().item()
+
+    out = kld.kld({str(i): gen[i].numpy() for i in range(40)}, {str(i): ref[i].numpy() for i in range(40)})
+    assert out["kld_pq"] == pytest.approx(audiocraft(gen, ref), rel=1e-12)
+    assert out["kld_qp"] == pytest.approx(audiocraft(ref, gen), rel=1e-12)
+
+
 def test_kld_names_the_files_without_a_partner():
     with pytest.raises(UserError, match=r"only generated: b; only reference: c"):
         kld.pair_by_name({"a": 1, "b": 2}, {"a": 1, "c": 3})
@@ -147,6 +164,26 @@ def test_windows_read_one_at_a_time_equal_the_whole_file(tmp_path):
     with pytest.raises(UserError, match=r"c.wav: shorter than 0.15 s"):
         list(read_windows(_wav(tmp_path / "c.wav", 0.1), RATE, 1.0))
     assert [len(w) for w in read_windows(path, RATE // 2, 1.0)] == [RATE // 2, RATE // 2, RATE // 4]  # resampled
+
+
+class _Model:
+    def __init__(self, any_length):
+        self.sample_rate, self.window_s, self.any_length = RATE, 0.5, any_length
+
+
+def test_batches_hold_every_window_once_and_equal_lengths_unless_any_length(tmp_path):
+    from alm.eval.embedders import batched_windows
+
+    files = {f"f{i}": _wav(tmp_path / f"f{i}.wav", 0.5 * (i % 3) + 0.2 + 0.1 * i, seed=i) for i in range(7)}
+    want = sorted((n, len(w)) for n, p in files.items() for w in read_windows(p, RATE, 0.5))
+    for any_length in (False, True):
+        batches = list(batched_windows(files, _Model(any_length), batch_size=3))
+        got = sorted((n, len(w)) for names, ws in batches for n, w in zip(names, ws))
+        assert got == want
+        assert all(len(ws) <= 3 for _, ws in batches)
+        if not any_length:
+            assert all(len({len(w) for w in ws}) == 1 for _, ws in batches)
+    assert max(len(ws) for _, ws in batched_windows(files, _Model(True), batch_size=3)) == 3
 
 
 # ---- the CLI on precomputed embeddings ----------------------------------------------------------
@@ -241,7 +278,7 @@ def test_clap_score_equals_a_direct_transformers_computation(clap_dir, audio_dir
 
     out = tmp_path / "results.json"
     assert _eval("--generated", str(audio_dirs / "gen"), "--captions", str(audio_dirs / "captions.jsonl"),
-                 "--clap-model", str(clap_dir), "--device", "cpu", "--out", str(out)) == 0
+                 "--clap-model", str(clap_dir), "--device", "cpu", "--batch-size", "2", "--out", str(out)) == 0
     got = json.loads(out.read_text())["metrics"]["clap_score"]
 
     model, proc = ClapModel.from_pretrained(clap_dir).eval(), ClapProcessor.from_pretrained(clap_dir)
@@ -255,6 +292,14 @@ def test_clap_score_equals_a_direct_transformers_computation(clap_dir, audio_dir
         cos.append(torch.nn.functional.cosine_similarity(a, t).item())
     assert got == pytest.approx(np.mean(cos), abs=1e-5)
     assert abs(np.mean(cos)) > 1e-3  # a score that could be told apart from 0
+
+
+def test_the_default_clap_model_offline_says_it_is_not_available(audio_dirs, capsys):
+    assert os.environ.get("HF_HUB_OFFLINE") == "1"  # tests/conftest.py
+    assert _eval("--generated", str(audio_dirs / "gen"), "--reference", str(audio_dirs / "gen"), "--embedder", "clap",
+                 "--device", "cpu") == 2
+    err = capsys.readouterr().err.strip()
+    assert "'laion/clap-htsat-unfused'" in err and "HF_HUB_OFFLINE=1" in err and len(err.splitlines()) == 1
 
 
 def test_captions_must_match_the_generated_files(clap_dir, audio_dirs, tmp_path, capsys):
@@ -287,10 +332,10 @@ def test_encodec_frames_fad_and_cached_reference_stats(audio_dirs, tmp_path):
     assert _eval("--generated", str(audio_dirs / "gen"), "--reference", str(audio_dirs / "ref"), *args,
                  "--save-stats", str(tmp_path / "ref.npz"), "--out", str(out)) == 0
     direct = json.loads(out.read_text())
-    cached = tmp_path / "cached.json"
+    cached = tmp_path / "cached.json"  # and one window per model call: batching changes nothing but rounding
     assert _eval("--generated", str(audio_dirs / "gen"), "--reference-stats", str(tmp_path / "ref.npz"), *args,
-                 "--out", str(cached)) == 0
-    assert json.loads(cached.read_text())["metrics"]["fad"] == pytest.approx(direct["metrics"]["fad"], rel=1e-10)
+                 "--batch-size", "1", "--out", str(cached)) == 0
+    assert json.loads(cached.read_text())["metrics"]["fad"] == pytest.approx(direct["metrics"]["fad"], rel=1e-5)
     assert direct["metrics"]["fad"] > 0
     # 0.8 s at 8 kHz in 0.5 s windows: 4000 + 2400 samples -> 250 + 150 frames of 16 samples each, 3 files
     assert direct["config"]["generated_frames"] == 3 * (250 + 150)

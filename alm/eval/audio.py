@@ -55,6 +55,7 @@ def add_arguments(p) -> None:
                         f"else {embedders.DEFAULT_MODELS['clap']})")
     p.add_argument("--window-seconds", type=float, default=10.0,
                    help="window length for encodec / TorchScript embedders and the classifier (clap: its max_length_s)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per model call")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda when available)")
     p.add_argument("--out", default="results.json", help="results file")
 
@@ -106,26 +107,44 @@ def embeddings_stats(path: str, flag: str) -> fad.FrameStats:
     return stats
 
 
-def directory_stats(embedder, files: dict[str, Path], flag: str) -> fad.FrameStats:
+def directory_stats(embedder, files: dict[str, Path], flag: str, batch_size: int) -> fad.FrameStats:
     stats = fad.FrameStats()
-    for path in files.values():
-        for window in embedders.read_windows(path, embedder.sample_rate, embedder.window_s):
-            stats.update(embedder.embed(window))
+    for _, windows in embedders.batched_windows(files, embedder, batch_size):
+        for frames in embedder.embed_batch(windows):
+            stats.update(frames)
     if stats.n < 2:
         raise UserError(f"{flag}: {stats.n} frame embedding(s) from {len(files)} file(s); a covariance needs at least 2")
     return stats
 
 
-def clap_score(clap, files: dict[str, Path], captions: dict[str, str], batch: int = 64) -> float:
+FILES_PER_CHUNK = 1024  # files whose per-file results (CLAP embeddings, label distributions) are held at once
+
+
+def _chunks(names: list[str]):
+    for start in range(0, len(names), FILES_PER_CHUNK):
+        yield names[start:start + FILES_PER_CHUNK]
+
+
+def clap_score(clap, files: dict[str, Path], captions: dict[str, str], batch_size: int) -> float:
     """Mean over files of cos(audio embedding of the file, text embedding of its caption)."""
     names = sorted(files)
     total = 0.0
-    for start in range(0, len(names), batch):
-        chunk = names[start:start + batch]
-        text = clap.embed_texts([captions[n] for n in chunk])  # (b, D), normalised
-        audio = np.stack([clap.embed_file(files[n]) for n in chunk])
-        total += float(np.sum(audio * text))
+    for chunk in _chunks(names):
+        audio = clap.embed_files({n: files[n] for n in chunk}, batch_size)
+        for start in range(0, len(chunk), batch_size):
+            part = chunk[start:start + batch_size]
+            text = clap.embed_texts([captions[n] for n in part])  # (b, D), normalised
+            total += float(np.sum(np.stack([audio[n] for n in part]) * text))
     return total / len(names)
+
+
+def kld_of_dirs(classifier, gen_files: dict[str, Path], ref_files: dict[str, Path], batch_size: int) -> dict[str, float]:
+    sums = kld.KLDSums()
+    for chunk in _chunks(kld.pair_by_name(gen_files, ref_files)):
+        q = embedders.label_distributions(classifier, {n: gen_files[n] for n in chunk}, batch_size)
+        p = embedders.label_distributions(classifier, {n: ref_files[n] for n in chunk}, batch_size)
+        sums.update(np.stack([q[n] for n in chunk]), np.stack([p[n] for n in chunk]))
+    return sums.result()
 
 
 def _device(name: str) -> str:
@@ -168,8 +187,10 @@ def run(a) -> int:
 
     loads_embedder = a.embedder is not None and needs_embedder and (do_fad or a.save_stats)
     device = _device(a.device) if (loads_embedder or a.classifier or captions is not None) else a.device
+    if a.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {a.batch_size}")
     config: dict = {"generated": a.generated, "reference": a.reference, "window_seconds": a.window_seconds,
-                    "device": device, "skipped": {}}
+                    "batch_size": a.batch_size, "device": device, "skipped": {}}
     metrics: dict[str, float] = {}
     embedder = None
     if loads_embedder:
@@ -187,7 +208,7 @@ def run(a) -> int:
             ref = embeddings_stats(a.reference_embeddings, "--reference-embeddings")
             config["reference_embeddings"] = a.reference_embeddings
         else:
-            ref = directory_stats(embedder, ref_files, "--reference")
+            ref = directory_stats(embedder, ref_files, "--reference", a.batch_size)
         config["reference_frames"] = int(ref.n)
         if a.save_stats:
             fad.save_stats(a.save_stats, ref, embedder.description if embedder and not a.reference_embeddings
@@ -199,7 +220,7 @@ def run(a) -> int:
                 gen = embeddings_stats(a.generated_embeddings, "--generated-embeddings")
                 config["generated_embeddings"] = a.generated_embeddings
             else:
-                gen = directory_stats(embedder, gen_files, "--generated")
+                gen = directory_stats(embedder, gen_files, "--generated", a.batch_size)
             config["generated_frames"] = int(gen.n)
             metrics["fad"] = fad.fad(gen, ref)
     if not do_fad:
@@ -208,9 +229,7 @@ def run(a) -> int:
     if a.classifier:
         classifier = embedders.load_classifier(a.classifier, device, a.window_seconds)
         config["classifier"] = classifier.description
-        gen_p = {n: embedders.label_distribution(classifier, p) for n, p in gen_files.items()}
-        ref_p = {n: embedders.label_distribution(classifier, p) for n, p in ref_files.items()}
-        metrics.update(kld.kld(gen_p, ref_p))
+        metrics.update(kld_of_dirs(classifier, gen_files, ref_files, a.batch_size))
     else:
         config["skipped"]["kld"] = "needs --classifier"
 
@@ -221,7 +240,7 @@ def run(a) -> int:
             clap = embedders.ClapEmbedder(a.clap_model or embedders.DEFAULT_MODELS["clap"], device)
         config["clap_model"] = clap.description
         config["captions"] = a.captions
-        metrics["clap_score"] = clap_score(clap, gen_files, captions)
+        metrics["clap_score"] = clap_score(clap, gen_files, captions, a.batch_size)
     else:
         config["skipped"]["clap_score"] = "needs --captions"
 

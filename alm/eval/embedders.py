@@ -84,6 +84,42 @@ def read_windows(path: Path, rate: int, window_s: float) -> Iterator[np.ndarray]
         raise UserError(f"{path}: shorter than {MIN_SECONDS} s: no window to score")
 
 
+def batched_windows(files: dict[str, Path], model, batch_size: int) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+    """(names, windows) batches of up to batch_size windows of `files` (name -> path), at the model's rate and
+    window length. A model with `any_length` (its feature extractor pads every input to one size) takes any
+    windows together; otherwise a batch holds windows of one length. At most 2 x batch_size windows wait."""
+    pending: dict[int, tuple[list[str], list[np.ndarray]]] = {}
+    waiting = 0
+    for name, path in files.items():
+        for window in read_windows(path, model.sample_rate, model.window_s):
+            key = 0 if model.any_length else len(window)
+            names, windows = pending.setdefault(key, ([], []))
+            names.append(name)
+            windows.append(window)
+            waiting += 1
+            if len(windows) == batch_size:
+                del pending[key]
+                waiting -= len(windows)
+                yield names, windows
+            elif waiting >= 2 * batch_size:  # many different tail lengths: run them as they are
+                for names, windows in pending.values():
+                    yield names, windows
+                pending, waiting = {}, 0
+    for names, windows in pending.values():
+        yield names, windows
+
+
+def file_means(files: dict[str, Path], model, fn, batch_size: int) -> dict[str, np.ndarray]:
+    """{name: mean over the file's windows of fn(window batch) rows} (fn: list of windows -> (B, X))."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for names, windows in batched_windows(files, model, batch_size):
+        for name, row in zip(names, np.asarray(fn(windows), np.float64)):
+            sums[name] = sums[name] + row if name in sums else row.copy()
+            counts[name] = counts.get(name, 0) + 1
+    return {name: sums[name] / counts[name] for name in files}
+
+
 # ---- embedders ----------------------------------------------------------------------------------
 
 class ClapEmbedder:
@@ -103,14 +139,20 @@ class ClapEmbedder:
         self.window_s = self.features.nb_max_samples / self.sample_rate
         self.description = f"clap:{source}"
 
-    def embed(self, window: np.ndarray) -> np.ndarray:
-        """(samples,) at sample_rate, at most window_s long -> (1, D)."""
+    any_length = True  # the feature extractor pads every window to max_length_s
+
+    def embed_windows(self, windows: list[np.ndarray]) -> np.ndarray:
+        """B windows of (samples,) at sample_rate, each at most window_s long -> (B, D), L2-normalised."""
         import torch
 
-        inputs = self.features(window, sampling_rate=self.sample_rate, return_tensors="pt")
+        inputs = self.features(windows, sampling_rate=self.sample_rate, return_tensors="pt")
         with torch.no_grad():
             out = self.model.get_audio_features(**{k: v.to(self.device) for k, v in inputs.items()})
         return _normalised(out).cpu().numpy()
+
+    def embed_batch(self, windows: list[np.ndarray]) -> list[np.ndarray]:
+        """FAD frames: one (1, D) row per window."""
+        return [row[None] for row in self.embed_windows(windows)]
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -120,11 +162,11 @@ class ClapEmbedder:
             out = self.model.get_text_features(**{k: v.to(self.device) for k, v in inputs.items()})
         return _normalised(out).cpu().numpy()
 
-    def embed_file(self, path: Path) -> np.ndarray:
+    def embed_files(self, files: dict[str, Path], batch_size: int) -> dict[str, np.ndarray]:
         """One (D,) normalised embedding per file: the mean of its windows' embeddings, renormalised
         (a clip no longer than window_s is exactly get_audio_features of the whole clip)."""
-        mean = np.mean(np.concatenate([self.embed(w) for w in read_windows(path, self.sample_rate, self.window_s)]), axis=0)
-        return mean / max(np.linalg.norm(mean), 1e-12)
+        means = file_means(files, self, self.embed_windows, batch_size)
+        return {name: m / max(np.linalg.norm(m), 1e-12) for name, m in means.items()}
 
 
 def _normalised(out):
@@ -156,14 +198,17 @@ class EncodecEmbedder:
         self.window_s = window_s
         self.description = f"encodec:{source}"
 
-    def embed(self, window: np.ndarray) -> np.ndarray:
+    any_length = False  # a batch holds windows of one length
+
+    def embed_batch(self, windows: list[np.ndarray]) -> list[np.ndarray]:
+        """B equal-length windows -> B arrays of (frames, D)."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(window, np.float32)).to(self.device)
-        x = x.expand(1, self.channels, -1)  # (1, channels, samples): mono copied to every channel
+        x = torch.from_numpy(np.stack(windows).astype(np.float32)).to(self.device)  # (B, samples)
+        x = x[:, None].expand(-1, self.channels, -1)  # (B, channels, samples): mono copied to every channel
         with torch.no_grad():
-            z = self.model.encoder(x)  # (1, D, frames)
-        return z[0].T.cpu().numpy()
+            z = self.model.encoder(x)  # (B, D, frames)
+        return list(z.transpose(1, 2).cpu().numpy())
 
 
 class TorchScriptModel:
@@ -192,6 +237,14 @@ class TorchScriptModel:
         x = torch.from_numpy(np.ascontiguousarray(window, np.float32))[None].to(self.device)  # (1, samples)
         with torch.no_grad():
             return self.module(x).float().cpu().numpy()
+
+    any_length = False
+
+    def embed_batch(self, windows: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.embed(w) for w in windows]  # the file's contract is one (1, samples) waveform per call
+
+    def probs_batch(self, windows: list[np.ndarray]) -> np.ndarray:
+        return np.stack([self.probs(w) for w in windows])
 
     def embed(self, window: np.ndarray) -> np.ndarray:
         y = self.forward(window)
@@ -261,15 +314,18 @@ class HFClassifier:
         self.window_s, self.device = window_s, device
         self.description = f"classifier:{source}"
 
-    def probs(self, window: np.ndarray) -> np.ndarray:
+    any_length = False  # feature extractors differ in how they pad: batch equal lengths only
+
+    def probs_batch(self, windows: list[np.ndarray]) -> np.ndarray:
+        """B equal-length windows -> (B, classes) softmax of the logits."""
         import torch
 
         from alm.eval.kld import softmax
 
-        inputs = self.features(window, sampling_rate=self.sample_rate, return_tensors="pt")
+        inputs = self.features(windows, sampling_rate=self.sample_rate, return_tensors="pt")
         with torch.no_grad():
             logits = self.model(**{k: v.to(self.device) for k, v in inputs.items()}).logits
-        return softmax(logits[0].float().cpu().numpy())
+        return softmax(logits.float().cpu().numpy())
 
 
 def load_classifier(spec: str, device: str = "cpu", window_s: float = 10.0):
@@ -278,6 +334,6 @@ def load_classifier(spec: str, device: str = "cpu", window_s: float = 10.0):
     return HFClassifier(spec, device, window_s)
 
 
-def label_distribution(classifier, path: Path) -> np.ndarray:
-    """A file's label distribution: the mean over its windows of the softmax of the logits."""
-    return np.mean([classifier.probs(w) for w in read_windows(path, classifier.sample_rate, classifier.window_s)], axis=0)
+def label_distributions(classifier, files: dict[str, Path], batch_size: int) -> dict[str, np.ndarray]:
+    """Each file's label distribution: the mean over its windows of the softmax of the logits."""
+    return file_means(files, classifier, classifier.probs_batch, batch_size)

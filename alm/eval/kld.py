@@ -48,18 +48,36 @@ def _names(names: list[str], at_most: int = 10) -> str:
     return shown + (f" and {len(names) - at_most} more" if len(names) > at_most else "")
 
 
+class KLDSums:
+    """Sums of both KL directions over pairs, added a chunk of pairs at a time (nothing per file is kept)."""
+
+    def __init__(self) -> None:
+        self.pq = self.qp = 0.0
+        self.n = 0
+
+    def update(self, generated: np.ndarray, reference: np.ndarray) -> None:
+        """(pairs, classes) label distributions of the generated files and of their reference partners."""
+        if generated.shape != reference.shape:
+            raise UserError(f"KLD: the classifier gave {generated.shape[-1]} classes on generated audio and "
+                            f"{reference.shape[-1]} on reference audio")
+        self.pq += float(kl_divergence(reference, generated).sum())
+        self.qp += float(kl_divergence(generated, reference).sum())
+        self.n += len(generated)
+
+    def result(self) -> dict[str, float]:
+        if self.n == 0:
+            raise UserError("KLD: no files to compare")
+        pq, qp = self.pq / self.n, self.qp / self.n
+        return {"kld": pq, "kld_pq": pq, "kld_qp": qp, "kld_both": pq + qp}
+
+
 def kld(generated: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, float]:
     """{name: (classes,) label distribution} on each side -> audiocraft's four KLD numbers."""
     names = pair_by_name(generated, reference)
-    if not names:
-        raise UserError("KLD: no files to compare")
-    q = np.stack([generated[n] for n in names])  # (files, classes)
-    p = np.stack([reference[n] for n in names])
-    if p.shape != q.shape:
-        raise UserError(f"KLD: the classifier gave {q.shape[1]} classes on generated audio and {p.shape[1]} on reference audio")
-    pq = float(kl_divergence(p, q).mean())
-    qp = float(kl_divergence(q, p).mean())
-    return {"kld": pq, "kld_pq": pq, "kld_qp": qp, "kld_both": pq + qp}
+    sums = KLDSums()
+    if names:
+        sums.update(np.stack([generated[n] for n in names]), np.stack([reference[n] for n in names]))
+    return sums.result()
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
