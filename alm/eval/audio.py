@@ -43,8 +43,8 @@ def add_arguments(p) -> None:
     p.add_argument("--embedder-model", metavar="MODEL",
                    help=f"the embedder's weights: folder or hub id (clap: default {embedders.DEFAULT_MODELS['clap']}, "
                         f"encodec: default {embedders.DEFAULT_MODELS['encodec']}); vggish / panns: a TorchScript file")
-    p.add_argument("--generated-embeddings", metavar="A.npy", help="precomputed (N, D) generated frame embeddings (FAD)")
-    p.add_argument("--reference-embeddings", metavar="B.npy", help="precomputed (N, D) reference frame embeddings (FAD)")
+    p.add_argument("--generated-embeddings", metavar="A.npy", help="precomputed (N, D) generated frame embeddings (FAD; used instead of embedding --generated)")
+    p.add_argument("--reference-embeddings", metavar="B.npy", help="precomputed (N, D) reference frame embeddings (FAD; used instead of embedding --reference)")
     p.add_argument("--save-stats", metavar="FILE", help="write the reference's FAD statistics (mu, sigma) to FILE (.npz)")
     p.add_argument("--reference-stats", metavar="FILE", help="reference FAD statistics written by --save-stats")
     p.add_argument("--classifier", metavar="MODEL",
@@ -158,6 +158,10 @@ def _device(name: str) -> str:
 def run(a) -> int:
     from alm.eval.cli import write_results
 
+    if a.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {a.batch_size}")
+    if not a.window_seconds > embedders.MIN_SECONDS:
+        raise UserError(f"--window-seconds must be more than {embedders.MIN_SECONDS}, got {a.window_seconds}")
     if a.reference_stats and (a.reference_embeddings or a.save_stats):
         raise UserError("--reference-stats replaces the reference's embeddings: give it without "
                         "--reference-embeddings / --save-stats")
@@ -187,8 +191,6 @@ def run(a) -> int:
 
     loads_embedder = a.embedder is not None and needs_embedder and (do_fad or a.save_stats)
     device = _device(a.device) if (loads_embedder or a.classifier or captions is not None) else a.device
-    if a.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {a.batch_size}")
     config: dict = {"generated": a.generated, "reference": a.reference, "window_seconds": a.window_seconds,
                     "batch_size": a.batch_size, "device": device, "skipped": {}}
     metrics: dict[str, float] = {}

@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="alm eval", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
     for module in SUBCOMMANDS:
-        sp = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__.split("\n\n")[0],
+        sp = sub.add_parser(module.NAME, help=module.HELP, description=module.__doc__,
                             formatter_class=DefaultsFormatter)
         module.add_arguments(sp)
         sp.set_defaults(run=module.run)
