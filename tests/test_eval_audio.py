@@ -166,6 +166,20 @@ def test_windows_read_one_at_a_time_equal_the_whole_file(tmp_path):
     assert [len(w) for w in read_windows(path, RATE // 2, 1.0)] == [RATE // 2, RATE // 2, RATE // 4]  # resampled
 
 
+def test_a_long_file_is_read_one_window_at_a_time(tmp_path, monkeypatch):
+    requested = []
+    real_read = sf.SoundFile.read
+
+    def read(self, frames=-1, *args, **kwargs):
+        requested.append(frames)
+        return real_read(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
+    path = _wav(tmp_path / "long.wav", 30.0)
+    assert sum(len(w) for w in read_windows(path, RATE, 2.0)) == 30 * RATE
+    assert requested and all(0 < f <= 2 * RATE for f in requested)  # never the whole file (frames=-1)
+
+
 class _Model:
     def __init__(self, any_length):
         self.sample_rate, self.window_s, self.any_length = RATE, 0.5, any_length
