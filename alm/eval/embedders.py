@@ -73,7 +73,10 @@ def read_windows(path: Path, rate: int, window_s: float) -> Iterator[np.ndarray]
         shortest = int(MIN_SECONDS * native)
         yielded = False
         while True:
-            block = f.read(size, dtype="float32", always_2d=True)  # (frames, channels)
+            try:
+                block = f.read(size, dtype="float32", always_2d=True)  # (frames, channels)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise UserError(f"{path}: unreadable at frame {f.tell()} ({exc})") from exc
             if len(block) == 0 or (len(block) <= shortest):
                 break
             yielded = True
@@ -145,7 +148,8 @@ class ClapEmbedder:
         """B windows of (samples,) at sample_rate, each at most window_s long -> (B, D), L2-normalised."""
         import torch
 
-        inputs = self.features(windows, sampling_rate=self.sample_rate, return_tensors="pt")
+        longest = self.features.nb_max_samples  # resampling can round a full window one sample over: never crop randomly
+        inputs = self.features([w[:longest] for w in windows], sampling_rate=self.sample_rate, return_tensors="pt")
         with torch.no_grad():
             out = self.model.get_audio_features(**{k: v.to(self.device) for k, v in inputs.items()})
         return _normalised(out).cpu().numpy()
