@@ -231,6 +231,16 @@ def test_cli_on_precomputed_embeddings_and_cached_stats(tmp_path, capsys):
     assert "fad" in capsys.readouterr().out
 
 
+def test_non_finite_embeddings_are_an_error_naming_the_file(tmp_path, capsys):
+    bad = np.ones((10, 3), np.float32)
+    bad[7, 1] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    np.save(tmp_path / "ref.npy", np.random.default_rng(0).normal(size=(10, 3)).astype(np.float32))
+    assert _eval("--generated-embeddings", str(tmp_path / "bad.npy"), "--reference-embeddings", str(tmp_path / "ref.npy"),
+                 "--out", str(tmp_path / "r.json")) == 2
+    assert "bad.npy: non-finite (NaN / inf) frame embeddings" in capsys.readouterr().err
+
+
 def test_cli_with_nothing_to_score_is_one_line_error(tmp_path, capsys):
     assert _eval("--out", str(tmp_path / "r.json")) == 2
     err = capsys.readouterr().err

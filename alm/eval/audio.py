@@ -101,7 +101,10 @@ def embeddings_stats(path: str, flag: str) -> fad.FrameStats:
     if x.ndim != 2 or not np.issubdtype(x.dtype, np.floating):
         raise UserError(f"{flag} {path}: expected (N, D) float frame embeddings, got {x.dtype} {x.shape}")
     stats = fad.FrameStats()
-    stats.update(x)
+    try:
+        stats.update(x)
+    except ValueError as exc:
+        raise UserError(f"{flag} {path}: {exc}") from None
     if stats.n < 2:
         raise UserError(f"{flag} {path}: {stats.n} frame(s); a covariance needs at least 2")
     return stats
@@ -109,9 +112,12 @@ def embeddings_stats(path: str, flag: str) -> fad.FrameStats:
 
 def directory_stats(embedder, files: dict[str, Path], flag: str, batch_size: int) -> fad.FrameStats:
     stats = fad.FrameStats()
-    for _, windows in embedders.batched_windows(files, embedder, batch_size):
-        for frames in embedder.embed_batch(windows):
-            stats.update(frames)
+    for names, windows in embedders.batched_windows(files, embedder, batch_size):
+        for name, frames in zip(names, embedder.embed_batch(windows)):
+            try:
+                stats.update(frames)
+            except ValueError as exc:
+                raise UserError(f"{flag}: {embedder.description} on {files[name]}: {exc}") from None
     if stats.n < 2:
         raise UserError(f"{flag}: {stats.n} frame embedding(s) from {len(files)} file(s); a covariance needs at least 2")
     return stats

@@ -50,6 +50,8 @@ class FrameStats:
             return
         if self.mean is not None and x.shape[1] != self.dim:
             raise ValueError(f"frame embeddings of dimension {x.shape[1]} after {self.dim}-dimensional ones")
+        if not np.isfinite(x).all():
+            raise ValueError(f"non-finite (NaN / inf) frame embeddings after {self.n} finite frames")
         mean_b = x.mean(axis=0)
         centred = x - mean_b
         m2_b = centred.T @ centred
