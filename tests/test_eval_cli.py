@@ -59,14 +59,15 @@ def test_translation_results_layout_signature_and_values_equal_sacrebleu(tmp_pat
     p = alm("eval", "text", "--task", "translation", "--hyps", str(h), "--refs", str(r), "--tokenize", "intl",
             "--out", str(tmp_path / "res.json"))
     res = json.loads((tmp_path / "res.json").read_text())
-    assert list(res) == ["task", "metrics", "n", "config", "signature"] and list(res["metrics"]) == ["bleu", "chrf"]
+    assert list(res) == ["task", "metrics", "n", "config", "signature", "chrf_signature"] and list(res["metrics"]) == ["bleu", "chrf"]
     hyps, refs = _by_ref_order()
     bleu = sacrebleu.corpus_bleu(hyps, [[x[0] for x in refs]], tokenize="intl")
     assert res["metrics"]["bleu"] == bleu.score
     assert res["metrics"]["chrf"] == sacrebleu.corpus_chrf(hyps, [[x[0] for x in refs]]).score
-    assert res["signature"]["bleu"] == f"nrefs:1|case:mixed|eff:no|tok:intl|smooth:exp|version:{sacrebleu.__version__}"
+    assert res["signature"] == f"nrefs:1|case:mixed|eff:no|tok:intl|smooth:exp|version:{sacrebleu.__version__}"
     assert res["config"]["tokenize"] == "intl"
-    assert f"signature bleu  {res['signature']['bleu']}" in p.stdout and f"signature chrf  {res['signature']['chrf']}" in p.stdout
+    assert "|nc:6|nw:0|" in res["chrf_signature"]
+    assert f"signature       {res['signature']}" in p.stdout and f"chrf_signature  {res['chrf_signature']}" in p.stdout
 
 
 def test_caption_results_and_absent_metrics_in_the_table(tmp_path):

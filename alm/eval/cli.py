@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from alm.eval import text
+from alm.eval import audio, retrieval, text
 
-SUBCOMMANDS = (text,)
+SUBCOMMANDS = (text, audio, retrieval)
 
 
 def main(argv: list[str]) -> int:

@@ -5,8 +5,8 @@
                  whisper_en; none = jiwer on the raw text). One reference per id.
     translation  bleu, chrf: sacrebleu corpus scores (0-100) on the raw, cased, detokenised text (BLEU's
                  tokenisation --tokenize, default 13a; chrF with sacrebleu's defaults: chrF2, char
-                 order 6, no word n-grams); results["signature"] holds each metric's sacrebleu
-                 signature. Several references per id ("texts") allowed.
+                 order 6, no word n-grams); results["signature"] is BLEU's sacrebleu signature
+                 string, results["chrf_signature"] chrF's. Several references per id ("texts") allowed.
     caption      bleu_1..bleu_4, rouge_l, cider_d as pycocoevalcap computes them (alm/eval/caption.py).
 
 The files are described in alm/eval/jsonl.py; the results layout in alm/eval/results.py.
@@ -142,7 +142,9 @@ def run(a) -> int:
             config["whisper_normalizer"] = version("whisper-normalizer")
     elif a.task == "translation":
         tokenize = a.tokenize or DEFAULT_TOKENIZE
-        metrics, extra["signature"] = translation_metrics(hyps, refs, tokenize)
+        metrics, signatures = translation_metrics(hyps, refs, tokenize)
+        # "the sacrebleu signature" is BLEU's (the string papers quote); chrF's has its own parameters
+        extra.update(signature=signatures["bleu"], chrf_signature=signatures["chrf"])
         config.update(tokenize=tokenize, sacrebleu=version("sacrebleu"))
     else:
         metrics, absent, caption_config = caption.caption_metrics(hyps, refs, a, ids)
