@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "faiss", "sklearn")
 FAISS_ITERATIONS = 50
+FAISS_RESTARTS = 3  # best of 3 random starts, as sklearn's n_init=3 (one start can merge two clusters)
 
 
 class FrameReservoir:
@@ -112,7 +113,7 @@ def _fit_faiss(x: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, bool]:
     import faiss
 
     gpu = faiss.get_num_gpus() > 0 if hasattr(faiss, "get_num_gpus") else False
-    km = faiss.Kmeans(x.shape[1], k, niter=FAISS_ITERATIONS, seed=seed, gpu=gpu, verbose=False,
+    km = faiss.Kmeans(x.shape[1], k, niter=FAISS_ITERATIONS, nredo=FAISS_RESTARTS, seed=seed, gpu=gpu, verbose=False,
                       max_points_per_centroid=-(-len(x) // k) + 1)  # use every sampled frame (no subsampling)
     km.train(np.ascontiguousarray(x, dtype=np.float32))
     return np.asarray(km.centroids, dtype=np.float32), gpu
