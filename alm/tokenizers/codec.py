@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="writes OUT/<the input shards' names>.tar (codes.npy (n_q, frames) per sample), OUT/codec.json "
                "(which codec made them), OUT/errors/<shard>.json per shard with failed samples and OUT/errors.json "
                "(all of them). With --num-shards N --shard-index I (or in a SLURM array task) only input shards "
-               "i with i %% N == I; a rerun skips finished shards",
+               "i with i % N == I; a rerun skips finished shards",
     )
     parser.add_argument("--shards", required=True, help="input audio shards: dir, glob, brace pattern, '::'-joined")
     parser.add_argument("--out", required=True, help="output directory for the parallel code shards")
