@@ -229,6 +229,11 @@ def test_semantic_fit_once_then_two_concurrent_jobs_equal_one_run(tmp_path, caps
         main([*common[:4], "--clusters", "5", "--out", str(tmp_path / "two"), "--num-shards", "2", "--shard-index", "0"])
     with pytest.raises(SystemExit):
         main([*common, "--out", str(tmp_path / "x"), "--fit-only", "--num-shards", "2", "--shard-index", "0"])
+    with pytest.MonkeyPatch.context() as mp:  # --fit-only inside an array: every task would fit its own
+        mp.setenv("SLURM_ARRAY_TASK_ID", "0")
+        mp.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+        with pytest.raises(UserError, match="fit once in a job"):
+            main([*common, "--out", str(tmp_path / "x"), "--fit-only"])
 
     # one run and the two jobs of an array, all at once, as real processes
     tok = ["tokenize", "semantic", "--shards", str(tmp_path / "audio")]

@@ -387,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--fit-frames must be >= 1")
     if a.fit_only and (a.tokenizer or a.num_shards is not None or a.shard_index is not None):
         p.error("--fit-only fits a tokenizer: it takes no --tokenizer, --num-shards or --shard-index")
+    if a.fit_only and "SLURM_ARRAY_TASK_ID" in os.environ and array_job.resolve(None, None)[0] > 1:
+        raise UserError("--fit-only in a SLURM array task: every task would fit its own k-means into the same OUT; "
+                        "fit once in a job (or pipeline stage) before the array")
     num_shards, shard_index, share = (1, 0, "") if a.fit_only else array_job.resolve(a.num_shards, a.shard_index)
     if num_shards > 1:
         print(f"alm tokenize semantic: shard index {shard_index} of {num_shards} ({share})", file=sys.stderr)
