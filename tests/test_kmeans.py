@@ -150,3 +150,20 @@ def test_cli_prints_and_keeps_the_fit_report(audio, tmp_path, capsys):
             and f"median {k['usage']['median']:g} / max {k['usage']['max']}" in printed)
     assert not list(out.glob("*.tar"))  # --fit-only writes no tokens
     assert SemanticTokenizer.load(out / "tokenizer").fit_report == k
+
+
+def test_fit_fraction_embeds_a_seeded_share_of_the_samples(audio):
+    from alm.tokenizers.semantic import _chosen
+
+    picked = sum(_chosen(0, "train-000000.tar", f"key{i}", 0.1) for i in range(20_000))
+    assert abs(picked - 2000) < 200  # P = fraction (binomial sd 42)
+    shards = sorted(str(p) for p in audio.glob("train-*.tar"))
+    cfg = SemanticTokenizerConfig(features="logmel", n_clusters=2)
+    fit = lambda seed: fit_tokenizer(cfg, (s for u in shards for s in read_shard(u)), 10_000, seed,  # noqa: E731
+                                     fraction=0.5).fit_report
+    a, b = fit(0), fit(1)
+    assert 0 < a["samples"] < 12 and a["seen_frames"] == 49 * a["samples"] and a["shards"] == 4 and a["fraction"] == 0.5
+    assert fit(0)["seen_frames"] == a["seen_frames"]  # the same share again for the same seed
+    assert (a["samples"], a["inertia"]) != (b["samples"], b["inertia"])
+    with pytest.raises(UserError, match="--fit-fraction must be in"):
+        fit_tokenizer(cfg, iter([]), fraction=0)

@@ -161,8 +161,11 @@ def fit_kmeans(x: np.ndarray, k: int, seed: int = 0, backend: str = "sklearn") -
 
 def report_line(report: dict[str, Any]) -> str:
     u = report["usage"]
-    sampled = (f"{report['frames']} frames sampled uniformly from {report['seen_frames']} in {report['shards']} shard(s)"
-               if "seen_frames" in report else f"{report['frames']} frames")
+    sampled = f"{report['frames']} frames"
+    if "seen_frames" in report:
+        sampled += f" sampled uniformly from {report['seen_frames']} in {report['shards']} shard(s)"
+        if report.get("fraction", 1) < 1:
+            sampled += f" ({report['samples']} samples embedded: --fit-fraction {report['fraction']:g})"
     return (f"k-means ({report['backend']}{' on GPU' if report.get('gpu') else ''}): {sampled}; inertia "
             f"{report['inertia']:.6g} ({report['inertia_per_frame']:.4g} per frame); frames per cluster min {u['min']} / "
             f"median {u['median']:g} / max {u['max']}, {u['empty']} empty cluster(s)")

@@ -24,6 +24,7 @@ k-means fit's report under "kmeans") and `kmeans.safetensors` (centroids, featur
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -192,6 +193,12 @@ def _sample_audio(sample: dict, sample_rate: int) -> np.ndarray:
     raise KeyError(f"sample {sample['__key__']} has no audio member (flac/wav)")
 
 
+def _chosen(seed: int, shard: str, key: str, fraction: float) -> bool:
+    """A seeded, reproducible coin with P(True) = fraction for one sample."""
+    digest = hashlib.sha256(f"{seed}\0{shard}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
 def fit_tokenizer(
     cfg: SemanticTokenizerConfig,
     samples: Iterable[dict],
@@ -199,21 +206,32 @@ def fit_tokenizer(
     seed: int = 0,
     device: str = "cpu",
     backend: str = "sklearn",
+    fraction: float = 1.0,
 ) -> SemanticTokenizer:
     """Fit k-means on a uniform random sample of `max_frames` feature frames of ALL `samples` (raw shard
     samples; reservoir sampling seeded by `seed`), standardised by the sample's mean/std.
 
     `backend`: sklearn | faiss | auto (kmeans.choose_backend). The Python default is sklearn, so the
     repository's own callers (tiny recipes' synthetic tokens, the demo) give the same tokens whether or
-    not faiss is installed; the CLI's default is auto. The tokenizer's fit_report: kmeans.fit_kmeans'
-    report plus seen_frames, shards, skipped_samples."""
+    not faiss is installed; the CLI's default is auto.
+    `fraction` < 1: only that share of the samples (chosen by a seeded hash of shard name and key, so the
+    same for a rerun) is decoded and embedded: the fit costs `fraction` of a pass over the audio, and the
+    frames are still a uniform sample (each frame is kept with the same probability).
+    The tokenizer's fit_report: kmeans.fit_kmeans' report plus seen_frames, shards, samples (embedded),
+    skipped_samples (unreadable), fraction, seed."""
+    if not 0 < fraction <= 1:
+        raise UserError(f"--fit-fraction must be in (0, 1], got {fraction}")
     cfg.validate()
     extract = feature_fn(cfg, device)
     reservoir = FrameReservoir(max_frames, seed)
     shards: dict[str, int] = {}
-    skipped = 0
+    skipped = used = 0
     for sample in samples:
-        tag = shards.setdefault(str(sample.get("__url__", "")), len(shards))
+        url = str(sample.get("__url__", ""))
+        tag = shards.setdefault(url, len(shards))
+        if fraction < 1 and not _chosen(seed, os.path.basename(url), sample["__key__"], fraction):
+            continue
+        used += 1
         try:
             feats = extract(_sample_audio(sample, cfg.sample_rate))
         except (ValueError, KeyError) as exc:
@@ -226,7 +244,8 @@ def fit_tokenizer(
         raise UserError(f"only {len(x)} feature frames to fit {cfg.n_clusters} clusters: give more audio (--fit-shards)")
     mean, std = x.mean(0), x.std(0) + 1e-5
     centroids, report = fit_kmeans((x - mean) / std, cfg.n_clusters, seed, backend)
-    report.update(seen_frames=int(reservoir.seen), shards=len(shards), skipped_samples=skipped, seed=seed)
+    report.update(seen_frames=int(reservoir.seen), shards=len(shards), samples=used - skipped, skipped_samples=skipped,
+                  fraction=fraction, seed=seed)
     return SemanticTokenizer(cfg, torch.from_numpy(centroids), torch.from_numpy(mean), torch.from_numpy(std),
                              device, features=extract, fit_report=report)
 
@@ -295,7 +314,7 @@ def check_existing_out(out_dir: Path, cfg: SemanticTokenizerConfig | None, token
 def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, tokenizer_dir: str | None = None,
         fit_shards: str | None = None, max_fit_frames: int = 200_000, seed: int = 0, device: str = "cpu",
         progress: bool = True, num_shards: int = 1, shard_index: int = 0, fit_only: bool = False,
-        kmeans_backend: str = "sklearn") -> dict:
+        kmeans_backend: str = "sklearn", fit_fraction: float = 1.0) -> dict:
     """Fit (or load) a tokenizer, then tokenize `shards` into `out`; the tokenizer goes to out/tokenizer.
 
     An `out` that already holds token shards continues (finished shards are kept) only with the same
@@ -332,7 +351,7 @@ def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, token
         # fitting takes the training split(s) of a directory (a test split only by explicit glob)
         fit_urls = expand_shards(resolve_split_spec(fit_shards or shards, "fit"))
         samples = (s for u in fit_urls for s in read_shard(u))
-        tok = fit_tokenizer(cfg, samples, max_fit_frames, seed, device, kmeans_backend)
+        tok = fit_tokenizer(cfg, samples, max_fit_frames, seed, device, kmeans_backend, fit_fraction)
         fit = tok.fit_report
     if tokenizer_dir and not continuing:  # the same files: the same fingerprint (alm.data.provenance)
         (out_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
@@ -375,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fit-shards", default=None, help="shards to fit k-means on (default: the training split(s) of --shards)")
     p.add_argument("--fit-frames", type=int, default=200_000,
                    help="feature frames sampled uniformly (reservoir) from all fit shards to fit k-means")
+    p.add_argument("--fit-fraction", type=float, default=1.0,
+                   help="embed only this share of the fit samples (seeded by --seed): the fit costs that share of a "
+                        "pass over the audio; the frame sample stays uniform")
     p.add_argument("--fit-only", action="store_true", help="fit the tokenizer into OUT/tokenizer and stop (before an array "
                                                            "of --num-shards jobs)")
     p.add_argument("--kmeans-backend", choices=["auto", "faiss", "sklearn"], default="auto",
@@ -385,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.fit_frames < 1:
         p.error("--fit-frames must be >= 1")
+    if not 0 < a.fit_fraction <= 1:
+        p.error(f"--fit-fraction must be in (0, 1], got {a.fit_fraction}")
     if a.fit_only and (a.tokenizer or a.num_shards is not None or a.shard_index is not None):
         p.error("--fit-only fits a tokenizer: it takes no --tokenizer, --num-shards or --shard-index")
     if a.fit_only and "SLURM_ARRAY_TASK_ID" in os.environ and array_job.resolve(None, None)[0] > 1:
@@ -408,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(exc))
     try:
         r = run(a.shards, a.out, cfg, a.tokenizer, a.fit_shards, a.fit_frames, a.seed, a.device,
-                num_shards=num_shards, shard_index=shard_index, fit_only=a.fit_only, kmeans_backend=a.kmeans_backend)
+                num_shards=num_shards, shard_index=shard_index, fit_only=a.fit_only, kmeans_backend=a.kmeans_backend,
+                fit_fraction=a.fit_fraction)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     if r["fit"] is not None:
