@@ -6,7 +6,8 @@
 k-means (alm/tokenizers/kmeans.py) is fitted on a uniform random sample of frames from ALL fit
 shards (reservoir sampling, seeded: memory = sample size x D), with faiss when installed (CPU or GPU)
 else scikit-learn's MiniBatchKMeans (`--kmeans-backend auto|faiss|sklearn`); inertia and frames per
-cluster are printed and kept in semantic_tokenizer.json ("kmeans"). Assigning ids needs only the
+cluster are printed and kept in semantic_tokenizer.json ("kmeans"); `--fit-fraction p` embeds only a
+seeded share p of the fit samples (the sample stays uniform). Assigning ids needs only the
 centroids (torch argmin), so an exported tokenizer works without scikit-learn or faiss.
 
 Fit once, then encode in as many jobs as you like: `--fit-only` writes OUT/tokenizer/ and stops;
