@@ -120,6 +120,23 @@ def test_three_jobs_write_exactly_what_one_run_writes(tmp_path):
     assert again["errors"] == [e for e in one["errors"] if e["shard"] in again["existing"]]
 
 
+def test_a_shard_another_process_is_writing_is_left_to_it_and_reported(tmp_path):
+    import fcntl
+
+    paths = write_numbers(tmp_path / "in", shards=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".train-000001.tar.lock", "a") as held:  # as a straggler job writing shard 1 holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = map_shards(paths, out, double_or_fail, progress=False)
+    assert r["busy"] == ["train-000001.tar"] and sorted(tars(out)) == ["train-000000.tar", "train-000002.tar"]
+    line = array_job.summary_line(r, 1, 0, str(out))
+    assert "NOT DONE: 1 shard(s) of this share were being written by another process (e.g. train-000001.tar)" in line
+    again = map_shards(paths, out, double_or_fail, progress=False)  # the lock is free: the rerun finishes it
+    assert again["busy"] == [] and again["existing"] == ["train-000000.tar", "train-000002.tar"] and len(tars(out)) == 3
+    assert [p.name for p in out.glob(".*.lock")] == [".errors.lock"]  # shard locks go once their shard is done
+
+
 def test_errors_of_an_old_single_file_set_are_kept(tmp_path):
     paths = write_numbers(tmp_path / "in", shards=3)
     out = tmp_path / "out"

@@ -8,6 +8,7 @@ byte-identical shards, and each shard appears under its final name only once com
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
@@ -289,6 +290,67 @@ def merge_errors(out_dir: str | os.PathLike) -> list[dict[str, str]]:
     return merged
 
 
+@contextlib.contextmanager
+def _shard_lock(out_dir: Path, name: str):
+    """Hold `out_dir/.NAME.lock` (flock, non-blocking) while writing shard NAME: True if held, False if
+    another process holds it. Removed after the shard is renamed into place."""
+    import fcntl
+
+    lock_path = out_dir / f".{name}.lock"
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def _map_one(url: str, path: Path, errors_path: Path, fn, batch_size: int) -> tuple[int, list[dict[str, str]]]:
+    """Write one output shard at `path` from input shard `url` (see map_shards) -> (samples written, errors).
+    The shard's error list (if any) is written before the shard gets its final name."""
+    from alm.io import atomic_write_text
+
+    if errors_path.exists():  # left by a run killed between the list and the shard: redone from scratch
+        errors_path.unlink()
+    name = path.name
+    shard_errors: list[dict[str, str]] = []
+    written = 0
+    batch: list[dict[str, Any]] = []
+    shard = TarShard(path)
+    try:
+
+        def flush() -> None:
+            nonlocal written
+            for sample, members in zip(batch, fn(batch)):
+                if members is None:
+                    shard_errors.append({"key": sample["__key__"], "shard": name, "reason": "tokenizer_failed"})
+                    continue
+                out = {"__key__": sample["__key__"], **members}
+                if "json" in sample and "json" not in out:
+                    out["json"] = sample["json"]
+                shard.write(out)
+                written += 1
+            batch.clear()
+
+        for sample in read_shard(url):
+            batch.append(sample)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+        if shard_errors:  # the list first: a shard under its final name always has its errors listed
+            atomic_write_text(errors_path, json.dumps(shard_errors, indent=1, ensure_ascii=False))
+        shard.close()
+    except BaseException:
+        shard.abort()
+        raise
+    return written, shard_errors
+
+
 def map_shards(
     in_urls: list[str],
     out_dir: str | os.PathLike,
@@ -313,13 +375,14 @@ def map_shards(
 
     `num_shards`/`shard_index`: this call does only input shards i with i % num_shards == shard_index
     (see shard_share); N such calls, in any order or at once, write exactly what one call does.
-    Returns {"shards": this call's output paths, "existing": names already there, "samples": N written now,
+    A shard another process is writing at the same moment (its `.NAME.lock` is held) is left to it and
+    listed in "busy" (this call's share is then unfinished: rerun it).
+    Returns {"shards": this call's output paths, "existing": names already there, "busy": names left to
+    another writer, "samples": N written now,
     "errors": errors of this call's shards, "errors_total": len(out_dir/errors.json),
     "done_total": finished shards of the whole input list in out_dir, "total": input shards}.
     """
     from tqdm import tqdm
-
-    from alm.io import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -331,6 +394,7 @@ def map_shards(
     per_shard = out_dir / ERRORS_DIR  # made when a shard first has an error
     errors: list[dict[str, str]] = []
     existing: list[str] = []
+    busy: list[str] = []
     total = 0
     for i in tqdm(mine, desc=desc, unit="shard", disable=not progress):
         url, name = in_urls[i], names[i]
@@ -340,43 +404,19 @@ def map_shards(
             if errors_path.exists():
                 errors.extend(_read_errors(errors_path))
             continue
-        if errors_path.exists():  # left by a run killed between the list and the shard: redone from scratch
-            errors_path.unlink()
-        shard_errors: list[dict[str, str]] = []
-        written = 0
-        batch: list[dict[str, Any]] = []
-        shard = TarShard(out_dir / name)
-        try:
-
-            def flush() -> None:
-                nonlocal written
-                for sample, members in zip(batch, fn(batch)):
-                    if members is None:
-                        shard_errors.append({"key": sample["__key__"], "shard": name, "reason": "tokenizer_failed"})
-                        continue
-                    out = {"__key__": sample["__key__"], **members}
-                    if "json" in sample and "json" not in out:
-                        out["json"] = sample["json"]
-                    shard.write(out)
-                    written += 1
-                batch.clear()
-
-            for sample in read_shard(url):
-                batch.append(sample)
-                if len(batch) >= batch_size:
-                    flush()
-            if batch:
-                flush()
-            if shard_errors:  # the list first: a shard under its final name always has its errors listed
-                atomic_write_text(errors_path, json.dumps(shard_errors, indent=1, ensure_ascii=False))
-            shard.close()
-        except BaseException:
-            shard.abort()
-            raise
+        with _shard_lock(out_dir, name) as held:
+            if not held:  # another job writes this shard right now (e.g. a straggler of an earlier array)
+                busy.append(name)
+                continue
+            if (out_dir / name).exists():  # finished by another job since the check above
+                existing.append(name)
+                errors.extend(_read_errors(errors_path) if errors_path.exists() else [])
+                continue
+            written, shard_errors = _map_one(url, out_dir / name, errors_path, fn, batch_size)
         total += written
         errors.extend(shard_errors)
     merged = merge_errors(out_dir)
     present = set(os.listdir(out_dir))  # one listing, not a stat per shard of the whole set
-    return {"shards": [str(out_dir / names[i]) for i in mine], "existing": existing, "samples": total,
+    return {"shards": [str(out_dir / names[i]) for i in mine], "existing": existing, "busy": busy, "samples": total,
             "errors": errors, "errors_total": len(merged), "done_total": sum(n in present for n in names),
             "total": len(names)}

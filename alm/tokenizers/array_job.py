@@ -66,4 +66,8 @@ def summary_line(r: dict, num_shards: int, shard_index: int, out: str) -> str:
                  f"{r['errors_total']} failed sample(s) in all (errors.json)")
     else:
         line += " (errors.json)"
-    return f"{line} -> {out}"
+    line = f"{line} -> {out}"
+    if r.get("busy"):
+        line += (f"\nNOT DONE: {len(r['busy'])} shard(s) of this share were being written by another process "
+                 f"(e.g. {r['busy'][0]}): rerun this command once it has ended")
+    return line

@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = json.loads((Path(args.out) / "codec.json").read_text())
     print(f"{array_job.summary_line(summary, num_shards, shard_index, args.out)}; "
           f"n_q={meta['n_q']} at {meta['frame_rate']} frames/s")
-    return 0
+    return 1 if summary["busy"] else 0  # an unfinished share must not satisfy a pipeline's afterok
 
 
 if __name__ == "__main__":

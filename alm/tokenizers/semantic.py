@@ -444,4 +444,4 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(array_job.summary_line(r, num_shards, shard_index, a.out))
     print(f"tokenizer: {r['tokenizer']}")
-    return 0
+    return 1 if r["busy"] else 0  # an unfinished share must not satisfy a pipeline's afterok
