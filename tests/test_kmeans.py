@@ -167,3 +167,12 @@ def test_fit_fraction_embeds_a_seeded_share_of_the_samples(audio):
     assert (a["samples"], a["inertia"]) != (b["samples"], b["inertia"])
     with pytest.raises(UserError, match="--fit-fraction must be in"):
         fit_tokenizer(cfg, iter([]), fraction=0)
+
+
+def test_column_statistics_are_pairwise_sums_along_each_column():
+    x = (np.random.default_rng(0).normal(size=(20_000, 70)) * 3 + 100).astype(np.float32)  # C-ordered
+    mean, std = kmeans.column_mean_std(x, block=16)
+    f = np.asfortranarray(x)  # each column contiguous: numpy sums it pairwise
+    assert np.array_equal(mean, f.mean(0)) and np.array_equal(std, f.std(0))
+    np.testing.assert_allclose(mean, x.astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std, x.astype(np.float64).std(0), rtol=1e-5)

@@ -43,7 +43,7 @@ from alm.data.shards import expand_shards, map_shards, npy_bytes, read_shard
 from alm.errors import UserError
 from alm.io import atomic_write_text, atomic_write_with
 from alm.tokenizers import array_job
-from alm.tokenizers.kmeans import FrameReservoir, fit_kmeans, report_line
+from alm.tokenizers.kmeans import FrameReservoir, column_mean_std, fit_kmeans, report_line
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,8 @@ def fit_tokenizer(
     x = reservoir.rows
     if len(x) < cfg.n_clusters:
         raise UserError(f"only {len(x)} feature frames to fit {cfg.n_clusters} clusters: give more audio (--fit-shards)")
-    mean, std = x.mean(0), x.std(0) + 1e-5
+    mean, std = column_mean_std(x)
+    std = std + 1e-5
     centroids, report = fit_kmeans((x - mean) / std, cfg.n_clusters, seed, backend)
     report.update(seen_frames=int(reservoir.seen), shards=len(shards), samples=used - skipped, skipped_samples=skipped,
                   fraction=fraction, seed=seed)
