@@ -275,6 +275,8 @@ def tokenize_codec_shards(
     device: str | torch.device | None = None,
     progress: bool = True,
     source_name: str | None = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> dict[str, Any]:
     """Write `out_dir/<shard>.tar` with a `codes.npy` member (n_q, F) per sample (int16 when
     the codebook fits, else int32) beside the copied `json`, plus `out_dir/codec.json`.
@@ -283,9 +285,10 @@ def tokenize_codec_shards(
     downmixed) is resampled to the codec's rate. codec.json records the codec's name, facts and
     weights_sha256 (and, for a local codec directory, its absolute path and files_sha256), which
     training checks against data.codec (alm.data.provenance). Undecodable or empty audio -> the sample is
-    left out and listed in `out_dir/errors.json`. Finished shards are skipped on a rerun; a
-    rerun with a different codec or n_q into the same directory is refused.
-    Returns map_shards' summary {"shards", "samples", "errors"}.
+    left out and listed in `out_dir/errors/<shard>.json` and `out_dir/errors.json`. Finished shards
+    are skipped on a rerun; a rerun with a different codec or n_q into the same directory is refused.
+    `num_shards`/`shard_index`: write only input shards i with i % num_shards == shard_index (one job
+    of an array; every job writes the same codec.json). Returns map_shards' summary.
     """
     from alm.data.audio import load_mono
     from alm.data.shards import expand_shards, map_shards, npy_bytes
@@ -362,7 +365,8 @@ def tokenize_codec_shards(
             results[i] = {CODES_MEMBER: npy_bytes(c)}
         return results
 
-    return map_shards(urls, out_dir, fn, batch_size=batch_size, desc=f"codec {meta['name']}", progress=progress)
+    return map_shards(urls, out_dir, fn, batch_size=batch_size, desc=f"codec {meta['name']}", progress=progress,
+                      num_shards=num_shards, shard_index=shard_index)
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,13 +489,16 @@ def make_tiny_codec(
 def main(argv: list[str] | None = None) -> int:
     """`alm tokenize codec --shards SPEC --out DIR --codec NAME|PATH [--n-q N | --bandwidth KBPS]`."""
     from alm.cli_format import DefaultsFormatter
+    from alm.tokenizers import array_job
 
     parser = argparse.ArgumentParser(
         prog="alm tokenize codec",
         description="Encode the audio of a shard set into EnCodec codes (a parallel shard set with codes.npy).",
         formatter_class=DefaultsFormatter,
         epilog="writes OUT/<the input shards' names>.tar (codes.npy (n_q, frames) per sample), OUT/codec.json "
-               "(which codec made them) and OUT/errors.json",
+               "(which codec made them), OUT/errors/<shard>.json per shard with failed samples and OUT/errors.json "
+               "(all of them). With --num-shards N --shard-index I (or in a SLURM array task) only input shards "
+               "i with i % N == I; a rerun skips finished shards",
     )
     parser.add_argument("--shards", required=True, help="input audio shards: dir, glob, brace pattern, '::'-joined")
     parser.add_argument("--out", required=True, help="output directory for the parallel code shards")
@@ -502,26 +509,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    array_job.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    num_shards, shard_index, share = array_job.resolve(args.num_shards, args.shard_index)
+    if num_shards > 1:
+        print(f"alm tokenize codec: shard index {shard_index} of {num_shards} ({share})", file=sys.stderr)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         codec = load_codec(args.codec, args.device)
         summary = tokenize_codec_shards(
             args.shards, args.out, codec, n_q=args.n_q, bandwidth=args.bandwidth, batch_size=args.batch_size,
-            progress=not args.no_progress, source_name=args.codec,
+            progress=not args.no_progress, source_name=args.codec, num_shards=num_shards, shard_index=shard_index,
         )
     except (FileNotFoundError, ValueError, OSError) as exc:
         print(f"alm tokenize codec: error: {exc}", file=sys.stderr)
         return 2
     meta = json.loads((Path(args.out) / "codec.json").read_text())
-    print(
-        f"wrote {len(summary['shards'])} shard(s) to {args.out}: {summary['samples']} new sample(s), "
-        f"{len(summary['errors'])} failed (see errors.json); n_q={meta['n_q']} at {meta['frame_rate']} frames/s"
-    )
-    return 0
+    print(f"{array_job.summary_line(summary, num_shards, shard_index, args.out)}; "
+          f"n_q={meta['n_q']} at {meta['frame_rate']} frames/s")
+    return 1 if summary["busy"] else 0  # an unfinished share must not satisfy a pipeline's afterok
 
 
 if __name__ == "__main__":

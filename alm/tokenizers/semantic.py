@@ -3,25 +3,33 @@
     audio (16 kHz mono) -> SSL model (HuBERT / w2v-BERT via transformers) -> hidden states of
     layer L, (frames, D) at ~50 Hz -> standardise -> nearest of K k-means centroids -> ids (frames,)
 
-k-means: scikit-learn's MiniBatchKMeans. It runs anywhere pip does (faiss's GPU builds are not on
-PyPI), is deterministic for a fixed random_state, and fits from mini-batches, so a few hundred
-thousand frames fit in seconds on a CPU. Assigning ids needs only the centroids (torch argmin),
-so an exported tokenizer works without scikit-learn.
+k-means (alm/tokenizers/kmeans.py) is fitted on a uniform random sample of frames from ALL fit
+shards (reservoir sampling, seeded: memory = sample size x D), with faiss when installed (CPU or GPU)
+else scikit-learn's MiniBatchKMeans (`--kmeans-backend auto|faiss|sklearn`); inertia and frames per
+cluster are printed and kept in semantic_tokenizer.json ("kmeans"); `--fit-fraction p` embeds only a
+seeded share p of the fit samples (the sample stays uniform). Assigning ids needs only the
+centroids (torch argmin), so an exported tokenizer works without scikit-learn or faiss.
+
+Fit once, then encode in as many jobs as you like: `--fit-only` writes OUT/tokenizer/ and stops;
+`--num-shards N --shard-index I` (or a SLURM array task) then encodes input shard i in job i % N
+with that tokenizer (alm/tokenizers/array_job.py).
 
 `features: logmel` replaces the SSL model by 64-band log-mel frames at the same 50 Hz frame rate.
 It is a CHEAP FALLBACK FOR THE TINY CPU DEMO ONLY (no pretrained weights needed): log-mel clusters
 capture spectra, not the phonetic content that makes SSL tokens "semantic".
 
-A tokenizer directory holds `semantic_tokenizer.json` (features, model, layer, K, rates) and
-`kmeans.safetensors` (centroids, feature mean/std).
+A tokenizer directory holds `semantic_tokenizer.json` (features, model, layer, K, rates, and the
+k-means fit's report under "kmeans") and `kmeans.safetensors` (centroids, feature mean/std).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -34,6 +42,8 @@ from alm.data.audio import load_mono
 from alm.data.shards import expand_shards, map_shards, npy_bytes, read_shard
 from alm.errors import UserError
 from alm.io import atomic_write_text, atomic_write_with
+from alm.tokenizers import array_job
+from alm.tokenizers.kmeans import FrameReservoir, column_mean_std, fit_kmeans, report_line
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +147,10 @@ class SemanticTokenizer:
     """audio -> semantic token ids, from a fitted tokenizer directory."""
 
     def __init__(self, cfg: SemanticTokenizerConfig, centroids: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                 device: str = "cpu", features: FeatureFn | None = None):
+                 device: str = "cpu", features: FeatureFn | None = None, fit_report: dict | None = None):
         cfg.validate()
         self.cfg = cfg
+        self.fit_report = fit_report  # how the k-means was fitted (kmeans.fit_kmeans' report), saved with it
         self.centroids, self.mean, self.std = centroids.float(), mean.float(), std.float()
         self.features = features or feature_fn(cfg, device)
 
@@ -161,16 +172,19 @@ class SemanticTokenizer:
         out_dir.mkdir(parents=True, exist_ok=True)
         tensors = {"centroids": self.centroids.contiguous(), "mean": self.mean, "std": self.std}
         atomic_write_with(out_dir / CENTROIDS_FILE, lambda tmp: save_file(tensors, tmp))
-        atomic_write_text(out_dir / CONFIG_FILE, json.dumps(asdict(self.cfg), indent=1))
+        extra = {"kmeans": self.fit_report} if self.fit_report is not None else {}
+        atomic_write_text(out_dir / CONFIG_FILE, json.dumps({**asdict(self.cfg), **extra}, indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str = "cpu") -> "SemanticTokenizer":
         path = Path(path)
         if not (path / CONFIG_FILE).is_file() or not (path / CENTROIDS_FILE).is_file():
             raise FileNotFoundError(f"{path}: not a semantic tokenizer directory (needs {CONFIG_FILE} and {CENTROIDS_FILE})")
-        cfg = SemanticTokenizerConfig(**json.loads((path / CONFIG_FILE).read_text()))
+        fields = json.loads((path / CONFIG_FILE).read_text())
+        report = fields.pop("kmeans", None)
+        cfg = SemanticTokenizerConfig(**fields)
         t = load_file(str(path / CENTROIDS_FILE))
-        return cls(cfg, t["centroids"], t["mean"], t["std"], device)
+        return cls(cfg, t["centroids"], t["mean"], t["std"], device, fit_report=report)
 
 
 def _sample_audio(sample: dict, sample_rate: int) -> np.ndarray:
@@ -180,41 +194,68 @@ def _sample_audio(sample: dict, sample_rate: int) -> np.ndarray:
     raise KeyError(f"sample {sample['__key__']} has no audio member (flac/wav)")
 
 
+def _chosen(seed: int, shard: str, key: str, fraction: float) -> bool:
+    """A seeded, reproducible coin with P(True) = fraction for one sample."""
+    digest = hashlib.sha256(f"{seed}\0{shard}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
 def fit_tokenizer(
     cfg: SemanticTokenizerConfig,
     samples: Iterable[dict],
     max_frames: int = 200_000,
     seed: int = 0,
     device: str = "cpu",
+    backend: str = "sklearn",
+    fraction: float = 1.0,
 ) -> SemanticTokenizer:
-    """Fit k-means on features of `samples` (raw shard samples) until `max_frames` frames."""
-    from sklearn.cluster import MiniBatchKMeans
+    """Fit k-means on a uniform random sample of `max_frames` feature frames of ALL `samples` (raw shard
+    samples; reservoir sampling seeded by `seed`), standardised by the sample's mean/std.
 
+    `backend`: sklearn | faiss | auto (kmeans.choose_backend). The Python default is sklearn, so the
+    repository's own callers (tiny recipes' synthetic tokens, the demo) give the same tokens whether or
+    not faiss is installed; the CLI's default is auto.
+    `fraction` < 1: only that share of the samples (chosen by a seeded hash of shard name and key, so the
+    same for a rerun) is decoded and embedded: the fit costs `fraction` of a pass over the audio, and the
+    frames are still a uniform sample (each frame is kept with the same probability).
+    The tokenizer's fit_report: kmeans.fit_kmeans' report plus seen_frames, shards, samples (embedded),
+    skipped_samples (unreadable), fraction, seed."""
+    if not 0 < fraction <= 1:
+        raise UserError(f"--fit-fraction must be in (0, 1], got {fraction}")
     cfg.validate()
     extract = feature_fn(cfg, device)
-    chunks, total = [], 0
+    reservoir = FrameReservoir(max_frames, seed)
+    shards: dict[str, int] = {}
+    skipped = used = 0
     for sample in samples:
+        url = str(sample.get("__url__", ""))
+        tag = shards.setdefault(url, len(shards))
+        if fraction < 1 and not _chosen(seed, os.path.basename(url), sample["__key__"], fraction):
+            continue
+        used += 1
         try:
             feats = extract(_sample_audio(sample, cfg.sample_rate))
         except (ValueError, KeyError) as exc:
             log.warning("k-means fit: skipping %s: %s", sample.get("__key__"), exc)
+            skipped += 1
             continue
-        chunks.append(feats)
-        total += len(feats)
-        if total >= max_frames:
-            break
-    if total < cfg.n_clusters:
-        raise UserError(f"only {total} feature frames to fit {cfg.n_clusters} clusters: give more audio (--fit-shards)")
-    x = np.concatenate(chunks)[:max_frames]
-    mean, std = x.mean(0), x.std(0) + 1e-5
-    km = MiniBatchKMeans(n_clusters=cfg.n_clusters, random_state=seed, batch_size=4096, n_init=3, max_iter=100)
-    km.fit((x - mean) / std)
-    return SemanticTokenizer(cfg, torch.from_numpy(km.cluster_centers_), torch.from_numpy(mean), torch.from_numpy(std),
-                             device, features=extract)
+        reservoir.add(feats, tag)
+    x = reservoir.rows
+    if len(x) < cfg.n_clusters:
+        raise UserError(f"only {len(x)} feature frames to fit {cfg.n_clusters} clusters: give more audio (--fit-shards)")
+    mean, std = column_mean_std(x)
+    std = std + 1e-5
+    centroids, report = fit_kmeans((x - mean) / std, cfg.n_clusters, seed, backend)
+    report.update(seen_frames=int(reservoir.seen), shards=len(shards), samples=used - skipped, skipped_samples=skipped,
+                  fraction=fraction, seed=seed)
+    return SemanticTokenizer(cfg, torch.from_numpy(centroids), torch.from_numpy(mean), torch.from_numpy(std),
+                             device, features=extract, fit_report=report)
 
 
-def tokenize_shards(tokenizer: SemanticTokenizer, shards: list[str], out_dir: str | os.PathLike, progress: bool = True) -> dict:
-    """Write token shards (member `semantic.npy`, same names and keys) into out_dir."""
+def tokenize_shards(tokenizer: SemanticTokenizer, shards: list[str], out_dir: str | os.PathLike, progress: bool = True,
+                    num_shards: int = 1, shard_index: int = 0) -> dict:
+    """Write token shards (member `semantic.npy`, same names and keys) into out_dir: input shards i with
+    i % num_shards == shard_index (all of them by default)."""
     sr = tokenizer.cfg.sample_rate
 
     def fn(batch: list[dict]) -> list[dict | None]:
@@ -227,14 +268,18 @@ def tokenize_shards(tokenizer: SemanticTokenizer, shards: list[str], out_dir: st
                 out.append(None)
         return out
 
-    return map_shards(shards, out_dir, fn, batch_size=8, desc="semantic tokens", progress=progress)
+    return map_shards(shards, out_dir, fn, batch_size=8, desc="semantic tokens", progress=progress,
+                      num_shards=num_shards, shard_index=shard_index)
 
 
 FIT_FIELDS = ("features", "model", "layer", "n_clusters")  # what makes two tokenizers different
 
 
 def _fit_config(path: Path) -> dict:
-    return json.loads((path / CONFIG_FILE).read_text())
+    """The SemanticTokenizerConfig fields of a tokenizer dir's json (without the fit's "kmeans" report)."""
+    fields = json.loads((path / CONFIG_FILE).read_text())
+    fields.pop("kmeans", None)
+    return fields
 
 
 def _differences(have: dict, asked: dict) -> str:
@@ -270,13 +315,18 @@ def check_existing_out(out_dir: Path, cfg: SemanticTokenizerConfig | None, token
 
 def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, tokenizer_dir: str | None = None,
         fit_shards: str | None = None, max_fit_frames: int = 200_000, seed: int = 0, device: str = "cpu",
-        progress: bool = True) -> dict:
+        progress: bool = True, num_shards: int = 1, shard_index: int = 0, fit_only: bool = False,
+        kmeans_backend: str = "sklearn", fit_fraction: float = 1.0) -> dict:
     """Fit (or load) a tokenizer, then tokenize `shards` into `out`; the tokenizer goes to out/tokenizer.
 
     An `out` that already holds token shards continues (finished shards are kept) only with the same
     tokenizer: the one in out/tokenizer, given again as `tokenizer_dir` or asked for by the same `cfg`
     (features, model, layer, n_clusters); anything else is refused (UserError).
-    Returns map_shards' summary plus "tokenizer" and "existing" (shards that were already there)."""
+    `fit_only`: fit and write out/tokenizer, tokenize nothing (already there with the same settings: kept).
+    `num_shards`/`shard_index`: tokenize only input shards i with i % num_shards == shard_index; with
+    num_shards > 1 the tokenizer must exist already (out/tokenizer from a `fit_only` run, or
+    `tokenizer_dir`): the jobs of an array never fit, each their own.
+    Returns map_shards' summary plus "tokenizer" and "fit" (the k-means report when this call fitted)."""
     urls = expand_shards(shards)
     out_dir = Path(out)
     if tokenizer_dir:
@@ -285,12 +335,16 @@ def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, token
             raise UserError(f"--tokenizer {tokenizer_dir} was fitted with {_differences(tok_cfg, asdict(cfg))}: "
                             "drop the fitting flags or use that tokenizer's settings")
     continuing = check_existing_out(out_dir, cfg, tokenizer_dir)
-    existing = [u for u in urls if (out_dir / os.path.basename(u)).exists()]
+    fit = None
     if tokenizer_dir:
         tok = SemanticTokenizer.load(tokenizer_dir, device)
     elif continuing:
-        log.info("continuing into %s with its tokenizer (%d of %d shards already there)", out_dir, len(existing), len(urls))
+        log.info("continuing into %s with its tokenizer", out_dir)
         tok = SemanticTokenizer.load(out_dir / "tokenizer", device)
+    elif num_shards > 1:
+        raise UserError(f"shard index {shard_index} of {num_shards}: {out_dir}/tokenizer does not exist; fit the tokenizer "
+                        f"once first (alm tokenize semantic --shards ... --out {out_dir} --fit-only ...), or pass "
+                        "--tokenizer DIR, so the jobs of the array share one tokenizer")
     else:
         if cfg is None:
             raise ValueError("no tokenizer to load and no config to fit one")
@@ -299,7 +353,8 @@ def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, token
         # fitting takes the training split(s) of a directory (a test split only by explicit glob)
         fit_urls = expand_shards(resolve_split_spec(fit_shards or shards, "fit"))
         samples = (s for u in fit_urls for s in read_shard(u))
-        tok = fit_tokenizer(cfg, samples, max_fit_frames, seed, device)
+        tok = fit_tokenizer(cfg, samples, max_fit_frames, seed, device, kmeans_backend, fit_fraction)
+        fit = tok.fit_report
     if tokenizer_dir and not continuing:  # the same files: the same fingerprint (alm.data.provenance)
         (out_dir / "tokenizer").mkdir(parents=True, exist_ok=True)
         for name in (CENTROIDS_FILE, CONFIG_FILE):  # the config last: its presence means complete
@@ -307,9 +362,11 @@ def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, token
             atomic_write_with(out_dir / "tokenizer" / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
     elif not continuing:
         tok.save(out_dir / "tokenizer")
-    result = tokenize_shards(tok, urls, out_dir, progress)
+    if fit_only:
+        return {"tokenizer": str(out_dir / "tokenizer"), "fit": fit}
+    result = tokenize_shards(tok, urls, out_dir, progress, num_shards, shard_index)
     result["tokenizer"] = str(out_dir / "tokenizer")
-    result["existing"] = existing
+    result["fit"] = fit
     return result
 
 
@@ -321,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="alm tokenize semantic", description=__doc__.split("\n\n")[0],
                                 formatter_class=DefaultsFormatter,
                                 epilog="writes OUT/<the input shards' names>.tar (semantic.npy per sample), "
-                                       "OUT/tokenizer/ and OUT/errors.json")
+                                       "OUT/tokenizer/, OUT/errors/<shard>.json per shard with failed samples and "
+                                       "OUT/errors.json (all of them). Many jobs: fit once with --fit-only, then run "
+                                       "--num-shards N --shard-index I (or SLURM array tasks) into the same OUT")
     p.add_argument("--shards", required=True, help="audio shards (dir, glob or brace pattern)")
     p.add_argument("--out", required=True, help="output dir: token shards + tokenizer/")
     p.add_argument("--model", default=None, help="SSL model: hub id (org/name[@revision]) or local path "
@@ -335,10 +394,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", default=None, help="reuse a fitted tokenizer dir instead of fitting "
                                                      "(e.g. the train set's, for its validation set)")
     p.add_argument("--fit-shards", default=None, help="shards to fit k-means on (default: the training split(s) of --shards)")
-    p.add_argument("--fit-frames", type=int, default=200_000, help="feature frames sampled to fit k-means")
-    p.add_argument("--seed", type=int, default=0, help="k-means seed")
+    p.add_argument("--fit-frames", type=int, default=200_000,
+                   help="feature frames sampled uniformly (reservoir) from all fit shards to fit k-means")
+    p.add_argument("--fit-fraction", type=float, default=1.0,
+                   help="embed only this share of the fit samples (seeded by --seed): the fit costs that share of a "
+                        "pass over the audio; the frame sample stays uniform")
+    p.add_argument("--fit-only", action="store_true", help="fit the tokenizer into OUT/tokenizer and stop (before an array "
+                                                           "of --num-shards jobs)")
+    p.add_argument("--kmeans-backend", choices=["auto", "faiss", "sklearn"], default="auto",
+                   help="auto = faiss when installed (pip install faiss-cpu; GPU builds use the GPU), else scikit-learn")
+    p.add_argument("--seed", type=int, default=0, help="seed of the frame sample and of k-means")
     p.add_argument("--device", default="cpu", help="where the SSL model runs: cpu, cuda, cuda:1, ...")
+    array_job.add_arguments(p)
     a = p.parse_args(argv)
+    if a.fit_frames < 1:
+        p.error("--fit-frames must be >= 1")
+    if not 0 < a.fit_fraction <= 1:
+        p.error(f"--fit-fraction must be in (0, 1], got {a.fit_fraction}")
+    if a.fit_only and (a.tokenizer or a.num_shards is not None or a.shard_index is not None):
+        p.error("--fit-only fits a tokenizer: it takes no --tokenizer, --num-shards or --shard-index")
+    if a.fit_only and "SLURM_ARRAY_TASK_ID" in os.environ and array_job.resolve(None, None)[0] > 1:
+        raise UserError("--fit-only in a SLURM array task: every task would fit its own k-means into the same OUT; "
+                        "fit once in a job (or pipeline stage) before the array")
+    num_shards, shard_index, share = (1, 0, "") if a.fit_only else array_job.resolve(a.num_shards, a.shard_index)
+    if num_shards > 1:
+        print(f"alm tokenize semantic: shard index {shard_index} of {num_shards} ({share})", file=sys.stderr)
     asked = {k: v for k, v in (("features", a.features), ("model", a.model), ("layer", a.layer),
                                 ("n_clusters", a.clusters)) if v is not None}
     if a.tokenizer:  # fitting flags, if any, must agree with the tokenizer's
@@ -353,11 +433,16 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             p.error(str(exc))
     try:
-        r = run(a.shards, a.out, cfg, a.tokenizer, a.fit_shards, a.fit_frames, a.seed, a.device)
+        r = run(a.shards, a.out, cfg, a.tokenizer, a.fit_shards, a.fit_frames, a.seed, a.device,
+                num_shards=num_shards, shard_index=shard_index, fit_only=a.fit_only, kmeans_backend=a.kmeans_backend,
+                fit_fraction=a.fit_fraction)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
-    new = len(r["shards"]) - len(r["existing"])
-    kept = f" ({len(r['existing'])} already there, kept)" if r["existing"] else ""
-    print(f"wrote {new} token shard(s){kept}, {r['samples']} samples, {len(r['errors'])} error(s) -> {a.out}")
+    if r["fit"] is not None:
+        print(report_line(r["fit"]))
+    if a.fit_only:
+        print(f"tokenizer: {r['tokenizer']}" + ("" if r["fit"] is not None else " (already there, kept)"))
+        return 0
+    print(array_job.summary_line(r, num_shards, shard_index, a.out))
     print(f"tokenizer: {r['tokenizer']}")
-    return 0
+    return 1 if r["busy"] else 0  # an unfinished share must not satisfy a pipeline's afterok
