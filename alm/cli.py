@@ -187,7 +187,9 @@ Turn prepared audio shards (alm prep) into what the stages train on.
 
 Token shards keep the audio shards' file names, sample keys and json member, so the loader joins parallel
 sets by key: data.train_shards='SEMANTIC/train-*.tar + CODES/train-*.tar'. Samples a tokenizer could not
-process are left out and listed in OUT/errors.json. A rerun skips the shards already written.
+process are left out and listed in OUT/errors/<shard>.json, merged into OUT/errors.json. A rerun skips the
+shards already written. Many jobs: --num-shards N --shard-index I (or, in a SLURM array task, its
+SLURM_ARRAY_TASK_COUNT / _ID) writes only input shards i with i % N == I; semantic: fit once with --fit-only first.
 
   alm tokenize semantic --help     (and codec, text): each one's options, with defaults
 """
