@@ -228,6 +228,81 @@ def _encode_demo(codec, audio: torch.Tensor, lengths: torch.Tensor, levels: int,
     return codes
 
 
+# --------------------------------------------------------------------------------------------
+# Long files: windows on the frame grid, batched by total audio length (alm/tokenizers/chunks.py)
+
+CHUNK_SECONDS = 20.0  # frames kept per window
+CONTEXT_SECONDS = 1.0  # audio on each side of the kept frames, trimmed away (EnCodec's LSTM warms up in it)
+BATCH_SECONDS = 240.0  # audio per encoder forward
+
+
+def receptive_field(codec) -> int:
+    """Samples one frame of EnCodec's convolution stack reads (the LSTM's reach is unbounded: see
+    `context_frames`); the demo codec's frames read 2 * hop."""
+    if is_demo_codec(codec):
+        return 2 * int(codec.config.hop_length)
+    from transformers.models.encodec.modeling_encodec import EncodecConv1d
+
+    field, jump = 1, 1
+    for module in codec.encoder.modules():
+        if isinstance(module, EncodecConv1d):
+            conv = module.conv
+            field += (conv.kernel_size[0] - 1) * conv.dilation[0] * jump
+            jump *= conv.stride[0]
+    return field
+
+
+def context_frames(codec, context_seconds: float = CONTEXT_SECONDS) -> int:
+    """Frames of context on each side of a window's kept frames: the demo codec's frames overlap only
+    their neighbours (1 frame is exact); EnCodec's: the conv stack's receptive field, and at least
+    `context_seconds` for its LSTM, which carries state from the window's start."""
+    hop = int(codec.config.hop_length)
+    if is_demo_codec(codec):
+        return 1
+    if context_seconds < 0:
+        raise ValueError(f"context_seconds must be >= 0, got {context_seconds}")
+    return max(-(-receptive_field(codec) // hop), math.ceil(context_seconds * codec.config.sampling_rate / hop))
+
+
+def encode_files(
+    codec,
+    files,
+    n_q: int | None = None,
+    bandwidth: float | None = None,
+    chunk_seconds: float = CHUNK_SECONDS,
+    context_seconds: float = CONTEXT_SECONDS,
+    batch_seconds: float = BATCH_SECONDS,
+):
+    """Encode (key, mono float32 audio (T,) at the codec's rate) pairs in windows of `chunk_seconds`
+    kept frames with `context_seconds` each side, batched across files up to `batch_seconds` of audio
+    per forward; yields (key, codes (n_q, ceil(T / hop)) int64 numpy) per file, in input order.
+
+    Memory is bounded by the batch and the decoded files awaiting their windows, not by a file's
+    length. The demo codec's chunked codes equal its whole-file codes; EnCodec's differ only where
+    its LSTM state at a window's start has not converged (see CONTEXT_SECONDS; measured in
+    tests/test_tokenize_chunked.py)."""
+    from alm.tokenizers.chunks import encode_windowed
+
+    levels = resolve_n_q(codec, n_q, bandwidth)
+    rate, hop = int(codec.config.sampling_rate), int(codec.config.hop_length)
+    if chunk_seconds <= 0 or batch_seconds <= 0:
+        raise ValueError(f"chunk_seconds and batch_seconds must be > 0, got {chunk_seconds}, {batch_seconds}")
+    core = max(1, round(chunk_seconds * rate / hop))
+
+    def batch_fn(x: torch.Tensor) -> torch.Tensor:  # (B, W) -> (B, frames, n_q)
+        return encode(codec, x, n_q=levels).permute(0, 2, 1)
+
+    windowed = encode_windowed(files, batch_fn, hop, core, context_frames(codec, context_seconds),
+                               budget=int(batch_seconds * rate))
+    for key, codes in windowed:
+        yield key, np.ascontiguousarray(codes.T)  # (n_q, F)
+
+
+def encode_file(codec, audio: np.ndarray, n_q: int | None = None, bandwidth: float | None = None, **chunking) -> np.ndarray:
+    """One mono file (T,) at the codec's rate -> codes (n_q, ceil(T / hop)), in windows (see encode_files)."""
+    return next(encode_files(codec, [(0, np.asarray(audio, dtype=np.float32))], n_q, bandwidth, **chunking))[1]
+
+
 @torch.no_grad()
 def decode(codec, codes: torch.Tensor) -> torch.Tensor:
     """Decode codes (B, n_q, F) (any n_q up to the codec's levels; negative = padding, a suffix
@@ -275,6 +350,9 @@ def tokenize_codec_shards(
     device: str | torch.device | None = None,
     progress: bool = True,
     source_name: str | None = None,
+    batch_seconds: float = BATCH_SECONDS,
+    chunk_seconds: float = CHUNK_SECONDS,
+    context_seconds: float = CONTEXT_SECONDS,
 ) -> dict[str, Any]:
     """Write `out_dir/<shard>.tar` with a `codes.npy` member (n_q, F) per sample (int16 when
     the codebook fits, else int32) beside the copied `json`, plus `out_dir/codec.json`.
@@ -285,6 +363,9 @@ def tokenize_codec_shards(
     training checks against data.codec (alm.data.provenance). Undecodable or empty audio -> the sample is
     left out and listed in `out_dir/errors.json`. Finished shards are skipped on a rerun; a
     rerun with a different codec or n_q into the same directory is refused.
+    `batch_size` samples are read at a time and decoded one by one; their audio is encoded in windows
+    of `chunk_seconds` (+ `context_seconds` each side), up to `batch_seconds` of audio per forward
+    (encode_files), so memory does not grow with a file's length.
     Returns map_shards' summary {"shards", "samples", "errors"}.
     """
     from alm.data.audio import load_mono
@@ -332,9 +413,7 @@ def tokenize_codec_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(meta_path, json.dumps(meta, indent=1, ensure_ascii=False))
 
-    def fn(samples: list[dict[str, Any]]) -> list[dict[str, bytes] | None]:
-        results: list[dict[str, bytes] | None] = [None] * len(samples)
-        ok: list[tuple[int, np.ndarray]] = []
+    def decoded(samples: list[dict[str, Any]]):  # (index, mono audio) one at a time: one decoded file held
         for i, sample in enumerate(samples):
             where = f"{sample.get('__url__', '?')}:{sample['__key__']}"
             data = _audio_member(sample)
@@ -349,17 +428,13 @@ def tokenize_codec_shards(
             if wav.size == 0 or not np.isfinite(wav).all():
                 log.warning("%s: empty or non-finite audio", where)
                 continue
-            ok.append((i, wav))
-        if not ok:
-            return results
-        lengths = torch.tensor([len(w) for _, w in ok])
-        batch = torch.zeros(len(ok), int(lengths.max()))  # (B, T)
-        for row, (_, wav) in enumerate(ok):
-            batch[row, : len(wav)] = torch.from_numpy(wav)
-        codes = encode(codec, batch, lengths, n_q=levels).cpu()  # (B, n_q, F)
-        for row, (i, wav) in enumerate(ok):
-            c = codes[row, :, : num_frames(codec, len(wav))].numpy().astype(dtype)  # (n_q, F_i)
-            results[i] = {CODES_MEMBER: npy_bytes(c)}
+            yield i, wav
+
+    def fn(samples: list[dict[str, Any]]) -> list[dict[str, bytes] | None]:
+        results: list[dict[str, bytes] | None] = [None] * len(samples)
+        for i, codes in encode_files(codec, decoded(samples), levels, chunk_seconds=chunk_seconds,
+                                     context_seconds=context_seconds, batch_seconds=batch_seconds):
+            results[i] = {CODES_MEMBER: npy_bytes(codes.astype(dtype))}  # (n_q, F_i)
         return results
 
     return map_shards(urls, out_dir, fn, batch_size=batch_size, desc=f"codec {meta['name']}", progress=progress)
