@@ -2,7 +2,7 @@
 
 Each case runs `tokenize_codec_shards` (the `alm tokenize codec` path: read the shard, decode the
 FLAC, encode in windows batched by audio length) in a fresh subprocess, which reports its own peak
-RSS (getrusage maxrss) and the time of the tokenize call alone. The codecs are a tiny random
+RSS (VmHWM; see peak_rss_mib) and the time of the tokenize call alone. The codecs are a tiny random
 transformers EnCodec (alm.tokenizers.codec.make_tiny_codec, 16 kHz, hop 320) and the demo codec
 (fitted here on a few seconds of the same kind of audio). The audio is made here: tones under a
 moving envelope plus noise, 16-bit FLAC in a one-sample shard per duration.
@@ -11,7 +11,7 @@ With chunking, the peak should hardly grow with the file: the ratio 20-min / 1-m
 printed per codec (goal <= 1.3), with tokens/s (frames x levels per second of the tokenize call).
 `--whole` adds the old way for comparison: the file encoded in one forward (alm.tokenizers.codec.encode).
 
-    python benchmarks/tokenize_memory.py [--minutes 1 20] [--whole] [--batch-seconds 240]
+    python benchmarks/tokenize_memory.py [--minutes 1 20] [--whole] [--batch-seconds 30]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -94,29 +95,35 @@ def child(args) -> None:
         codes = npy_load(next(iter(read_shard(summary["shards"][0])))["codes.npy"])
         levels, frames = codes.shape
     seconds = time.perf_counter() - t0
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(json.dumps({"peak_mib": peak_mib, "seconds": seconds, "frames": int(frames), "levels": int(levels)}))
+    print(json.dumps({"peak_mib": peak_rss_mib(), "seconds": seconds, "frames": int(frames), "levels": int(levels)}))
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS: VmHWM from /proc/self/status on Linux (getrusage's ru_maxrss of a child
+    keeps its parent's RSS at fork across exec there), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def run_case(codec: str, shard: Path, out: Path, whole: bool, batch_seconds: float) -> dict:
     cmd = [sys.executable, __file__, "--child", "--codec", codec, "--shard", str(shard), "--out", str(out),
            "--batch-seconds", str(batch_seconds)] + (["--whole"] if whole else [])
-    p = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **_env()})
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if p.returncode != 0:
         raise SystemExit(f"case {codec} {shard.name} failed:\n{p.stderr[-3000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def _env() -> dict:
-    import os
-
-    return dict(os.environ)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, nargs=2, default=[1.0, 20.0], metavar=("SHORT", "LONG"))
-    ap.add_argument("--batch-seconds", type=float, default=240.0, help="audio per encoder forward")
+    ap.add_argument("--batch-seconds", type=float, default=30.0,
+                    help="audio per encoder forward; at most the short file's length, so both files fill a batch "
+                         "and the ratio shows what the file's length adds")
     ap.add_argument("--whole", action="store_true", help="also measure the whole file in one forward (the old way)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--codec", help=argparse.SUPPRESS)

@@ -214,20 +214,24 @@ def test_logmel_chunked_features_equal_whole_file_features():
 # ---------------------------------------------------------------------------------------------
 # Bounded memory (a fresh process per file length)
 
+# The peak is VmHWM of /proc/self/status: getrusage's ru_maxrss of a child keeps the parent's RSS at fork
+# across exec on Linux (measured: a 450 MB child reported the pytest process's ~640 MB).
 CHILD = """
-import json, resource, sys, torch
+import json, sys, torch
 torch.set_num_threads(1)
 from alm.tokenizers.codec import tokenize_codec_shards
 s = tokenize_codec_shards(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=1, chunk_seconds=5.0, batch_seconds=10.0,
                           progress=False)
 assert s["samples"] == 1 and not s["errors"], s
-print(json.dumps({"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(json.dumps({"peak_kib": int(hwm[0])}))
 """
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM from /proc/self/status")
 def test_peak_rss_does_not_grow_with_the_file(tmp_path):
     """A 30 s and a 10x longer file through `tokenize_codec_shards`, each in a fresh process: the peak
-    RSS ratio stays under 1.3 (the whole 300 s file in one forward of this codec needs ~2x)."""
+    RSS ratio stays under 1.3 (measured 1.07; 2.34 with the whole file in one window)."""
     from alm.data.audio import encode_flac
     from alm.data.shards import TarShard
     from alm.tokenizers.codec import make_tiny_codec
