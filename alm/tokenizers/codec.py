@@ -517,10 +517,12 @@ def make_tiny_codec(
     sample_rate: int = 16000,
     n_q: int = 4,
     codebook_size: int = 32,
+    causal: bool = True,
 ) -> str:
     """Build a tiny random EnCodec (~170k parameters, hop 320, 50 frames/s at 16 kHz, `n_q`
-    levels of `codebook_size` codes, codebooks fitted so codes vary), save it with its feature
-    extractor under `path`, and return the path (load it with `load_codec(path)`)."""
+    levels of `codebook_size` codes, codebooks fitted so codes vary; causal convolutions as
+    encodec_24khz, or centred ones as encodec_32khz), save it with its feature extractor under
+    `path`, and return the path (load it with `load_codec(path)`)."""
     from transformers import EncodecConfig, EncodecFeatureExtractor, EncodecModel
 
     hop = 320
@@ -538,7 +540,7 @@ def make_tiny_codec(
         upsampling_ratios=[8, 5, 4, 2],
         codebook_size=codebook_size,
         target_bandwidths=[round(per_q * k, 6) for k in range(1, n_q + 1)],
-        use_causal_conv=True,
+        use_causal_conv=causal,
     )
     if config.num_quantizers != n_q:
         raise ValueError(f"tiny codec: got {config.num_quantizers} levels, wanted {n_q}")
