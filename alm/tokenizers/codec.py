@@ -333,13 +333,6 @@ def decode(codec, codes: torch.Tensor) -> torch.Tensor:
 # Shard pass
 
 
-def _audio_member(sample: dict[str, Any]) -> bytes | None:
-    for ext in AUDIO_EXTS:
-        if ext in sample:
-            return sample[ext]
-    return None
-
-
 def tokenize_codec_shards(
     shards_spec,
     out_dir: str | os.PathLike,
@@ -416,7 +409,8 @@ def tokenize_codec_shards(
     def decoded(samples: list[dict[str, Any]]):  # (index, mono audio) one at a time: one decoded file held
         for i, sample in enumerate(samples):
             where = f"{sample.get('__url__', '?')}:{sample['__key__']}"
-            data = _audio_member(sample)
+            ext = next((e for e in AUDIO_EXTS if e in sample), None)
+            data = sample.pop(ext) if ext else None  # the compressed bytes go once decoded (map_shards copies only json)
             if data is None:
                 log.warning("%s: no audio member (%s)", where, "/".join(AUDIO_EXTS))
                 continue
@@ -425,6 +419,8 @@ def tokenize_codec_shards(
             except ValueError as exc:
                 log.warning("%s: %s", where, exc)
                 continue
+            finally:
+                del data
             if wav.size == 0 or not np.isfinite(wav).all():
                 log.warning("%s: empty or non-finite audio", where)
                 continue
