@@ -21,6 +21,12 @@ at the sequence end (and, for very short inputs, at the start too), so the last 
 frames of clips under ~7 frames; a few more for the non-causal encodec_32khz) can differ from
 encoding the sample alone. Measured on the causal tiny codec: a 29-frame clip batched with a
 50-frame one differs only in its last frame.
+
+Files of any length (`encode_files`, used by the shard pass): windows of CHUNK_SECONDS kept frames
+with CONTEXT_SECONDS of audio each side, on the frame grid, batched without padding up to
+BATCH_SECONDS of audio per forward (alm/tokenizers/chunks.py), so memory does not grow with a
+file's length. The demo codec's chunked codes equal its whole-file codes; EnCodec's agree on
+>= 99.9% of frames for the tiny codecs (tests/test_tokenize_chunked.py).
 """
 
 from __future__ import annotations

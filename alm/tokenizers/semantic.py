@@ -12,6 +12,11 @@ so an exported tokenizer works without scikit-learn.
 It is a CHEAP FALLBACK FOR THE TINY CPU DEMO ONLY (no pretrained weights needed): log-mel clusters
 capture spectra, not the phonetic content that makes SSL tokens "semantic".
 
+Long audio: features are computed in windows on the model's frame grid (chunk_seconds kept,
+context_seconds each side, trimmed; FrameEncoder), and ids assigned per window batch. log-mel frames
+are exact; SSL frames differ slightly from one whole-file forward (global attention; HuBERT-base's
+first-layer GroupNorm uses the whole file's statistics, computed first), see tests/test_tokenize_chunked.py.
+
 A tokenizer directory holds `semantic_tokenizer.json` (features, model, layer, K, rates) and
 `kmeans.safetensors` (centroids, feature mean/std).
 """
