@@ -224,7 +224,9 @@ s = tokenize_codec_shards(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=1, c
                           progress=False)
 assert s["samples"] == 1 and not s["errors"], s
 hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")]
-print(json.dumps({"peak_kib": int(hwm[0])}))
+from alm.data.shards import npy_load, read_shard
+codes = npy_load(next(iter(read_shard(s["shards"][0])))["codes.npy"])
+print(json.dumps({"peak_kib": int(hwm[0]), "shape": list(codes.shape)}))
 """
 
 
@@ -245,6 +247,8 @@ def test_peak_rss_does_not_grow_with_the_file(tmp_path):
         p = subprocess.run([sys.executable, "-c", CHILD, str(shard), str(tmp_path / f"codes-{int(seconds)}"), codec],
                            cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
         assert p.returncode == 0, p.stderr[-3000:]
-        peaks[seconds] = json.loads(p.stdout.strip().splitlines()[-1])["peak_kib"]
+        got = json.loads(p.stdout.strip().splitlines()[-1])
+        assert got["shape"] == [4, -(-int(seconds * RATE) // 320)]  # every frame of the file, all levels
+        peaks[seconds] = got["peak_kib"]
     ratio = peaks[300.0] / peaks[30.0]
     assert ratio <= 1.3, f"peak RSS {peaks}: ratio {ratio:.2f}"
