@@ -198,20 +198,60 @@ def ssl_features(model_id: str, layer: int, sample_rate: int, chunk_seconds: flo
                         "feature extractor): use a HuBERT / wav2vec 2.0 / WavLM / w2v-BERT model")
     normalise = waveform_in and (extractor is None or getattr(extractor, "do_normalize", False))
     before_file = _file_group_norm(model, device) if getattr(model.config, "feat_extract_norm", "") == "group" else None
+    fbank_stats: dict[str, torch.Tensor] = {}
+    if not waveform_in:  # w2v-BERT: fbank normalised per mel bin over the whole file, not per window
+        before_file = _file_fbank_norm(extractor, sample_rate, fbank_stats)
 
     @torch.no_grad()
     def batch(x: torch.Tensor) -> torch.Tensor:  # (B, W) -> (B, frames, D)
         if waveform_in:
             inputs = {"input_values": x}
-        else:  # fbank features of each window, normalised per window by the extractor
-            inputs = extractor(list(x.numpy()), sampling_rate=sample_rate, return_tensors="pt")
-            inputs = {k: v for k, v in inputs.items() if k == "input_features"}
+        else:  # fbank features of each window (B, frames, stride * mels), normalised with the file's statistics
+            inputs = extractor(list(x.numpy()), sampling_rate=sample_rate, return_tensors="pt",
+                               do_normalize_per_mel_bins=not fbank_stats)
+            feats = inputs["input_features"]
+            if fbank_stats:
+                reps = feats.shape[-1] // fbank_stats["mean"].shape[0]
+                feats = (feats - fbank_stats["mean"].repeat(reps)) / fbank_stats["std"].repeat(reps)
+            inputs = {"input_features": feats}
         inputs = {k: v.to(device) for k, v in inputs.items()}
         return model(**inputs, output_hidden_states=True).hidden_states[layer].float().cpu()
 
     core = max(1, _window_frames(chunk_seconds, sample_rate, hop))
     return FrameEncoder(batch, hop, span, core, _window_frames(context_seconds, sample_rate, hop),
                         int(batch_seconds * sample_rate), normalise=normalise, before_file=before_file)
+
+
+def _file_fbank_norm(extractor, sample_rate: int, stats: dict, block_seconds: float = 10.0):
+    """w2v-BERT's extractor normalises each mel bin over its input: over a window, not the file. Returns
+    before_file(audio, ..), which fills `stats` (mean, std per mel bin, ddof 1 as the extractor) from the
+    file's fbank frames, computed in blocks on the 10 ms grid (frames are local: the same frames; the
+    odd last frame a block's stacking drops is left out of the statistics)."""
+    shift, length = sample_rate // 100, sample_rate * 25 // 1000
+    step = extractor.stride * shift * max(1, round(block_seconds * 100 / extractor.stride))  # an even number of frames
+
+    def before_file(audio: np.ndarray | None, shift_: float, scale: float) -> None:
+        stats.clear()
+        if audio is None or len(audio) < length:
+            return
+        total = square = None
+        n = 0
+        for start in range(0, len(audio) - length + 1, step):
+            piece = audio[start : start + step + length - shift]
+            f = extractor(piece, sampling_rate=sample_rate, do_normalize_per_mel_bins=False,
+                          return_tensors="np")["input_features"][0]
+            f = f.reshape(-1, f.shape[-1] // extractor.stride).astype(np.float64)  # (fbank frames, mels)
+            total = f.sum(0) if total is None else total + f.sum(0)
+            square = (f * f).sum(0) if square is None else square + (f * f).sum(0)
+            n += len(f)
+        if n < 2:
+            return
+        mean = total / n
+        var = (square - n * mean * mean).clip(min=0) / (n - 1)
+        stats["mean"] = torch.from_numpy(mean).float()
+        stats["std"] = torch.from_numpy(np.sqrt(var + 1e-7)).float()
+
+    return before_file
 
 
 def _file_group_norm(model, device: str, block: int = 80_000):
