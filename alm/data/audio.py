@@ -24,8 +24,10 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:
-    """[channels, frames] or [frames] -> [frames] (mean over channels)."""
-    return audio if audio.ndim == 1 else audio.mean(axis=0)
+    """[channels, frames] or [frames] -> [frames] (mean over channels; one channel: a view, no copy)."""
+    if audio.ndim == 1:
+        return audio
+    return audio[0] if audio.shape[0] == 1 else audio.mean(axis=0)
 
 
 def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

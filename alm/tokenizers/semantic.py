@@ -18,6 +18,11 @@ with that tokenizer (alm/tokenizers/array_job.py).
 It is a CHEAP FALLBACK FOR THE TINY CPU DEMO ONLY (no pretrained weights needed): log-mel clusters
 capture spectra, not the phonetic content that makes SSL tokens "semantic".
 
+Long audio: features are computed in windows on the model's frame grid (chunk_seconds kept,
+context_seconds each side, trimmed; FrameEncoder), and ids assigned per window batch. log-mel frames
+are exact; SSL frames differ slightly from one whole-file forward (global attention; HuBERT-base's
+first-layer GroupNorm uses the whole file's statistics, computed first), see tests/test_tokenize_chunked.py.
+
 A tokenizer directory holds `semantic_tokenizer.json` (features, model, layer, K, rates, and the
 k-means fit's report under "kmeans") and `kmeans.safetensors` (centroids, feature mean/std).
 """
@@ -57,6 +62,10 @@ def special_tokens(vocab_size: int) -> tuple[int, int]:
     return vocab_size - 2, vocab_size - 1
 
 
+CONTEXT_SECONDS = 2.0  # audio each side of a window's kept frames (SSL), trimmed away
+BATCH_SECONDS = 120.0  # audio per SSL forward
+
+
 @dataclass
 class SemanticTokenizerConfig:
     features: str = "ssl"  # ssl | logmel (demo fallback)
@@ -65,7 +74,8 @@ class SemanticTokenizerConfig:
     n_clusters: int = 500
     sample_rate: int = 16000
     frame_rate: float = 50.0
-    chunk_seconds: float = 30.0  # long audio is embedded in chunks of this length
+    chunk_seconds: float = 30.0  # long audio is embedded in windows keeping this much each (FrameEncoder)
+    context_seconds: float = CONTEXT_SECONDS  # audio each side of a window's kept frames, trimmed away
 
     def validate(self) -> None:
         if self.features not in ("ssl", "logmel"):
@@ -79,8 +89,60 @@ class SemanticTokenizerConfig:
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # audio (frames,) at cfg.sample_rate -> (n, D)
 
 
-def logmel_features(sample_rate: int, n_mels: int = 64) -> FeatureFn:
-    """Log-mel frames, 25 ms window, 20 ms hop (50 Hz). Demo fallback, see module docstring."""
+class FrameEncoder:
+    """audio (T,) -> features (F, D), computed in windows on the encoder's frame grid, batched by total
+    audio length (alm/tokenizers/chunks.py), so memory is bounded by the batch, not the file's length.
+
+    `batch`: audio (B, W) float32 -> (B, frames of W, D); frame f reads samples [f * hop, f * hop + span).
+    `normalise`: whole-file audio statistics applied to every window (an SSL extractor's per-utterance
+    zero-mean unit-variance normalisation, done once for the file, not per window).
+    `map(audio, head)` applies `head` to each batch's features (e.g. nearest centroid -> ids), so a long
+    file's (F, D) features are never held at once."""
+
+    def __init__(self, batch, hop: int, span: int, core: int, context: int, budget: int, normalise: bool = False,
+                 before_file=None):
+        self.batch, self.hop, self.span, self.core, self.context, self.budget = batch, hop, span, core, context, budget
+        self.normalise = normalise
+        self.before_file = before_file  # f(audio, shift, scale): whole-file statistics the batches then use; f(None, ..) forgets them
+
+    def map(self, audio: np.ndarray, head=None) -> np.ndarray:
+        from alm.tokenizers.chunks import encode_windowed, frame_count
+
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        shift, scale = 0.0, 1.0
+        if self.normalise:  # as Wav2Vec2FeatureExtractor's do_normalize, over the whole file
+            shift = float(audio.mean(dtype=np.float64))
+            scale = float(1.0 / np.sqrt(audio.var(dtype=np.float64) + 1e-7))
+
+        if self.before_file is not None:
+            self.before_file(audio, shift, scale)
+
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            feats = self.batch((x - shift) * scale if self.normalise else x)  # (B, Fw, D)
+            want = frame_count(x.shape[1], self.hop, self.span)
+            if want > 0 and feats.shape[1] != want:  # (shorter audio: whole, as the encoder pads it)
+                raise RuntimeError(f"feature encoder gave {feats.shape[1]} frames for {x.shape[1]} samples, expected "
+                                   f"{want} (hop {self.hop}, span {self.span}): its frame grid is not the one assumed")
+            return feats if head is None else head(feats)
+
+        try:
+            return next(encode_windowed([(0, audio)], fn, self.hop, self.core, self.context, self.budget, self.span))[1]
+        finally:
+            if self.before_file is not None:
+                self.before_file(None, 0.0, 1.0)  # forget this file's statistics
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        return self.map(audio)
+
+
+def _window_frames(seconds: float, sample_rate: int, hop: int) -> int:
+    return max(0, round(seconds * sample_rate / hop))
+
+
+def logmel_features(sample_rate: int, n_mels: int = 64, chunk_seconds: float = 30.0,
+                    context_seconds: float = CONTEXT_SECONDS, batch_seconds: float = BATCH_SECONDS) -> FeatureFn:
+    """Log-mel frames, 25 ms window, 20 ms hop (50 Hz). Demo fallback, see module docstring.
+    Each frame reads its own 512 samples only, so windowed frames equal whole-file frames."""
     from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 
     n_fft, hop = int(0.025 * sample_rate), int(0.02 * sample_rate)
@@ -88,7 +150,7 @@ def logmel_features(sample_rate: int, n_mels: int = 64) -> FeatureFn:
     mel = mel_filter_bank(fft_len // 2 + 1, n_mels, 20.0, sample_rate / 2, sample_rate, mel_scale="htk")
     window = window_function(n_fft, "hann", frame_length=fft_len)
 
-    def features(audio: np.ndarray) -> np.ndarray:
+    def one(audio: np.ndarray) -> np.ndarray:
         if len(audio) < n_fft:
             audio = np.pad(audio, (0, n_fft - len(audio)))
         spec = spectrogram(
@@ -97,13 +159,31 @@ def logmel_features(sample_rate: int, n_mels: int = 64) -> FeatureFn:
         )  # (n_mels, frames)
         return spec.T.astype(np.float32)
 
-    return features
+    def batch(x: torch.Tensor) -> torch.Tensor:  # (B, W) -> (B, frames, n_mels)
+        return torch.from_numpy(np.stack([one(row) for row in x.numpy()]))
+
+    return FrameEncoder(batch, hop, fft_len, max(1, _window_frames(chunk_seconds, sample_rate, hop)),
+                        _window_frames(context_seconds, sample_rate, hop), int(batch_seconds * sample_rate))
 
 
-def ssl_features(model_id: str, layer: int, sample_rate: int, chunk_seconds: float, device: str = "cpu") -> FeatureFn:
+def _conv_grid(config) -> tuple[int, int]:
+    """(hop, span) in samples of a wav2vec2-style conv feature encoder (HuBERT, wav2vec 2.0, WavLM)."""
+    hop, span = 1, 1
+    for kernel, stride in zip(config.conv_kernel, config.conv_stride):
+        span += (kernel - 1) * hop
+        hop *= stride
+    return hop, span
+
+
+def ssl_features(model_id: str, layer: int, sample_rate: int, chunk_seconds: float, device: str = "cpu",
+                 context_seconds: float = CONTEXT_SECONDS, batch_seconds: float = BATCH_SECONDS) -> FeatureFn:
     """Hidden states of `layer` of a transformers SSL speech model (HuBERT, wav2vec 2.0, w2v-BERT).
 
-    `model_id`: a local directory or a hub id `org/name[@revision]` (see alm.hub)."""
+    `model_id`: a local directory or a hub id `org/name[@revision]` (see alm.hub). Long audio goes
+    through the model in windows of `chunk_seconds` kept frames with `context_seconds` each side
+    (FrameEncoder), up to `batch_seconds` of audio per forward. The conv front end's frames are the
+    whole file's; attention is global, so kept frames differ slightly from a whole-file forward
+    (agreement measured in tests/test_tokenize_chunked.py)."""
     from transformers import AutoFeatureExtractor, AutoModel
 
     from alm.hub import from_pretrained, resolve
@@ -117,30 +197,117 @@ def ssl_features(model_id: str, layer: int, sample_rate: int, chunk_seconds: flo
     n_layers = getattr(model.config, "num_hidden_layers", None)
     if n_layers is not None and not 0 <= layer <= n_layers:
         raise UserError(f"--layer {layer} out of range: {model_id} has {n_layers} layers (0..{n_layers})")
-    chunk = int(chunk_seconds * sample_rate)
+    waveform_in = extractor is None or "input_values" in getattr(extractor, "model_input_names", ["input_values"])
+    if hasattr(model.config, "conv_kernel"):
+        hop, span = _conv_grid(model.config)
+    elif hasattr(extractor, "stride"):  # w2v-BERT: 25 ms / 10 ms fbank frames stacked `stride` at a time
+        shift, length = sample_rate // 100, sample_rate * 25 // 1000
+        hop, span = shift * extractor.stride, length + shift * (extractor.stride - 1)
+    else:
+        raise UserError(f"{model_id}: unknown frame grid (no conv_kernel in its config, no stacking stride in its "
+                        "feature extractor): use a HuBERT / wav2vec 2.0 / WavLM / w2v-BERT model")
+    normalise = waveform_in and (extractor is None or getattr(extractor, "do_normalize", False))
+    before_file = _file_group_norm(model, device) if getattr(model.config, "feat_extract_norm", "") == "group" else None
+    fbank_stats: dict[str, torch.Tensor] = {}
+    if not waveform_in:  # w2v-BERT: fbank normalised per mel bin over the whole file, not per window
+        before_file = _file_fbank_norm(extractor, sample_rate, fbank_stats)
 
     @torch.no_grad()
-    def features(audio: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, max(1, len(audio)), chunk):
-            piece = audio[start : start + chunk]
-            if extractor is not None:
-                inputs = extractor(piece, sampling_rate=sample_rate, return_tensors="pt")
-            else:
-                x = torch.from_numpy((piece - piece.mean()) / (piece.std() + 1e-7))[None]
-                inputs = {"input_values": x}
-            inputs = {k: v.to(device) for k, v in inputs.items() if k in ("input_values", "input_features")}
-            hidden = model(**inputs, output_hidden_states=True).hidden_states[layer]  # (1, n, D)
-            out.append(hidden[0].float().cpu().numpy())
-        return np.concatenate(out, axis=0)
+    def batch(x: torch.Tensor) -> torch.Tensor:  # (B, W) -> (B, frames, D)
+        if waveform_in:
+            inputs = {"input_values": x}
+        else:  # fbank features of each window (B, frames, stride * mels), normalised with the file's statistics
+            inputs = extractor(list(x.numpy()), sampling_rate=sample_rate, return_tensors="pt",
+                               do_normalize_per_mel_bins=not fbank_stats)
+            feats = inputs["input_features"]
+            if fbank_stats:
+                reps = feats.shape[-1] // fbank_stats["mean"].shape[0]
+                feats = (feats - fbank_stats["mean"].repeat(reps)) / fbank_stats["std"].repeat(reps)
+            inputs = {"input_features": feats}
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        return model(**inputs, output_hidden_states=True).hidden_states[layer].float().cpu()
 
-    return features
+    core = max(1, _window_frames(chunk_seconds, sample_rate, hop))
+    return FrameEncoder(batch, hop, span, core, _window_frames(context_seconds, sample_rate, hop),
+                        int(batch_seconds * sample_rate), normalise=normalise, before_file=before_file)
+
+
+def _file_fbank_norm(extractor, sample_rate: int, stats: dict, block_seconds: float = 10.0):
+    """w2v-BERT's extractor normalises each mel bin over its input: over a window, not the file. Returns
+    before_file(audio, ..), which fills `stats` (mean, std per mel bin, ddof 1 as the extractor) from the
+    file's fbank frames, computed in blocks on the 10 ms grid (frames are local: the same frames; the
+    odd last frame a block's stacking drops is left out of the statistics)."""
+    shift, length = sample_rate // 100, sample_rate * 25 // 1000
+    step = extractor.stride * shift * max(1, round(block_seconds * 100 / extractor.stride))  # an even number of frames
+
+    def before_file(audio: np.ndarray | None, shift_: float, scale: float) -> None:
+        stats.clear()
+        if audio is None or len(audio) < length:
+            return
+        total = square = None
+        n = 0
+        for start in range(0, len(audio) - length + 1, step):
+            piece = audio[start : start + step + length - shift]
+            f = extractor(piece, sampling_rate=sample_rate, do_normalize_per_mel_bins=False,
+                          return_tensors="np")["input_features"][0]
+            f = f.reshape(-1, f.shape[-1] // extractor.stride).astype(np.float64)  # (fbank frames, mels)
+            total = f.sum(0) if total is None else total + f.sum(0)
+            square = (f * f).sum(0) if square is None else square + (f * f).sum(0)
+            n += len(f)
+        if n < 2:
+            return
+        mean = total / n
+        var = (square - n * mean * mean).clip(min=0) / (n - 1)
+        stats["mean"] = torch.from_numpy(mean).float()
+        stats["std"] = torch.from_numpy(np.sqrt(var + 1e-7)).float()
+
+    return before_file
+
+
+def _file_group_norm(model, device: str, block: int = 80_000):
+    """HuBERT-base's first conv layer normalises each channel over the whole input (GroupNorm, one group
+    per channel): a window would use its own statistics. Returns before_file(audio, shift, scale), which
+    computes the file's statistics of that conv's output in blocks (the conv is local: exact) and makes
+    the layer use them for every window of the file."""
+    first = model.feature_extractor.conv_layers[0]
+    conv, norm = first.conv, first.layer_norm
+    kernel, stride = conv.kernel_size[0], conv.stride[0]
+    block -= block % stride
+    stats: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def before_file(audio: np.ndarray | None, shift: float, scale: float) -> None:
+        stats.clear()
+        if audio is None:
+            return
+        total = torch.zeros(conv.out_channels, dtype=torch.float64)
+        square = torch.zeros_like(total)
+        n = 0
+        for start in range(0, max(1, len(audio) - kernel + 1), block):  # conv frames start at multiples of stride
+            piece = torch.from_numpy(audio[start : start + block + kernel - stride])
+            y = conv(((piece - shift) * scale)[None, None].to(device))[0].double().cpu()  # (C, frames)
+            total += y.sum(-1)
+            square += (y * y).sum(-1)
+            n += y.shape[-1]
+        mean = total / max(n, 1)
+        stats["mean"] = mean.float().to(device)
+        stats["std"] = (square / max(n, 1) - mean * mean).clamp(min=0).add(norm.eps).sqrt().float().to(device)
+
+    def use_file_stats(module, inputs, output):  # (B, C, L) conv output -> normalised with the file's stats
+        if not stats:  # not inside FrameEncoder.map: the layer as it is (the input's own statistics)
+            return output
+        x = inputs[0]
+        y = (x - stats["mean"][None, :, None]) / stats["std"][None, :, None]
+        return y * module.weight[None, :, None] + module.bias[None, :, None]
+
+    norm.register_forward_hook(use_file_stats)
+    return before_file
 
 
 def feature_fn(cfg: SemanticTokenizerConfig, device: str = "cpu") -> FeatureFn:
     if cfg.features == "logmel":
-        return logmel_features(cfg.sample_rate)
-    return ssl_features(cfg.model, cfg.layer, cfg.sample_rate, cfg.chunk_seconds, device)
+        return logmel_features(cfg.sample_rate, chunk_seconds=cfg.chunk_seconds, context_seconds=cfg.context_seconds)
+    return ssl_features(cfg.model, cfg.layer, cfg.sample_rate, cfg.chunk_seconds, device, cfg.context_seconds)
 
 
 class SemanticTokenizer:
@@ -164,8 +331,17 @@ class SemanticTokenizer:
         return torch.cdist(x, self.centroids).argmin(dim=-1).numpy().astype(np.int16 if self.cfg.n_clusters < 32768 else np.int32)
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
-        """audio (frames,) mono at cfg.sample_rate -> token ids (n,)."""
-        return self.assign(self.features(audio))
+        """audio (frames,) mono at cfg.sample_rate -> token ids (n,), window batch by window batch when the
+        features come in windows (the file's (n, D) features are never held at once)."""
+        if not hasattr(self.features, "map"):
+            return self.assign(self.features(audio))
+        dtype = np.int16 if self.cfg.n_clusters < 32768 else np.int32
+
+        def nearest(feats: torch.Tensor) -> torch.Tensor:  # (B, n, D) -> (B, n)
+            x = (feats.float() - self.mean) / self.std
+            return torch.stack([torch.cdist(row, self.centroids).argmin(dim=-1) for row in x])
+
+        return self.features.map(audio, nearest).astype(dtype)
 
     def save(self, out_dir: str | os.PathLike) -> None:
         out_dir = Path(out_dir)
