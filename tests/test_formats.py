@@ -28,13 +28,17 @@ def sine(rate: int, seconds: float, channels: int = 1, amp: float = 0.5) -> np.n
     return np.stack([amp * np.sin(2 * np.pi * FREQ * (c + 1) * t) for c in range(channels)], axis=1).astype(np.float32)
 
 
-def write_av(path: Path, x: np.ndarray, rate: int, container: str, codec: str) -> Path:
+def write_av(path: Path, x: np.ndarray, rate: int, container: str, codec: str, options=None, vbr_q=None) -> Path:
     """Encode (frames, channels) float audio with PyAV (FFmpeg inside the wheel)."""
     import av
+    from av.codec.context import Flags
 
     layout = {1: "mono", 2: "stereo"}[x.shape[1]]
-    with av.open(str(path), "w", format=container) as out:
+    with av.open(str(path), "w", format=container, options=options or {}) as out:
         stream = out.add_stream(codec, rate=rate, layout=layout)
+        if vbr_q is not None:  # LAME VBR at this quality
+            stream.codec_context.qscale = vbr_q
+            stream.codec_context.flags |= Flags.qscale
         step = 4096
         for i in range(0, len(x), step):
             frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(x[i : i + step].T), format="fltp", layout=layout)
@@ -51,7 +55,7 @@ FORMATS = {
     "flac": (".flac", lambda p, x, r: sf.write(p, x, r, format="FLAC", subtype="PCM_16"), 44100, "soundfile", False),
     "wav": (".wav", lambda p, x, r: sf.write(p, x, r, format="WAV", subtype="PCM_16"), 44100, "soundfile", False),
     "aiff": (".aiff", lambda p, x, r: sf.write(p, x, r, format="AIFF", subtype="PCM_16"), 44100, "soundfile", False),
-    "mp3": (".mp3", lambda p, x, r: sf.write(p, x, r, format="MP3", subtype="MPEG_LAYER_III"), 44100, "soundfile", True),
+    "mp3": (".mp3", lambda p, x, r: sf.write(p, x, r, format="MP3", subtype="MPEG_LAYER_III"), 44100, "pyav", True),
     "ogg-vorbis": (".ogg", lambda p, x, r: sf.write(p, x, r, format="OGG", subtype="VORBIS"), 44100, "soundfile", True),
     "opus": (".opus", lambda p, x, r: sf.write(p, x, r, format="OGG", subtype="OPUS"), 48000, "soundfile", True),
     "m4a-aac": (".m4a", lambda p, x, r: write_av(Path(p), x, r, "ipod", "aac"), 44100, "pyav", True),
@@ -103,7 +107,35 @@ def test_format_decodes_to_the_source(tmp_path, name):
         assert snr_db(audio[ch, lag:], src[:, ch]) > 15.0
     # the same bytes decode through the bytes path (soundfile first, PyAV as the fallback)
     from_bytes, _ = decode_audio(Path(path).read_bytes())
-    assert from_bytes.shape == audio.shape and np.allclose(from_bytes, audio, atol=1e-6)
+    assert from_bytes.shape == audio.shape and np.array_equal(from_bytes, audio)
+
+
+@pytest.mark.parametrize("vbr_q", [None, 4])
+def test_mp3_without_xing_header_decodes_to_its_end(tmp_path, vbr_q):
+    """CBR and VBR mp3 with no Xing/Info header (older encoders): libsndfile would stop at its
+    size/bitrate estimate of the length; the whole stream must come out."""
+    rng = np.random.default_rng(0)  # varied content (tones, silence, noise) so VBR frame sizes vary
+    parts = [0.4 * np.sin(2 * np.pi * f * np.arange(22050) / 44100) for f in (220, 1760, 5000)]
+    parts += [np.zeros(22050), 0.3 * rng.standard_normal(22050), 0.05 * rng.standard_normal(22050)]
+    src = np.concatenate(parts + parts[::-1]).astype(np.float32)[:, None]
+    path = write_av(tmp_path / "old.mp3", src, 44100, "mp3", "libmp3lame", options={"write_xing": "0"}, vbr_q=vbr_q)
+    assert b"Xing" not in path.read_bytes()[:4096] and b"Info" not in path.read_bytes()[:4096]
+    status, facts, flac = process((str(path), None))
+    assert status == "ok", facts
+    assert 0 <= facts["num_frames"] - len(src) <= 3 * 1152  # LAME's delay + padding (< 3 frames), nothing lost
+    mono, _ = sf.read(io.BytesIO(flac), dtype="float32")
+    corr, _ = best_alignment(mono, src[:, 0], max_lag=2048)
+    assert corr > 0.9, corr
+    # with a Xing header (the default), the length is exact (LAME's gapless info is applied)
+    tagged = write_av(tmp_path / "new.mp3", src, 44100, "mp3", "libmp3lame", vbr_q=vbr_q)
+    assert process((str(tagged), None))[1]["num_frames"] == len(src)
+
+
+def test_random_bytes_are_corrupt_not_noise():
+    rng = np.random.default_rng(0)
+    for n in (17, 5000, 200_000):
+        with pytest.raises(ValueError, match="undecodable audio"):
+            decode_audio(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
 
 
 @pytest.mark.parametrize("subtype,bound", [("PCM_U8", 1 / 64), ("PCM_16", 1 / 16384), ("PCM_24", 1e-6),

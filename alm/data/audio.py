@@ -3,11 +3,14 @@
 Decoders, chosen by the file's extension (`decoder_for`):
 
 * soundfile (libsndfile >= 1.1, bundled in the soundfile wheel): .flac, .wav (8-bit unsigned,
-  16/24/32-bit int, 32/64-bit float), .aiff/.aif, .ogg/.oga (Vorbis or Opus), .opus, .mp3.
+  16/24/32-bit int, 32/64-bit float), .aiff/.aif, .ogg/.oga (Vorbis or Opus), .opus.
   Native, fast, reads blocks straight from the file; tried first for bytes of unknown type.
 * PyAV (the `av` wheel, FFmpeg and its codecs inside): .m4a/.aac (AAC in MP4 or ADTS) and .webm
-  (Opus/Vorbis in Matroska), which libsndfile cannot read; also the fallback when libsndfile
-  refuses a file of its own formats (e.g. a WAV holding MP3 or GSM data) or finds no frames in it.
+  (Opus/Vorbis in Matroska), which libsndfile cannot read, and .mp3: libsndfile reads an MP3
+  only up to the length it estimates, and for a VBR file without a Xing header that estimate can
+  be half the file (measured: 455,629 of 882,000 frames, silently), while FFmpeg decodes to the
+  end. PyAV is also the fallback when libsndfile refuses a file of its own formats (e.g. a WAV
+  holding MP3 or GSM data) or finds no frames in it.
 
 Downmix (`to_mono`): the arithmetic mean of the channels (a signal present in only one of two
 channels comes out at half amplitude, -6 dB; out-of-phase channels cancel).
@@ -16,10 +19,11 @@ Resampler (`resample`, `Resampler`): soxr (libsoxr, "HQ" quality), band-limited 
 deterministic; the streamed form gives exactly the whole-array result, so hour-long files are
 converted block by block in bounded memory.
 
-A file whose container declares its length (WAV/FLAC/AIFF headers, an MP3 Xing/LAME header, MP4
-and Matroska durations) but decodes to more than `TRUNCATION_TOLERANCE` frames less is reported
-as truncated (`CorruptAudio`); streams that declare no length (raw ADTS AAC, an MP3 without a
-Xing header) keep what decodes.
+A file whose container declares its length (WAV/FLAC/AIFF headers, an MP3 Xing/Info/VBRI
+header, MP4 and Matroska durations, Ogg's last granule) but decodes to more than
+`TRUNCATION_TOLERANCE` frames less is reported as truncated (`CorruptAudio`). Streams that
+declare no length (raw ADTS AAC, an MP3 without a Xing header, an Ogg cut at a page boundary)
+keep what decodes: nothing in them says more was meant to follow.
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ from typing import Callable, Iterator
 import numpy as np
 import soundfile as sf
 
-SOUNDFILE_EXTS = (".flac", ".wav", ".aiff", ".aif", ".ogg", ".oga", ".opus", ".mp3")
-PYAV_EXTS = (".m4a", ".aac", ".webm")  # libsndfile has no AAC and no Matroska
+SOUNDFILE_EXTS = (".flac", ".wav", ".aiff", ".aif", ".ogg", ".oga", ".opus")
+PYAV_EXTS = (".mp3", ".m4a", ".aac", ".webm")  # libsndfile has no AAC, no Matroska, and misreads Xing-less MP3
 DECODABLE_EXTS = SOUNDFILE_EXTS + PYAV_EXTS
 BLOCK_FRAMES = 1 << 16  # frames per decoded block (~1.5 s at 44.1 kHz)
 TRUNCATION_TOLERANCE = 2048  # frames of codec padding/priming allowed below a declared length
 _EXACT_LENGTH_CONTAINERS = ("mov", "mp4", "matroska", "webm", "ogg")  # FFmpeg demuxers with a real duration
+_MP3_LENGTH_TAGS = (b"Xing", b"Info", b"VBRI")
 
 
 class CorruptAudio(ValueError):
@@ -66,7 +71,8 @@ class AudioSource:
     sample_rate: int
     channels: int
     declared_frames: int | None  # what the container says, when it says it exactly
-    decoder: str
+    decoder: str  # "soundfile" | "pyav"
+    container: str  # libsndfile's major format (FLAC, WAV, OGG, ...) or FFmpeg's demuxer name
     blocks: Callable[[], Iterator[np.ndarray]]
 
 
@@ -96,9 +102,32 @@ def _soundfile_source(src, block_frames: int):
             yield np.ascontiguousarray(block.T)
 
     try:
-        yield AudioSource(int(f.samplerate), int(f.channels), int(f.frames), "soundfile", blocks)
+        yield AudioSource(int(f.samplerate), int(f.channels), int(f.frames), "soundfile", f.format, blocks)
     finally:
         f.close()
+
+
+def _mp3_declares_length(src) -> bool:
+    """True when the first MP3 frame (after any ID3v2 tag) is a Xing/Info/VBRI header, which
+    holds the exact frame count; without one FFmpeg's duration is only a bitrate estimate."""
+    if isinstance(src, bytes):
+        f = io.BytesIO(src)
+    else:
+        try:
+            f = open(src, "rb")
+        except OSError:
+            return False
+    with f:
+        head = f.read(10)
+        if head[:3] == b"ID3" and len(head) == 10:
+            size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (head[8] & 0x7F) << 7 | (head[9] & 0x7F)
+            f.seek(10 + size + (10 if head[5] & 0x10 else 0))
+        else:
+            f.seek(0)
+        frame = f.read(64)
+    if len(frame) < 40 or frame[0] != 0xFF or (frame[1] & 0xE0) != 0xE0:
+        return False
+    return any(frame[o : o + 4] in _MP3_LENGTH_TAGS for o in (13, 21, 36))  # side-info sizes by version/mode
 
 
 def _ffmpeg_error(av, exc: BaseException) -> ValueError:
@@ -125,8 +154,10 @@ def _pyav_source(src, block_frames: int):
         if not ctx.sample_rate or not ctx.channels:
             raise CorruptAudio(f"FFmpeg ({container.format.name}): no valid audio header (rate {ctx.sample_rate}, {ctx.channels} channels)")
         rate, channels = int(ctx.sample_rate), int(ctx.channels)
+        demuxers = container.format.name.split(",")
+        exact = any(n in demuxers for n in _EXACT_LENGTH_CONTAINERS) or ("mp3" in demuxers and _mp3_declares_length(src))
         declared = None
-        if container.duration and any(n in container.format.name.split(",") for n in _EXACT_LENGTH_CONTAINERS):
+        if container.duration and exact:
             declared = int(round(container.duration * rate / 1_000_000))  # container.duration is in microseconds
 
         def blocks() -> Iterator[np.ndarray]:
@@ -151,7 +182,7 @@ def _pyav_source(src, block_frames: int):
             if pending:
                 yield np.concatenate(pending, axis=1)
 
-        yield AudioSource(rate, channels, declared, "pyav", blocks)
+        yield AudioSource(rate, channels, declared, "pyav", container.format.name, blocks)
     finally:
         container.close()
 
@@ -177,7 +208,8 @@ def open_audio(src: str | bytes, block_frames: int = BLOCK_FRAMES) -> Iterator[A
             source = stack.enter_context(_soundfile_source(src, block_frames))
         except CorruptAudio as exc:
             first_error, source = exc, None
-        if source is None or source.declared_frames == 0:  # libsndfile refused it or found no frames
+        # libsndfile refused it, found no frames, or it is an MP3 (read only up to an estimate: see above)
+        if source is None or source.declared_frames == 0 or source.container == "MP3":
             stack.close()
             try:  # FFmpeg may know the codec
                 source = stack.enter_context(_pyav_source(src, block_frames))
