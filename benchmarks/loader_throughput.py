@@ -246,8 +246,10 @@ def main() -> None:
         ac_batch = next(iter(make_loader(ac_stream, 0)))
         ac_consume = step_rate(acfg, ac_batch, steps=a.acoustic_steps, model_cls=AcousticLM, warmup=1)
         tokens = ac_batch["inputs"].shape[1] + 1
-        print(f"tiny coarse step, 2 s window ({tokens} tokens), consumes {ac_consume:9.1f} samples/s  (batch {abs_}, {a.threads} threads)")
-        print(f"loader, acoustic token shards, {a.acoustic_workers} workers: {ac_rate:9.1f} samples/s  -> headroom {ac_rate / ac_consume:6.1f}x")
+        print(f"tiny coarse step, 2 s window ({tokens} tokens), consumes {ac_consume:9.1f} samples/s"
+              f"  (batch {abs_}, {a.threads} threads)")
+        print(f"loader, acoustic token shards, {a.acoustic_workers} workers: {ac_rate:9.1f} samples/s"
+              f"  -> headroom {ac_rate / ac_consume:6.1f}x")
         for fmt in ("mp3", "m4a/aac"):
             shards = compressed_audio_shards(tmp / fmt.replace("/", "-"), fmt, clips=120, seconds=10.0)
             member = FORMATS[fmt][0][1:]
@@ -255,7 +257,9 @@ def main() -> None:
             st = ShardStream(resolve_shard_sets(shards), ex_fn, audio_collate, abs_, seed=0, shuffle_buffer=100,
                              rank_world=(0, 1))
             rate = loader_rate(st, a.acoustic_workers, a.batches)
-            print(f"loader, {member} audio shards (decode 10 s 44.1 kHz, soxr to 24 kHz, 2 s crop), {a.acoustic_workers} workers: {rate:9.1f} samples/s"
+            print(f"loader, {member} audio shards (decode 10 s 44.1 kHz, soxr to 24 kHz, 2 s crop), "
+                  f"{a.acoustic_workers} workers: {rate:9.1f} samples/s"
+                  f"  = {rate * 10.0 / a.acoustic_workers:6.0f}x realtime per worker"
                   f"  -> headroom {rate / ac_consume:6.1f}x over the 2 s coarse step")
 
         print(f"decode speed, {a.decode_seconds:.0f} s stereo clip, one process (x realtime):")

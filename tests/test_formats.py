@@ -56,8 +56,8 @@ FORMATS = {
     "wav": (".wav", lambda p, x, r: sf.write(p, x, r, format="WAV", subtype="PCM_16"), 44100, "soundfile", False),
     "aiff": (".aiff", lambda p, x, r: sf.write(p, x, r, format="AIFF", subtype="PCM_16"), 44100, "soundfile", False),
     "mp3": (".mp3", lambda p, x, r: sf.write(p, x, r, format="MP3", subtype="MPEG_LAYER_III"), 44100, "pyav", True),
-    "ogg-vorbis": (".ogg", lambda p, x, r: sf.write(p, x, r, format="OGG", subtype="VORBIS"), 44100, "soundfile", True),
-    "opus": (".opus", lambda p, x, r: sf.write(p, x, r, format="OGG", subtype="OPUS"), 48000, "soundfile", True),
+    "ogg-vorbis": (".ogg", lambda p, x, r: sf.write(p, x, r, format="OGG", subtype="VORBIS"), 44100, "pyav", True),
+    "opus": (".opus", lambda p, x, r: sf.write(p, x, r, format="OGG", subtype="OPUS"), 48000, "pyav", True),
     "m4a-aac": (".m4a", lambda p, x, r: write_av(Path(p), x, r, "ipod", "aac"), 44100, "pyav", True),
     "aac-adts": (".aac", lambda p, x, r: write_av(Path(p), x, r, "adts", "aac"), 44100, "pyav", True),
     "webm-opus": (".webm", lambda p, x, r: write_av(Path(p), x, r, "webm", "libopus"), 48000, "pyav", True),
@@ -105,7 +105,7 @@ def test_format_decodes_to_the_source(tmp_path, name):
         corr, lag = best_alignment(audio[ch], src[:, ch])
         assert corr > 0.98, (ch, corr)
         assert snr_db(audio[ch, lag:], src[:, ch]) > 15.0
-    # the same bytes decode through the bytes path (soundfile first, PyAV as the fallback)
+    # the same bytes decode identically through the bytes path (soundfile sniffs, hands over to PyAV)
     from_bytes, _ = decode_audio(Path(path).read_bytes())
     assert from_bytes.shape == audio.shape and np.array_equal(from_bytes, audio)
 
@@ -232,6 +232,10 @@ def test_bad_files_are_reported_with_their_reason(tmp_path):
     sf.write(mp3, src, 44100, format="MP3", subtype="MPEG_LAYER_III")
     status, detail, _ = process((str(_truncate(mp3)), None))
     assert status == "corrupt_audio" and detail.startswith("truncated: decoded "), detail
+    ogg = tmp_path / "a.ogg"
+    sf.write(ogg, src, 44100, format="OGG", subtype="VORBIS")
+    status, detail, _ = process((str(_truncate(ogg)), None))  # no final page: FFmpeg cannot find the end
+    assert status == "corrupt_audio" and "FFmpeg" in detail, detail
     webm = write_av(tmp_path / "a.webm", sine(48000, 2.0), 48000, "webm", "libopus")
     status, detail, _ = process((str(_truncate(webm)), None))
     assert status == "corrupt_audio" and "truncated" in detail, detail
