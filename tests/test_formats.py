@@ -293,7 +293,7 @@ def test_prep_audiocaps_with_mp3_and_m4a(tmp_path):
     assert skipped["cutMp3Clip0_10"][:2] == ("corrupt_audio", "audio/train/cutMp3Clip0_10.mp3")
     assert "truncated" in skipped["cutMp3Clip0_10"][2]
     assert skipped["wmaClip0000_0"][:2] == ("unsupported_format", "audio/train/wmaClip0000_0.wma")
-    assert skipped["flacClip000_0"][:2] == ("unlisted_audio", "audio/train/flacClip000_0.mp3")  # flac preferred
+    assert skipped["flacClip000_0"][:2] == ("duplicate_audio", "audio/train/flacClip000_0.mp3")  # flac preferred
     assert set(skipped) == {"cutMp3Clip0_10", "wmaClip0000_0", "flacClip000_0"}, skipped
     kept = {}
     for shard in sorted(out.glob("*.tar")):
