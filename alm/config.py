@@ -65,6 +65,7 @@ class DataConfig:
     codec: Optional[str] = None  # codec that made codes.npy (name, hub id or local dir); acoustic stages
     on_topology_change: str = "error"  # resuming with other devices/nodes/num_workers/shards: error | restart_epoch
     max_corrupt_fraction: float = 0.01  # stop once more than this fraction of the samples drawn were unreadable
+    windows: str = "all"  # long recordings: all = every non-overlapping window per epoch; one = one random window
 
 
 @dataclass
@@ -119,6 +120,7 @@ _CHOICES = {
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
     "resume": None,  # free-form, checked at run time
     "wandb.mode": ("online", "offline", "disabled"),
+    "data.windows": ("all", "one"),
 }
 _POSITIVE = (
     "trainer.devices",

@@ -230,43 +230,48 @@ def read_shard(url: str) -> Iterable[dict[str, Any]]:
     yield from wds.tarfile_samples([{"url": url}])
 
 
-_WEIGHT = re.compile(r"\s@\s*([^\s@]+)\s*$")
+_WEIGHT = re.compile(r"\s@\s*([^\s:@]*)\s*(?:::|$)")  # ' @W' closing a dataset: before '::' or at the end
 
 
 def mixture_parts(spec: str) -> list[tuple[str, float | None]]:
     """A shard spec as datasets with sampling weights.
 
-    Grammar. Without any weight the spec is one dataset, read as always: parallel sets joined by
-    ' + ', each a list of shard sources joined by '::' ('a1::a2 + b1::b2'). A spec with a weight is a
-    mixture: datasets joined by '::', each `SETS @WEIGHT` where SETS is one dataset's parallel sets
-    joined by ' + ' and WEIGHT a positive number (a space before '@'):
+    Grammar. A spec without a weight is one dataset, read as always: parallel sets joined by
+    ' + ', each a list of shard sources (directory, glob, brace pattern, file, URL) joined by '::':
+    'a1::a2 + b1::b2'. A spec with weights is a mixture: datasets joined by '::', each such a spec
+    closed by ' @WEIGHT' (a space before '@'; WEIGHT a positive number). A dataset ends exactly
+    at its weight, so its own sources may still be joined by '::':
 
         audiocaps/*.tar @3 :: clotho/*.tar @1 :: wavcaps/*.tar @0.5
         sem_a/*.tar + codes_a/*.tar @2 :: sem_b/*.tar + codes_b/*.tar @1
+        a/train-*.tar::a/extra-*.tar @2 :: b/*.tar @1
 
     In a mixture every dataset needs a weight and every dataset the same number of parallel sets.
-    Returns [(SETS, weight)], or [(spec, None)] for a spec without weights.
+    Returns [(dataset spec, weight)], or [(spec, None)] for a spec without weights.
     """
-    if not _WEIGHT.search(spec) and not any(_WEIGHT.search(p) for p in spec.split("::")):
+    found = list(_WEIGHT.finditer(spec))
+    if not found:
         return [(spec, None)]
     parts: list[tuple[str, float | None]] = []
-    for piece in (p.strip() for p in spec.split("::")):
-        if not piece:
-            raise ValueError(f"shard spec {spec!r}: empty dataset around '::'")
-        m = _WEIGHT.search(" " + piece)
-        if m is None:
-            raise ValueError(f"shard spec {spec!r}: dataset {piece!r} has no weight: in a mixture every "
-                             "dataset ends with ' @WEIGHT' (e.g. 'clotho/*.tar @1')")
+    pos = 0
+    for m in found:
+        body = spec[pos : m.start()].strip()
+        pos = m.end()
+        if body.startswith("::"):
+            body = body[2:].strip()
+        if not body:
+            raise ValueError(f"shard spec {spec!r}: a weight {'@' + m.group(1)!r} with no shards before it")
         try:
             weight = float(m.group(1))
         except ValueError:
             weight = float("nan")
         if not weight > 0 or weight == float("inf"):
-            raise ValueError(f"shard spec {spec!r}: dataset {piece!r}: weight {m.group(1)!r} is not a positive number")
-        body = (" " + piece)[: m.start()].strip()
-        if not body:
-            raise ValueError(f"shard spec {spec!r}: a weight {m.group(0).strip()!r} with no shards before it")
+            raise ValueError(f"shard spec {spec!r}: dataset {body!r}: weight {m.group(1)!r} is not a positive number")
         parts.append((body, weight))
+    rest = spec[pos:].strip().removeprefix("::").strip()
+    if rest:
+        raise ValueError(f"shard spec {spec!r}: dataset {rest!r} has no weight: in a mixture every "
+                         "dataset ends with ' @WEIGHT' (e.g. 'clotho/*.tar @1')")
     widths = {len(_split_plus(body, spec)) for body, _ in parts}
     if len(widths) > 1:
         raise ValueError(f"shard spec {spec!r}: the datasets of a mixture have different numbers of parallel "
