@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import StringNode
 
 from alm.stages import STAGE_NAMES
 
@@ -180,7 +181,7 @@ def build_config(raw: DictConfig, source: str, overrides: list[str] | tuple[str,
         raise _error(source, exc) from exc
     if overrides:
         try:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+            cfg = OmegaConf.merge(cfg, _dotlist(cfg, overrides))
         except OmegaConfBaseException as exc:
             raise _error("command-line override", exc) from exc
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -192,6 +193,20 @@ def build_config(raw: DictConfig, source: str, overrides: list[str] | tuple[str,
         raise _error(source, exc) from exc
     validate(run, source)
     return run
+
+
+def _dotlist(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    """`key=value` overrides as a config. A value for a string key is kept as written when YAML would
+    read it as a mapping or list (e.g. a shard mixture 'a/*.tar @3 :: b/*.tar @1', where ': ' reads as YAML)."""
+    out = OmegaConf.from_dotlist(list(overrides))
+    for item in overrides:
+        key, value = item.split("=", 1)
+        parent, _, leaf = key.rpartition(".")
+        holder = OmegaConf.select(cfg, parent) if parent else cfg
+        node = holder._get_node(leaf) if isinstance(holder, DictConfig) and leaf in holder else None
+        if isinstance(node, StringNode) and not isinstance(OmegaConf.select(out, key), (str, type(None))):
+            OmegaConf.update(out, key, value, merge=False)
+    return out
 
 
 def _get(run: RunConfig, dotted: str) -> Any:
