@@ -11,23 +11,37 @@ Design:
   readers, so reader r takes the samples whose running number over the epoch's shards is r mod
   readers. A reader reads only its own samples' bytes (alm.data.index seeks to them): the data
   is read once per epoch in total, not once per reader.
+* A sample becomes examples right after it is read: make_example may return one example, none, or
+  a list (every window of a long recording, at a per-epoch random offset seeded by (seed, epoch,
+  key)). The examples enter the shuffle buffer one by one, so the windows of one recording spread
+  over the batches that follow (a recording of K windows through a buffer of B examples spreads
+  over ~B examples; keep data.shuffle_buffer well above the windows of one recording). A reader
+  holds one decoded recording at a time (its windows) plus the buffer.
 * The shuffle buffer's order comes from a generator seeded by (seed, epoch, slot); per-example
   randomness such as crops from (seed, epoch, key).
+* Mixtures (data.train_shards 'A @3 :: B @1', alm.data.shards.mixture_parts): each dataset is its
+  own infinite sub-stream (its own shard order, epochs, buffer; seeds prefixed by the dataset's
+  number), and each example comes from dataset d with probability w_d / sum(w), chosen by a
+  generator seeded by (seed, slot). Without weights the stream is exactly the single-dataset one.
 * A rank's batch g comes from logical worker g % W as that worker's batch g // W, the order in
   which torch's DataLoader interleaves its workers. Each batch carries `_state`: its logical
-  worker's stream position *after* the batch (epoch, unit, sample offset in the unit, the shuffle
-  buffer as (shard, sample) ids, the buffer generator's state, the worker's batch count). With
-  `max_tokens`, a batch closed by an example that did not fit records the position from before
-  that example's sample was drawn, so the example is drawn again on resume.
+  worker's stream position *after* the batch (epoch, unit, sample offset in the unit, the next
+  window of that sample, the shuffle buffer as (shard, sample, window) ids, the buffer generator's
+  state, the worker's batch count; for a mixture each dataset's such position under `mix` and the
+  chooser's state). With `max_tokens`, a batch closed by an example that did not fit records the
+  position from before that example was drawn, so the example is drawn again on resume.
 * Resume: given the positions of the batches last trained (alm.training.data_state keeps them
   in the checkpoint), physical worker p of a rank resumed at batch B plays logical worker
-  (B + p) % W and starts exactly at that worker's position: it reads the buffered samples and
-  continues, so resuming costs the same at step 10 and at step 1,000,000. Without positions
+  (B + p) % W and starts exactly at that worker's position: it reads the buffered examples'
+  samples (each once) and the recording it was inside (once, skipping to the saved window) and
+  continues, so resuming costs the same at step 10 and at step 1,000,000, and in the middle of an
+  hour-long recording the same as at its start. Without positions
   (a checkpoint from before this scheme), `start_batch` replays the stream up to batch B.
 
 Each batch also carries `_index` (its number g in the rank's stream), `_corrupt` (samples this
 worker dropped since its previous batch), `_corrupt_shards` ({shard file: count} of those) and
-`_drawn` (samples it drew, good or bad) so training can reseed per batch and report bad data.
+`_drawn` (samples it drew, good or bad) so training can reseed per batch and report bad data, and,
+in a mixture, `_datasets` ({dataset name: examples of this batch from it}).
 """
 
 from __future__ import annotations
