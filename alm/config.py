@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import StringNode
 
@@ -54,7 +54,8 @@ class TrainerConfig:
 @dataclass
 class DataConfig:
     # Shards: a directory, a glob ("dir/train-*.tar"), a brace pattern ("dir/train-{000000..000009}.tar"),
-    # several of those separated by "::", or "synthetic" = the built-in generated set (made once, cached).
+    # several of those separated by "::", or "synthetic" = the built-in generated set (made once, cached);
+    # a weighted mixture "a/*.tar @3 :: b/*.tar @1" or a list of "SHARDS @W" / {shards, weight} (alm.data.shards).
     train_shards: str = MISSING
     val_shards: Optional[str] = None  # null: no validation; auto: the validation split of the train directory
     batch_size: int = 8  # examples per batch per process
@@ -175,6 +176,7 @@ def build_config(raw: DictConfig, source: str, overrides: list[str] | tuple[str,
     if stage is None:
         raise RecipeError(f"{source}: key 'stage': missing required value")
     cfg = schema_for(str(stage), "command line" if stage_override is not None else source)
+    _join_shard_lists(raw, source)
     try:
         cfg = OmegaConf.merge(cfg, raw)
     except OmegaConfBaseException as exc:
@@ -193,6 +195,31 @@ def build_config(raw: DictConfig, source: str, overrides: list[str] | tuple[str,
         raise _error(source, exc) from exc
     validate(run, source)
     return run
+
+
+def _join_shard_lists(raw: DictConfig, source: str) -> None:
+    """data.train_shards / data.val_shards written as a YAML list of datasets -> the one-line spec
+    (alm.data.shards.mixture_parts): items 'SHARDS @WEIGHT' or {shards: SHARDS, weight: WEIGHT},
+    joined by ' :: ' (items without weights: sources concatenated, as '::' always did)."""
+    data = raw.get("data") if isinstance(raw, DictConfig) else None
+    if not isinstance(data, DictConfig):
+        return
+    for key in ("train_shards", "val_shards"):
+        value = data.get(key)
+        if not isinstance(value, ListConfig):
+            continue
+        parts = []
+        for i, item in enumerate(value):
+            if isinstance(item, str) and item.strip():
+                parts.append(item.strip())
+            elif isinstance(item, DictConfig) and set(item) == {"shards", "weight"} and isinstance(item.shards, str):
+                parts.append(f"{item.shards} @{item.weight}")
+            else:
+                raise RecipeError(f"{source}: key 'data.{key}[{i}]': expected 'SHARDS @WEIGHT' or "
+                                  f"{{shards: SHARDS, weight: WEIGHT}}, got {item!r}")
+        if not parts:
+            raise RecipeError(f"{source}: key 'data.{key}': an empty list names no shards")
+        data[key] = " :: ".join(parts)
 
 
 def _dotlist(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> DictConfig:

@@ -218,3 +218,24 @@ def test_two_ranks_weighted_mixture_killed_and_resumed_equals_uninterrupted(tmp_
     assert 0.6 < counts["speech"] / sum(counts.values()) < 0.9  # 3:1 (192 draws: sigma ~0.03)
     logged = read_metrics(killed)[11]
     assert logged["train/data/speech_examples"] + logged["train/data/music_examples"] == 12 * 8 * 2
+
+
+def test_recipe_list_and_override_forms(tmp_path):
+    """A recipe may list the datasets; a command-line override keeps ' :: ' (YAML would read ': ' as a mapping)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from alm.config import RecipeError, load_recipe
+
+    tiny = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "semantic.yaml"
+    raw = OmegaConf.load(tiny)
+    raw.data.train_shards = ["audiocaps/*.tar @3", {"shards": "sem_b/*.tar + codes_b/*.tar", "weight": 0.5}]
+    OmegaConf.save(raw, tmp_path / "r.yaml")
+    assert load_recipe(tmp_path / "r.yaml").data.train_shards == "audiocaps/*.tar @3 :: sem_b/*.tar + codes_b/*.tar @0.5"
+    raw.data.train_shards = [{"shards": "a/*.tar"}]
+    OmegaConf.save(raw, tmp_path / "bad.yaml")
+    with pytest.raises(RecipeError, match=r"data.train_shards\[0\]"):
+        load_recipe(tmp_path / "bad.yaml")
+    cfg = load_recipe(tiny, ["data.train_shards=a/*.tar @3 :: b/*.tar @1"])
+    assert cfg.data.train_shards == "a/*.tar @3 :: b/*.tar @1"
