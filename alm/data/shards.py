@@ -231,12 +231,72 @@ def read_shard(url: str) -> Iterable[dict[str, Any]]:
     yield from wds.tarfile_samples([{"url": url}])
 
 
-def join_sets(spec: str) -> list[str]:
-    """Split a spec of parallel shard sets joined by ' + ' (see ShardStream): 'a/*.tar + b/*.tar'."""
+_WEIGHT = re.compile(r"\s@\s*([^\s:@]*)\s*(?:::|$)")  # ' @W' closing a dataset: before '::' or at the end
+
+
+def mixture_parts(spec: str) -> list[tuple[str, float | None]]:
+    """A shard spec as datasets with sampling weights.
+
+    Grammar. A spec without a weight is one dataset, read as always: parallel sets joined by
+    ' + ', each a list of shard sources (directory, glob, brace pattern, file, URL) joined by '::':
+    'a1::a2 + b1::b2'. A spec with weights is a mixture: datasets joined by '::', each such a spec
+    closed by ' @WEIGHT' (a space before '@'; WEIGHT a positive number). A dataset ends exactly
+    at its weight, so its own sources may still be joined by '::':
+
+        audiocaps/*.tar @3 :: clotho/*.tar @1 :: wavcaps/*.tar @0.5
+        sem_a/*.tar + codes_a/*.tar @2 :: sem_b/*.tar + codes_b/*.tar @1
+        a/train-*.tar::a/extra-*.tar @2 :: b/*.tar @1
+
+    In a mixture every dataset needs a weight and every dataset the same number of parallel sets.
+    Returns [(dataset spec, weight)], or [(spec, None)] for a spec without weights.
+    """
+    found = list(_WEIGHT.finditer(spec))
+    if not found:
+        return [(spec, None)]
+    parts: list[tuple[str, float | None]] = []
+    pos = 0
+    for m in found:
+        body = spec[pos : m.start()].strip()
+        pos = m.end()
+        if body.startswith("::"):
+            body = body[2:].strip()
+        if not body:
+            raise ValueError(f"shard spec {spec!r}: a weight {'@' + m.group(1)!r} with no shards before it")
+        try:
+            weight = float(m.group(1))
+        except ValueError:
+            weight = float("nan")
+        if not weight > 0 or weight == float("inf"):
+            raise ValueError(f"shard spec {spec!r}: dataset {body!r}: weight {m.group(1)!r} is not a positive number")
+        parts.append((body, weight))
+    rest = spec[pos:].strip().removeprefix("::").strip()
+    if rest:
+        raise ValueError(f"shard spec {spec!r}: dataset {rest!r} has no weight: in a mixture every "
+                         "dataset ends with ' @WEIGHT' (e.g. 'clotho/*.tar @1')")
+    widths = {len(_split_plus(body, spec)) for body, _ in parts}
+    if len(widths) > 1:
+        raise ValueError(f"shard spec {spec!r}: the datasets of a mixture have different numbers of parallel "
+                         f"sets ({sorted(widths)}): each needs the same ' + ' members")
+    return parts
+
+
+def _split_plus(spec: str, whole: str) -> list[str]:
     sets = [s.strip() for s in spec.split(" + ")]
     if any(not s for s in sets):
-        raise ValueError(f"shard spec {spec!r}: empty shard set around ' + '")
+        raise ValueError(f"shard spec {whole!r}: empty shard set around ' + '")
     return sets
+
+
+def join_sets(spec: str) -> list[str]:
+    """Split a spec of parallel shard sets joined by ' + ' (see ShardStream): 'a/*.tar + b/*.tar'.
+
+    For a mixture (see mixture_parts), set i is every dataset's set i joined by '::' (weights
+    dropped): what checks of the shards' files and provenance need."""
+    parts = mixture_parts(spec)
+    if parts[0][1] is None:
+        return _split_plus(spec, spec)
+    per_dataset = [_split_plus(body, spec) for body, _ in parts]
+    return ["::".join(sets[i] for sets in per_dataset) for i in range(len(per_dataset[0]))]
 
 
 ERRORS_FILE = "errors.json"  # OUT/errors.json: every finished shard's failed samples, merged
