@@ -41,7 +41,9 @@ PUBLIC_KEYS = (
     ("trainer.val_every_n_steps", "validation interval (0: none)"),
     ("trainer.audio_samples", "audio stages: wavs generated at each validation -> RUN_DIR/samples/, W&B"),
     ("trainer.activation_checkpointing", "recompute each transformer block in the backward pass"),
-    ("data.train_shards, data.val_shards", "a dir, glob, brace pattern, '::'-joined; parallel sets joined with ' + '"),
+    ("data.train_shards, data.val_shards", "a dir, glob, brace pattern, '::'-joined; parallel sets joined with ' + '; "
+                                           "weighted mixture 'A @3 :: B @1'"),
+    ("data.windows", "all: every window of a long recording per epoch | one: one random window"),
     ("data.tokenizer, data.codec", "what made the tokens / codes (taken from the shards when unset)"),
     ("data.batch_size, data.max_tokens", "examples per batch per process; > 0: dynamic batches of that many tokens"),
     ("data.num_workers", "loader processes per training process"),
