@@ -155,7 +155,7 @@ def test_recipes_text_listing(capsys):
         raw = yaml.safe_load(path.read_text())
         assert (raw.get("stage") or "pipeline") in line.split()
         assert header_line(path) in line
-    assert "train_shards=synthetic" in out and "stages: semantic_tokens" in out
+    assert "train_shards=synthetic" in out and "stages: semantic_fit, semantic_tokens, codec_tokens" in out
 
 
 def test_recipes_missing_folder_is_a_user_error(tmp_path, monkeypatch, capsys):
