@@ -87,14 +87,9 @@ class ClapConfig:
 
 def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
     """(n_fft // 2 + 1, n_mels) triangular filters on the HTK mel scale, 0 Hz .. Nyquist."""
-    def mel(f):
-        return 2595.0 * torch.log10(1.0 + f / 700.0)
-
-    def hz(m):
-        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-
+    top = 2595.0 * math.log10(1.0 + (sample_rate / 2) / 700.0)  # Nyquist in mel
     freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64)
-    edges = hz(torch.linspace(0.0, float(mel(torch.tensor(sample_rate / 2.0))), n_mels + 2, dtype=torch.float64))
+    edges = 700.0 * (10.0 ** (torch.linspace(0.0, top, n_mels + 2, dtype=torch.float64) / 2595.0) - 1.0)  # in Hz
     lower, center, upper = edges[:-2], edges[1:-1], edges[2:]
     up = (freqs[:, None] - lower) / (center - lower)
     down = (upper - freqs[:, None]) / (upper - center)
