@@ -146,3 +146,25 @@ def test_tiny_clap_beats_chance_on_heldout_pairs(tmp_path):
     chance = 1 / r["n_audio"]
     t2a, a2t = r["metrics"]["text_to_audio"]["R@1"], r["metrics"]["audio_to_text"]["R@1"]
     assert t2a >= 4 * chance and a2t >= 3 * chance, r["metrics"]
+
+
+def test_check_names_the_tokenizer_size(tmp_path):
+    from types import SimpleNamespace
+
+    from alm.errors import UserError
+    from alm.stages.clap import check
+
+    (tmp_path / "text_tokenizer.json").write_text(json.dumps({"vocab_size": 64}))
+
+    def cfg(vocab, tokenizer=str(tmp_path), max_len=48):
+        return SimpleNamespace(model=ClapConfig(text_vocab_size=vocab, text_max_len=max_len),
+                               data=SimpleNamespace(tokenizer=tokenizer))
+
+    check(cfg(64))
+    check(cfg(80))  # spare rows are allowed (sentencepiece may stop below the size asked for)
+    with pytest.raises(UserError, match="model.text_vocab_size=32 .* has 64 pieces"):
+        check(cfg(32))
+    with pytest.raises(UserError, match="no text_tokenizer.json"):
+        check(cfg(64, tokenizer=str(tmp_path / "nope")))
+    with pytest.raises(UserError, match="needs data.tokenizer"):
+        check(cfg(64, tokenizer=None))

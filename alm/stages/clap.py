@@ -169,11 +169,21 @@ def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
     from alm.tokenizers.text import train_text_tokenizer
 
     audio = cached(root / SYNTHETIC_AUDIO, lambda d: write_synthetic(d), "the synthetic audio dataset")
+    made = {"train_shards": str(audio / "train-*.tar"), "val_shards": str(audio / "val-*.tar")}
+    if cfg.data.tokenizer not in (None, "synthetic"):  # the user's own tokenizer
+        return made
     size = cfg.model.text_vocab_size
-    spm = cached(root / f"{SYNTHETIC_AUDIO}-spm{size}",
-                 lambda d: train_text_tokenizer(str(audio / "train-*.tar"), d, size),
-                 f"a sentencepiece tokenizer ({size} pieces) of the synthetic captions")
-    return {"train_shards": str(audio / "train-*.tar"), "val_shards": str(audio / "val-*.tar"), "tokenizer": str(spm)}
+
+    def make(d: Path) -> None:
+        try:
+            train_text_tokenizer(str(audio / "train-*.tar"), d, size)
+        except ValueError as exc:
+            reason = str(exc).splitlines()[0].rsplit("] ", 1)[-1]
+            raise UserError(f"model.text_vocab_size={size}: no sentencepiece model of the synthetic captions with "
+                            f"that size ({reason})") from exc
+
+    spm = cached(root / f"{SYNTHETIC_AUDIO}-spm{size}", make, f"a sentencepiece tokenizer ({size} pieces) of the synthetic captions")
+    return {**made, "tokenizer": str(spm)}
 
 
 @torch.no_grad()
