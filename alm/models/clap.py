@@ -178,7 +178,8 @@ class Clap(nn.Module):
         self.text_embed = nn.Embedding(cfg.text_vocab_size, cfg.text_dim)
         self.text = Encoder(cfg.text_dim, cfg.text_heads, cfg.text_layers, cfg.text_max_len, cfg.mlp_ratio, cfg.dropout)
         self.text_proj = nn.Linear(cfg.text_dim, cfg.embed_dim, bias=False)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.init_temperature)))
+        # shape (1,), not (): DeepSpeed ZeRO-3 cannot partition a 0-dim parameter
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / cfg.init_temperature)))
         self.init_weights()
 
     def init_weights(self, gathered: Callable[[list], ContextManager] = no_gather) -> None:
@@ -187,7 +188,7 @@ class Clap(nn.Module):
             self.logit_scale.data.fill_(math.log(1.0 / self.cfg.init_temperature))
 
     def scale(self) -> torch.Tensor:
-        """exp(logit_scale), the logit scale clamped to at most ln(100) (CLIP)."""
+        """exp(logit_scale) (shape (1,)), the logit scale clamped to at most ln(100) (CLIP)."""
         return self.logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
 
     def encode_audio(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
