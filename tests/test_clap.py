@@ -168,3 +168,20 @@ def test_check_names_the_tokenizer_size(tmp_path):
         check(cfg(64, tokenizer=str(tmp_path / "nope")))
     with pytest.raises(UserError, match="needs data.tokenizer"):
         check(cfg(64, tokenizer=None))
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_global_loss_equals_zero3_local_loss(tmp_path):
+    """`alm train` on 2 gloo ranks: DDP with the global loss and DeepSpeed ZeRO-3 with
+    model.local_loss=true log the same per-step losses (the same global batch, the same gradients)."""
+    from helpers import alm, losses
+
+    common = [*FAST_CLAP, "trainer.max_steps=4", "data.batch_size=8", "trainer.devices=2", "wandb.enabled=false"]
+    recipe = str(REPO / "recipes" / "tiny" / "clap.yaml")
+    alm("train", recipe, f"run_dir={tmp_path / 'ddp'}", *common, "trainer.strategy=ddp")
+    alm("train", recipe, f"run_dir={tmp_path / 'z3'}", *common, "trainer.strategy=deepspeed", "trainer.zero_stage=3",
+        "model.local_loss=true")
+    ddp, z3 = losses(tmp_path / "ddp"), losses(tmp_path / "z3")
+    assert sorted(ddp) == sorted(z3) == [0, 1, 2, 3]
+    for step in ddp:
+        assert math.isclose(ddp[step], z3[step], rel_tol=1e-5), (step, ddp, z3)
