@@ -12,7 +12,6 @@ in-batch loss of each rank's batch (no cross-rank gather: ranks may hold differe
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Any
