@@ -6,6 +6,7 @@ member with the clip's `captions` (or caption / transcript / text). data.tokeniz
 model (`alm tokenize text`, alm/tokenizers/text.py), model.text_vocab_size = its size.
 Example: one of the clip's captions at random, as [BOS] ids [EOS] truncated to model.text_max_len;
 the audio as mono at model.sample_rate, a random crop of model.max_seconds when longer (no padding).
+Dynamic batching (data.max_tokens > 0) counts audio samples: example_length is the clip's length.
 Validation: the same examples (their crop and caption are fixed by the sample's key and seed) and the
 in-batch loss of each rank's batch (no cross-rank gather: ranks may hold different batch counts).
 """
