@@ -41,7 +41,9 @@ PUBLIC_KEYS = (
     ("trainer.val_every_n_steps", "validation interval (0: none)"),
     ("trainer.audio_samples", "audio stages: wavs generated at each validation -> RUN_DIR/samples/, W&B"),
     ("trainer.activation_checkpointing", "recompute each transformer block in the backward pass"),
-    ("data.train_shards, data.val_shards", "a dir, glob, brace pattern, '::'-joined; parallel sets joined with ' + '"),
+    ("data.train_shards, data.val_shards", "a dir, glob, brace pattern, '::'-joined; parallel sets joined with ' + '; "
+                                           "weighted mixture 'A @3 :: B @1'"),
+    ("data.windows", "all: every window of a long recording per epoch | one: one random window"),
     ("data.tokenizer, data.codec", "what made the tokens / codes (taken from the shards when unset)"),
     ("data.batch_size, data.max_tokens", "examples per batch per process; > 0: dynamic batches of that many tokens"),
     ("data.num_workers", "loader processes per training process"),
@@ -187,7 +189,9 @@ Turn prepared audio shards (alm prep) into what the stages train on.
 
 Token shards keep the audio shards' file names, sample keys and json member, so the loader joins parallel
 sets by key: data.train_shards='SEMANTIC/train-*.tar + CODES/train-*.tar'. Samples a tokenizer could not
-process are left out and listed in OUT/errors.json. A rerun skips the shards already written.
+process are left out and listed in OUT/errors/<shard>.json, merged into OUT/errors.json. A rerun skips the
+shards already written. Many jobs: --num-shards N --shard-index I (or, in a SLURM array task, its
+SLURM_ARRAY_TASK_COUNT / _ID) writes only input shards i with i % N == I; semantic: fit once with --fit-only first.
 
   alm tokenize semantic --help     (and codec, text): each one's options, with defaults
 """

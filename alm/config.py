@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import StringNode
 
 from alm.stages import STAGE_NAMES
 
@@ -53,7 +54,8 @@ class TrainerConfig:
 @dataclass
 class DataConfig:
     # Shards: a directory, a glob ("dir/train-*.tar"), a brace pattern ("dir/train-{000000..000009}.tar"),
-    # several of those separated by "::", or "synthetic" = the built-in generated set (made once, cached).
+    # several of those separated by "::", or "synthetic" = the built-in generated set (made once, cached);
+    # a weighted mixture "a/*.tar @3 :: b/*.tar @1" or a list of "SHARDS @W" / {shards, weight} (alm.data.shards).
     train_shards: str = MISSING
     val_shards: Optional[str] = None  # null: no validation; auto: the validation split of the train directory
     batch_size: int = 8  # examples per batch per process
@@ -65,6 +67,7 @@ class DataConfig:
     codec: Optional[str] = None  # codec that made codes.npy (name, hub id or local dir); acoustic stages
     on_topology_change: str = "error"  # resuming with other devices/nodes/num_workers/shards: error | restart_epoch
     max_corrupt_fraction: float = 0.01  # stop once more than this fraction of the samples drawn were unreadable
+    windows: str = "all"  # long recordings: all = every non-overlapping window per epoch; one = one random window
 
 
 @dataclass
@@ -119,6 +122,7 @@ _CHOICES = {
     "trainer.precision": ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true"),
     "resume": None,  # free-form, checked at run time
     "wandb.mode": ("online", "offline", "disabled"),
+    "data.windows": ("all", "one"),
 }
 _POSITIVE = (
     "trainer.devices",
@@ -161,21 +165,6 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     return build_config(raw, path, overrides)
 
 
-def _overrides_conf(overrides: list[str] | tuple[str, ...]) -> DictConfig:
-    """`key=value` items -> one config. Values are YAML (numbers, booleans, [lists], {maps}), except
-    that text YAML would read as a mapping only because it holds ': ' -- a shard spec such as
-    `a/*.tar :: b/*.tar` -- stays the text the user wrote."""
-    conf = OmegaConf.create()
-    for item in overrides:
-        key, value = item.split("=", 1)
-        parsed = OmegaConf.from_dotlist([item])
-        if isinstance(OmegaConf.select(parsed, key), DictConfig) and not value.lstrip().startswith("{"):
-            OmegaConf.update(conf, key, value, force_add=True)
-        else:
-            conf = OmegaConf.merge(conf, parsed)
-    return conf
-
-
 def build_config(raw: DictConfig, source: str, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     if not isinstance(raw, DictConfig):
         raise RecipeError(f"{source}: expected a mapping at the top level")
@@ -187,13 +176,14 @@ def build_config(raw: DictConfig, source: str, overrides: list[str] | tuple[str,
     if stage is None:
         raise RecipeError(f"{source}: key 'stage': missing required value")
     cfg = schema_for(str(stage), "command line" if stage_override is not None else source)
+    _join_shard_lists(raw, source)
     try:
         cfg = OmegaConf.merge(cfg, raw)
     except OmegaConfBaseException as exc:
         raise _error(source, exc) from exc
     if overrides:
         try:
-            cfg = OmegaConf.merge(cfg, _overrides_conf(overrides))
+            cfg = OmegaConf.merge(cfg, _dotlist(cfg, overrides))
         except OmegaConfBaseException as exc:
             raise _error("command-line override", exc) from exc
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -205,6 +195,45 @@ def build_config(raw: DictConfig, source: str, overrides: list[str] | tuple[str,
         raise _error(source, exc) from exc
     validate(run, source)
     return run
+
+
+def _join_shard_lists(raw: DictConfig, source: str) -> None:
+    """data.train_shards / data.val_shards written as a YAML list of datasets -> the one-line spec
+    (alm.data.shards.mixture_parts): items 'SHARDS @WEIGHT' or {shards: SHARDS, weight: WEIGHT},
+    joined by ' :: ' (items without weights: sources concatenated, as '::' always did)."""
+    data = raw.get("data") if isinstance(raw, DictConfig) else None
+    if not isinstance(data, DictConfig):
+        return
+    for key in ("train_shards", "val_shards"):
+        value = data.get(key)
+        if not isinstance(value, ListConfig):
+            continue
+        parts = []
+        for i, item in enumerate(value):
+            if isinstance(item, str) and item.strip():
+                parts.append(item.strip())
+            elif isinstance(item, DictConfig) and set(item) == {"shards", "weight"} and isinstance(item.shards, str):
+                parts.append(f"{item.shards} @{item.weight}")
+            else:
+                raise RecipeError(f"{source}: key 'data.{key}[{i}]': expected 'SHARDS @WEIGHT' or "
+                                  f"{{shards: SHARDS, weight: WEIGHT}}, got {item!r}")
+        if not parts:
+            raise RecipeError(f"{source}: key 'data.{key}': an empty list names no shards")
+        data[key] = " :: ".join(parts)
+
+
+def _dotlist(cfg: DictConfig, overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    """`key=value` overrides as a config. A value for a string key is kept as written when YAML would
+    read it as a mapping or list (e.g. a shard mixture 'a/*.tar @3 :: b/*.tar @1', where ': ' reads as YAML)."""
+    out = OmegaConf.from_dotlist(list(overrides))
+    for item in overrides:
+        key, value = item.split("=", 1)
+        parent, _, leaf = key.rpartition(".")
+        holder = OmegaConf.select(cfg, parent) if parent else cfg
+        node = holder._get_node(leaf) if isinstance(holder, DictConfig) and leaf in holder else None
+        if isinstance(node, StringNode) and not isinstance(OmegaConf.select(out, key), (str, type(None))):
+            OmegaConf.update(out, key, value, merge=False)
+    return out
 
 
 def _get(run: RunConfig, dotted: str) -> Any:

@@ -60,7 +60,7 @@ def read_prompt(path: str, sample_rate: int) -> np.ndarray:
     try:
         audio, _ = load_mono(f.read_bytes(), sample_rate)
     except ValueError as exc:
-        raise UserError(f"--prompt {path}: cannot read it as audio ({exc}); use wav, flac or ogg") from None
+        raise UserError(f"--prompt {path}: cannot read it as audio ({exc}); use flac, wav, aiff, mp3, ogg, opus, m4a, aac or webm") from None
     if audio.size == 0:
         raise UserError(f"--prompt {path}: the recording is empty")
     return audio

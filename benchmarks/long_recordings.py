@@ -75,6 +75,23 @@ def make_librilight(src: Path, chapters: int, minutes: float) -> float:
     return total
 
 
+def epoch_windows(codes_dir: Path, window_s: float = 1.0, frame_rate: float = 50.0) -> int:
+    """Examples one epoch yields with data.windows=all: the stage's own windowing over every recording."""
+    import io
+
+    from alm.data.index import read_sample, shard_index
+    from alm.models.acoustic_lm import aligned_windows
+
+    total = 0
+    for shard in sorted(codes_dir.glob("*.tar")):
+        index = shard_index(str(shard))
+        for i in range(len(index)):
+            codes = np.load(io.BytesIO(read_sample(index, i)["codes.npy"]))
+            total += len(aligned_windows(codes.shape[1], 0, frame_rate, frame_rate, int(window_s * frame_rate),
+                                         np.random.default_rng(0)))
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0, help="length of each chapter")
@@ -117,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         step(f"train-{stage}", [*alm, "train", str(REPO / "recipes" / "tiny" / f"{stage}.yaml"), f"run_dir={run}",
                                 f"trainer.max_steps={a.steps}", *FAST, *overrides], f"{a.steps} steps")
         step(f"export-{stage}", [*alm, "export", str(run), "--out", str(out / "exports" / stage), "--overwrite"])
+    print(f"  one epoch of the coarse stage (1 s windows): {epoch_windows(out / 'codes')} examples from "
+          f"{a.chapters} recording(s) (data.windows=one would give {a.chapters})", flush=True)
     wav = out / "generated.wav"
     step("generate", [*alm, "generate", "audiolm", "--semantic", str(out / "exports" / "semantic"),
                       "--coarse", str(out / "exports" / "coarse"), "--fine", str(out / "exports" / "fine"),

@@ -3,7 +3,7 @@
 A dataset module's `scan(src)` returns a `Scan`: the dataset folder that audio paths are
 relative to, the samples whose audio file exists (`Entry`), and the samples and files already
 known to be skipped (`Skip`: missing, unlisted, duplicate, ambiguous or excluded audio).
-Decoding decides the rest (`corrupt_audio`, `empty_audio`) in `pipeline`.
+Decoding decides the rest (`corrupt_audio`, `empty_audio`, `unsupported_format`) in `pipeline`.
 
 File names are used verbatim: lookups compare the exact strings `os.listdir` returns with the
 exact strings of the index (no case folding, no Unicode normalisation, no HTML unescaping),
@@ -33,9 +33,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-AUDIO_EXTS = (".flac", ".wav")  # preference order when one stem has several audio files
-REASONS = ("missing_audio", "corrupt_audio", "empty_audio", "unlisted_audio", "duplicate_audio", "ambiguous_audio",
-           "excluded")
+# Audio file extensions, in preference order when one stem has several audio files: lossless
+# first, then the lossy codecs (Opus, Vorbis, AAC, MP3), then extensions that look like audio but
+# that no tested decoder here handles: those are matched too and reported as unsupported_format
+# (alm.data.audio.decoder_for says which decoder reads each supported one).
+DECODED_EXTS = (".flac", ".wav", ".aiff", ".aif", ".opus", ".ogg", ".oga", ".m4a", ".webm", ".aac", ".mp3")
+UNSUPPORTED_EXTS = (".wma", ".ape", ".wv", ".amr", ".ac3", ".mka", ".mid", ".midi")
+AUDIO_EXTS = DECODED_EXTS + UNSUPPORTED_EXTS
+REASONS = ("missing_audio", "corrupt_audio", "empty_audio", "unsupported_format", "unlisted_audio", "duplicate_audio",
+           "ambiguous_audio", "excluded")
 
 
 class PrepError(Exception):
@@ -69,7 +75,7 @@ class Scan:
 
 
 def audio_ext(name: str) -> str | None:
-    """The lower-cased audio extension of a file name ('.flac'/'.wav'), or None."""
+    """The lower-cased audio extension of a file name (one of AUDIO_EXTS: '.flac', '.mp3', '.wma', ...), or None."""
     ext = os.path.splitext(name)[1].lower()
     return ext if ext in AUDIO_EXTS else None
 
@@ -100,7 +106,7 @@ def audio_by_stem(names: Iterable[str]) -> dict[str, list[str]]:
     """{stem: [file names]} for the audio files among `names`, best extension first.
 
     The stem is the name without its LAST extension, so `Yk_uT9K2PzQ_20.flac` -> `Yk_uT9K2PzQ_20`
-    and `a.b.WAV` -> `a.b`. Preference: `.flac` before `.wav`, exact lower case first.
+    and `a.b.WAV` -> `a.b`. Preference: AUDIO_EXTS order (`.flac`, `.wav`, ... `.mp3`), exact lower case first.
     """
     out: dict[str, list[str]] = {}
     for name in names:

@@ -22,6 +22,13 @@ A pipeline file (see launch/README.md and launch/pipelines/):
       - name: sample
         command: alm generate semantic {stages.semantic.export} --tokens 200 --out {pipeline.dir}/sample.npy
 
+Job arrays: a command stage with `array: N` is ONE sbatch job array of N tasks (`#SBATCH --array=0-(N-1)`,
+each task with the stage's resources, logs DIR/NAME/slurm-JOB_TASK.out); the next stage waits for all N
+(afterok on the array's job id). Its command says which task it is with `{array.index}` (the task's
+SLURM_ARRAY_TASK_ID) and `{array.count}` (N); an `alm tokenize` command that does neither gets
+`--num-shards N --shard-index ${SLURM_ARRAY_TASK_ID}` appended. Fit a semantic tokenizer once in a stage
+before the array (`alm tokenize semantic ... --fit-only`).
+
 References, resolved when the pipeline is submitted: `{pipeline.dir}`, and for an earlier stage
 `{stages.NAME.run_dir}` / `.export` / `.dir` / `.log` / `.job_id`. Other braces (e.g. brace patterns
 in shard paths) are left alone. A training stage's run_dir defaults to `{pipeline.dir}/NAME`.
@@ -63,7 +70,9 @@ from alm.launch.slurm import (
 STAGE_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 REFERENCE = re.compile(r"\{(pipeline\.dir|stages\.([A-Za-z0-9_-]+)\.([A-Za-z_]+))\}")
 STAGE_FIELDS = ("run_dir", "export", "dir", "log", "job_id")
-STAGE_KEYS = {"name", "recipe", "overrides", "command", "export", *RESOURCE_KEYS}
+STAGE_KEYS = {"name", "recipe", "overrides", "command", "export", "array", *RESOURCE_KEYS}
+ARRAY_REFERENCE = re.compile(r"\{array\.(index|count)\}")
+TASK_ID = "${SLURM_ARRAY_TASK_ID}"
 TOP_KEYS = {"name", "dir", "cluster", "slurm", "stages"}
 
 
@@ -165,6 +174,16 @@ def load_pipeline(path: str, dir_override: Optional[str] = None) -> Pipeline:
             spec["overrides"] = [str(o) for o in ov]
         elif spec.get("export") or spec.get("overrides"):
             raise LaunchError(f"{where} ({sname}): `export`/`overrides` belong to training stages (with `recipe:`)")
+        if "array" in spec:
+            n = spec["array"]
+            if "recipe" in spec:
+                raise LaunchError(f"{where} ({sname}): key 'array': only command stages can be job arrays "
+                                  "(a training stage is one multi-node job)")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise LaunchError(f"{where} ({sname}): key 'array': expected the number of tasks (an integer >= 1), got {n!r}")
+        elif "command" in spec and ARRAY_REFERENCE.search(str(spec["command"])):
+            raise LaunchError(f"{where} ({sname}): {ARRAY_REFERENCE.search(str(spec['command'])).group(0)} "
+                              "needs `array: N` on the stage")
         stages.append(Stage(sname, "train" if "recipe" in spec else "command", spec))
     pdir = dir_override or raw.get("dir") or f"runs/pipelines/{name}"
     cluster = raw.get("cluster")
@@ -208,6 +227,22 @@ def resolve(text: str, pipeline: Pipeline, done: dict[str, Stage], where: str) -
         return st.job_id or f"<job id of {name}>"
 
     return REFERENCE.sub(sub, text)
+
+
+def array_command(command: str, n: int, where: str) -> str:
+    """The command one task of an `array: n` stage runs: {array.index} -> ${SLURM_ARRAY_TASK_ID},
+    {array.count} -> n; an `alm tokenize` command naming neither its share nor these gets
+    `--num-shards n --shard-index ${SLURM_ARRAY_TASK_ID}`."""
+    words = command.split()
+    if not ARRAY_REFERENCE.search(command):
+        if words[:2] == ["alm", "tokenize"]:
+            if any(w.split("=")[0] in ("--num-shards", "--shard-index") for w in words):
+                raise LaunchError(f"{where}: an array stage's `alm tokenize` gets --num-shards {n} --shard-index "
+                                  f"{TASK_ID} from `array: {n}`; drop them from the command (or use {{array.index}})")
+            return f"{command.rstrip()} --num-shards {n} --shard-index {TASK_ID}"
+        raise LaunchError(f"{where}: `array: {n}` runs the command {n} times; say which part each task does with "
+                          "{array.index} (0..N-1) and {array.count}, or use an `alm tokenize` command")
+    return ARRAY_REFERENCE.sub(lambda m: TASK_ID if m.group(1) == "index" else str(n), command)
 
 
 def launch_pipeline(path: str, *, cli: dict, cluster_flag: Optional[str], dir_override: Optional[str],
@@ -256,6 +291,9 @@ def launch_pipeline(path: str, *, cli: dict, cluster_flag: Optional[str], dir_ov
                                       export=bool(st.spec.get("export")), dependency=previous)
         else:
             command = resolve(str(st.spec["command"]), p, done, where)
+            array = st.spec.get("array")
+            if array:
+                command = array_command(command, array, where)
             res = resources(cluster, p.slurm, cli, layer)
             if not res.job_name:
                 res.job_name = f"{p.name}-{st.name}"
@@ -266,25 +304,30 @@ def launch_pipeline(path: str, *, cli: dict, cluster_flag: Optional[str], dir_ov
             st.dir = str(Path(p.dir) / st.name)
             title = f"alm pipeline {p.name}: command stage {st.name}"
             if dry_run:
-                text = render_command(command, res, cluster, out_dir=st.dir, title=title, job_name=res.job_name)
+                text = render_command(command, res, cluster, out_dir=st.dir, title=title, job_name=res.job_name,
+                                      array=array)
             else:
                 sub = submit_command(command, res, cluster, out_dir=st.dir, title=title, job_name=res.job_name,
-                                     dependency=previous)
+                                     dependency=previous, array=array)
+        prev_array = p.stages[p.stages.index(st) - 1].spec.get("array") if done else None
+        whole = f" (all {prev_array} tasks of its array)" if prev_array else ""
         if dry_run:
-            dep = f" --dependency=afterok:<job of {list(done)[-1]}>" if done else ""
-            out(f"# ===== stage {st.name}: sbatch{dep} {Path(st.dir) / 'launch' / 'sbatch.sh'} =====")
+            dep = f" --dependency=afterok:<job of {list(done)[-1]}>{whole}" if done else ""
+            tasks = f" --array=0-{st.spec['array'] - 1}" if st.spec.get("array") else ""
+            out(f"# ===== stage {st.name}: sbatch{dep}{tasks} {Path(st.dir) / 'launch' / 'sbatch.sh'} =====")
             out(text)
         else:
             st.job_id, st.log, st.script = sub.job_id, sub.log, sub.script
             out(sub.line)
-            out(f"[alm] stage {st.name}: log {sub.log}" + (f" (after job {previous})" if previous else ""))
+            out(f"[alm] stage {st.name}: log {sub.log}" + (f" (after job {previous}{whole})" if previous else ""))
             previous = sub.job_id
         done[st.name] = st
     if not dry_run:
         record = {
             "name": p.name, "source": os.path.abspath(path), "submitted": time.time(),
             "stages": [{"name": s.name, "kind": s.kind, "dir": s.dir, "export": s.export, "job_id": s.job_id,
-                        "log": s.log, "script": s.script} for s in p.stages],
+                        "log": s.log, "script": s.script, **({"array": s.spec["array"]} if s.spec.get("array") else {})}
+                       for s in p.stages],
         }
         (Path(p.dir) / "pipeline.json").write_text(json.dumps(record, indent=1))
         out(f"[alm] pipeline {p.name}: {len(p.stages)} jobs; record in {Path(p.dir) / 'pipeline.json'}")

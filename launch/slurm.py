@@ -39,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "sbatch.tmpl"
 CLUSTERS = HERE / "clusters"
 LOG_NAME = "slurm-%j.out"
+ARRAY_LOG_NAME = "slurm-%A_%a.out"  # a job array: one log per task (array job id _ task index)
 SCRIPT_NAME = "sbatch.sh"
 RECIPE_NAME = "recipe.yaml"
 SUBMISSIONS = "submissions.jsonl"
@@ -395,12 +396,16 @@ def _srun(res: Resources, cluster: Cluster) -> str:
 
 
 def render(*, title: str, res: Resources, cluster: Cluster, job_name: str, log: str, workdir: str,
-           script: str, run_title: str, run: str, training: bool) -> str:
+           script: str, run_title: str, run: str, training: bool, array: Optional[int] = None) -> str:
+    directives = _directives(res, job_name, log, workdir, cluster, training)
+    if array:  # N tasks with SLURM_ARRAY_TASK_ID 0..N-1, each with the resources above; one job id for all
+        directives += [f"# a job array of {array} tasks; a job after it (afterok) waits for all of them",
+                       f"#SBATCH --array=0-{array - 1}"]
     text = SbatchTemplate(TEMPLATE.read_text()).substitute(
         title=title,
         created=time.strftime("%Y-%m-%d %H:%M:%S"),
         script=script,
-        directives="\n".join(_directives(res, job_name, log, workdir, cluster, training)),
+        directives="\n".join(directives),
         cluster=cluster.source or "no cluster file",
         setup=_setup_lines(cluster),
         max_requeues=res.max_requeues,
@@ -458,9 +463,11 @@ def command_line(command: str) -> str:
 
 
 def render_command(command: str, res: Resources, cluster: Cluster, *, out_dir: str, title: str,
-                   job_name: str, workdir: Optional[str] = None) -> str:
+                   job_name: str, workdir: Optional[str] = None, array: Optional[int] = None) -> str:
     cmd = command_line(command)
     lines = [f"export PYTHON={shlex.quote(python_of(cluster))}"]
+    if array:
+        lines.append(f'echo "[alm] array task ${{SLURM_ARRAY_TASK_ID}} of {array} (job ${{SLURM_ARRAY_JOB_ID}})"')
     if res.tasks > 1:  # several tasks: each runs the command
         lines.append(f"{_srun(res, cluster)} \\\n    bash -c {shlex.quote(cmd)}")
     else:
@@ -470,12 +477,13 @@ def render_command(command: str, res: Resources, cluster: Cluster, *, out_dir: s
         res=res,
         cluster=cluster,
         job_name=job_name,
-        log=str(Path(out_dir) / LOG_NAME),
+        log=str(Path(out_dir) / (ARRAY_LOG_NAME if array else LOG_NAME)),
         workdir=workdir or os.getcwd(),
         script=str(Path(out_dir) / "launch" / SCRIPT_NAME),
         run_title="command",
         run="\n".join(lines),
         training=False,
+        array=array,
     )
 
 
@@ -557,13 +565,17 @@ def submit_training(cfg: RunConfig, res: Resources, cluster: Cluster, *, recipe_
 
 
 def submit_command(command: str, res: Resources, cluster: Cluster, *, out_dir: str, title: str, job_name: str,
-                   dependency: Optional[str] = None) -> Submitted:
+                   dependency: Optional[str] = None, array: Optional[int] = None) -> Submitted:
+    """Write OUT_DIR/launch/sbatch.sh and submit; `array`: a job array of that many tasks (the log
+    recorded is then a pattern, `slurm-JOB_%a.out`, %a = the task index)."""
     out = Path(out_dir)
     launch_dir = out / "launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
     script = launch_dir / SCRIPT_NAME
-    write_script(script, render_command(command, res, cluster, out_dir=str(out), title=title, job_name=job_name))
+    write_script(script, render_command(command, res, cluster, out_dir=str(out), title=title, job_name=job_name,
+                                        array=array))
     job, line = sbatch(script, dependency)
-    log = str(out / LOG_NAME).replace("%j", job)
-    _record(launch_dir, job_id=job, script=str(script), log=log, dependency=dependency, command=command)
+    log = str(out / (ARRAY_LOG_NAME if array else LOG_NAME)).replace("%j", job).replace("%A", job)
+    _record(launch_dir, job_id=job, script=str(script), log=log, dependency=dependency, command=command,
+            **({"array": array} if array else {}))
     return Submitted(job, line, str(script), log)

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
     ("resume_time.py", ["--steps", "2", "20", "--rounds", "1", "--samples", "200", "--per-shard", "50", "--buffer", "16"],
      "resume time ratio"),
     ("demo_quality.py", ["--clips", "8", "--val", "4", "--iters", "2"], "held-out SI-SNR (dB) per kind"),
+    ("tokenize_memory.py", ["--minutes", "0.1", "0.5", "--batch-seconds", "3"], "peak RSS ratio"),
 ])
 def test_benchmark_runs(script, args, expect):
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, env=env(),

@@ -156,9 +156,9 @@ def test_check_names_the_tokenizer_size(tmp_path):
 
     (tmp_path / "text_tokenizer.json").write_text(json.dumps({"vocab_size": 64}))
 
-    def cfg(vocab, tokenizer=str(tmp_path), max_len=48):
+    def cfg(vocab, tokenizer=str(tmp_path), max_len=48, windows="one"):
         return SimpleNamespace(model=ClapConfig(text_vocab_size=vocab, text_max_len=max_len),
-                               data=SimpleNamespace(tokenizer=tokenizer))
+                               data=SimpleNamespace(tokenizer=tokenizer, windows=windows))
 
     check(cfg(64))
     check(cfg(80))  # spare rows are allowed (sentencepiece may stop below the size asked for)
@@ -168,6 +168,8 @@ def test_check_names_the_tokenizer_size(tmp_path):
         check(cfg(64, tokenizer=str(tmp_path / "nope")))
     with pytest.raises(UserError, match="needs data.tokenizer"):
         check(cfg(64, tokenizer=None))
+    with pytest.raises(UserError, match="data.windows=all: stage clap takes one random crop"):
+        check(cfg(64, windows="all"))
 
 
 @pytest.mark.slow

@@ -68,7 +68,8 @@ def _damaged_copy(tmp_path) -> tuple[str, str, str]:
 
 def test_truncated_shard_is_reported_and_can_stop_the_run(tmp_path):
     shards, tokenizer, bad = _damaged_copy(tmp_path)
-    data = (f"data.train_shards={shards}", "data.val_shards=null", f"data.tokenizer={tokenizer}")
+    data = (f"data.train_shards={shards}", "data.val_shards=null", f"data.tokenizer={tokenizer}",
+            "data.windows=one")  # one example per sample, so 40 steps are 320 samples
     run = tmp_path / "run"
     p = train(run, "trainer.max_steps=40", "trainer.ckpt_every_n_steps=40", *data)  # 320 samples: > 1 epoch
     assert f"{bad}: truncated" in p.stderr

@@ -191,3 +191,27 @@ def test_an_epoch_of_only_damaged_shards_is_one_user_error_naming_them(tmp_path)
         f.truncate(1500)  # inside the second member: no complete sample left
     with pytest.raises(UserError, match=r"gave no examples .*damaged shards: train-000000.tar"):
         run(stream(spec), 1)
+
+
+def _several(sample, rng):
+    """0 to 3 examples per sample (windows of a recording, or none), each with its own randomness."""
+    base = make_example(sample, rng)
+    n = int(base["x"][0]) % 4
+    return [{**base, "key": f"{base['key']}/{w}", "r": float(rng.random())} for w in range(n)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("per_shard,rank_world", [(5, (0, 1)), (16, (1, 2))])
+def test_resume_from_positions_is_exact_with_several_examples_per_sample(tmp_path, workers, per_shard, rank_world):
+    spec = shards(tmp_path, n_samples=40, per_shard=per_shard)
+
+    def mk(positions=None):
+        return ShardStream(resolve_shard_sets(spec), _several, collate, batch_size=3, seed=5, shuffle_buffer=8,
+                           rank_world=rank_world, positions=positions)
+
+    ref = run(make_loader(mk(), workers), 40)
+    assert [b["_index"] for b in ref] == list(range(40))
+    assert any(b["_state"].state["window"] for b in ref)  # some batches end inside a sample's examples
+    for b in (1, 2, 7, 13, 26):
+        got = run(make_loader(mk(positions_before(ref, b)), workers), 40 - b)
+        assert seen(got) == seen(ref[b:]), f"resume at batch {b}"

@@ -192,14 +192,17 @@ def test_pipeline_dry_run_prints_every_stage_resolved(capsys, tmp_path):
     rc, out, err = _launch(capsys, "slurm", example, "--dir", str(tmp_path / "pd"), "--dry-run")
     assert rc == 0, err
     scripts = out.split("# ===== stage ")[1:]
-    assert [s.split(":")[0] for s in scripts] == ["tokenize", "semantic", "sample"]
+    assert [s.split(":")[0] for s in scripts] == ["fit", "tokenize", "semantic", "sample"]
     heads = [s.splitlines()[0] for s in scripts]
-    assert "afterok" not in heads[0] and "afterok:<job of tokenize>" in heads[1] and "afterok:<job of semantic>" in heads[2]
-    assert f"RUN_DIR={tmp_path}/pd/semantic" in scripts[1] and "--ntasks=32" in scripts[1]
-    assert '-m alm export "${RUN_DIR}" --out "${RUN_DIR}/export"' in scripts[1]
-    assert f"-m alm generate semantic {tmp_path}/pd/semantic/export" in scripts[2]
+    assert "afterok" not in heads[0] and "afterok:<job of fit>" in heads[1] and "afterok:<job of semantic>" in heads[3]
+    assert "afterok:<job of tokenize> (all 16 tasks of its array)" in heads[2]  # the whole array, one job id
+    assert "#SBATCH --array=0-15" in scripts[1] and "--num-shards 16 --shard-index ${SLURM_ARRAY_TASK_ID}" in scripts[1]
+    assert "--array" not in scripts[0] and "--fit-only" in scripts[0]
+    assert f"RUN_DIR={tmp_path}/pd/semantic" in scripts[2] and "--ntasks=32" in scripts[2]
+    assert '-m alm export "${RUN_DIR}" --out "${RUN_DIR}/export"' in scripts[2]
+    assert f"-m alm generate semantic {tmp_path}/pd/semantic/export" in scripts[3]
     assert "#SBATCH --time=12:00:00" in scripts[0] and "#SBATCH --time=24:00:00" not in scripts[0]
-    assert "--signal=USR1" not in scripts[0] and "--signal=USR1@120" in scripts[1]
+    assert "--signal=USR1" not in scripts[0] and "--signal=USR1@120" in scripts[2]
     assert not (tmp_path / "pd").exists()
     rc, _, err = _launch(capsys, "slurm", example, "x=1", "--dry-run")
     assert rc == 2 and "pipeline" in err
@@ -461,7 +464,7 @@ def test_pipeline_paths_are_relative_to_the_pipeline_file(tmp_path):
     p = subprocess.run([sys.executable, "-m", "alm", "launch", "slurm", str(example), "--dry-run"], cwd=elsewhere,
                        env=env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.count("# ===== stage") == 3 and f"RUN_DIR={elsewhere}/runs/audiolm-semantic-pipeline/semantic" in p.stdout
+    assert p.stdout.count("# ===== stage") == 4 and f"RUN_DIR={elsewhere}/runs/audiolm-semantic-pipeline/semantic" in p.stdout
     own = tmp_path / "pipes" / "mine.yaml"  # a recipe and a cluster file beside the pipeline
     own.parent.mkdir()
     (own.parent / "r.yaml").write_text(Path(TINY).read_text())

@@ -126,7 +126,8 @@ def test_tokenize_codec_shards(codec_dir, codec, tmp_path):
     summary = C.tokenize_codec_shards(str(tmp_path / "audio"), out, codec, n_q=4, batch_size=2, progress=False)
 
     names = [os.path.basename(p) for p in in_paths]
-    assert sorted(os.listdir(out)) == sorted(names + ["codec.json", "errors.json"])
+    assert sorted(n for n in os.listdir(out) if not n.startswith(".")) == sorted(names + ["codec.json", "errors", "errors.json"])
+    assert os.listdir(out / "errors") == [f"{names[1]}.json"]  # the one shard with a failed sample
     assert summary["samples"] == 5
     errors = json.loads((out / "errors.json").read_text())
     assert errors == [{"key": corrupt, "shard": names[1], "reason": "tokenizer_failed"}]

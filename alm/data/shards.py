@@ -8,6 +8,7 @@ byte-identical shards, and each shard appears under its final name only once com
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import io
 import json
@@ -230,12 +231,184 @@ def read_shard(url: str) -> Iterable[dict[str, Any]]:
     yield from wds.tarfile_samples([{"url": url}])
 
 
-def join_sets(spec: str) -> list[str]:
-    """Split a spec of parallel shard sets joined by ' + ' (see ShardStream): 'a/*.tar + b/*.tar'."""
+_WEIGHT = re.compile(r"\s@\s*([^\s:@]*)\s*(?:::|$)")  # ' @W' closing a dataset: before '::' or at the end
+
+
+def mixture_parts(spec: str) -> list[tuple[str, float | None]]:
+    """A shard spec as datasets with sampling weights.
+
+    Grammar. A spec without a weight is one dataset, read as always: parallel sets joined by
+    ' + ', each a list of shard sources (directory, glob, brace pattern, file, URL) joined by '::':
+    'a1::a2 + b1::b2'. A spec with weights is a mixture: datasets joined by '::', each such a spec
+    closed by ' @WEIGHT' (a space before '@'; WEIGHT a positive number). A dataset ends exactly
+    at its weight, so its own sources may still be joined by '::':
+
+        audiocaps/*.tar @3 :: clotho/*.tar @1 :: wavcaps/*.tar @0.5
+        sem_a/*.tar + codes_a/*.tar @2 :: sem_b/*.tar + codes_b/*.tar @1
+        a/train-*.tar::a/extra-*.tar @2 :: b/*.tar @1
+
+    In a mixture every dataset needs a weight and every dataset the same number of parallel sets.
+    Returns [(dataset spec, weight)], or [(spec, None)] for a spec without weights.
+    """
+    found = list(_WEIGHT.finditer(spec))
+    if not found:
+        return [(spec, None)]
+    parts: list[tuple[str, float | None]] = []
+    pos = 0
+    for m in found:
+        body = spec[pos : m.start()].strip()
+        pos = m.end()
+        if body.startswith("::"):
+            body = body[2:].strip()
+        if not body:
+            raise ValueError(f"shard spec {spec!r}: a weight {'@' + m.group(1)!r} with no shards before it")
+        try:
+            weight = float(m.group(1))
+        except ValueError:
+            weight = float("nan")
+        if not weight > 0 or weight == float("inf"):
+            raise ValueError(f"shard spec {spec!r}: dataset {body!r}: weight {m.group(1)!r} is not a positive number")
+        parts.append((body, weight))
+    rest = spec[pos:].strip().removeprefix("::").strip()
+    if rest:
+        raise ValueError(f"shard spec {spec!r}: dataset {rest!r} has no weight: in a mixture every "
+                         "dataset ends with ' @WEIGHT' (e.g. 'clotho/*.tar @1')")
+    widths = {len(_split_plus(body, spec)) for body, _ in parts}
+    if len(widths) > 1:
+        raise ValueError(f"shard spec {spec!r}: the datasets of a mixture have different numbers of parallel "
+                         f"sets ({sorted(widths)}): each needs the same ' + ' members")
+    return parts
+
+
+def _split_plus(spec: str, whole: str) -> list[str]:
     sets = [s.strip() for s in spec.split(" + ")]
     if any(not s for s in sets):
-        raise ValueError(f"shard spec {spec!r}: empty shard set around ' + '")
+        raise ValueError(f"shard spec {whole!r}: empty shard set around ' + '")
     return sets
+
+
+def join_sets(spec: str) -> list[str]:
+    """Split a spec of parallel shard sets joined by ' + ' (see ShardStream): 'a/*.tar + b/*.tar'.
+
+    For a mixture (see mixture_parts), set i is every dataset's set i joined by '::' (weights
+    dropped): what checks of the shards' files and provenance need."""
+    parts = mixture_parts(spec)
+    if parts[0][1] is None:
+        return _split_plus(spec, spec)
+    per_dataset = [_split_plus(body, spec) for body, _ in parts]
+    return ["::".join(sets[i] for sets in per_dataset) for i in range(len(per_dataset[0]))]
+
+
+ERRORS_FILE = "errors.json"  # OUT/errors.json: every finished shard's failed samples, merged
+ERRORS_DIR = "errors"  # OUT/errors/<shard name>.json: one shard's failed samples (only shards that have some)
+
+
+def shard_share(names: list[str], num_shards: int = 1, shard_index: int = 0) -> list[int]:
+    """Positions in `names` that job `shard_index` of `num_shards` owns: input shard i goes to job i % N.
+
+    Round-robin (not contiguous blocks), so each job gets a similar mix of splits and shard sizes."""
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard index {shard_index} of {num_shards}: expected num_shards >= 1 and 0 <= index < num_shards")
+    return list(range(shard_index, len(names), num_shards))
+
+
+def _read_errors(path: Path) -> list[dict[str, str]]:
+    try:
+        errors = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable error list ({exc}); delete it and the shard it names to redo that shard") from exc
+    if not isinstance(errors, list):
+        raise ValueError(f"{path}: expected a JSON list of errors")
+    return errors
+
+
+def merge_errors(out_dir: str | os.PathLike) -> list[dict[str, str]]:
+    """Rewrite OUT/errors.json as the errors of every FINISHED shard in OUT (from OUT/errors/*.json),
+    under a lock, so concurrent jobs of one array never lose each other's entries. Returns the list.
+
+    A pre-per-shard errors.json (no OUT/errors/ yet) is first split into per-shard files."""
+    import fcntl
+
+    from alm.io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    per_shard = out_dir / ERRORS_DIR
+    with open(out_dir / ".errors.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not per_shard.is_dir() and (out_dir / ERRORS_FILE).exists():  # a set written before errors/ existed
+            by_shard: dict[str, list] = {}
+            for e in _read_errors(out_dir / ERRORS_FILE):
+                by_shard.setdefault(e["shard"], []).append(e)
+            for name, errs in by_shard.items():
+                atomic_write_text(per_shard / f"{name}.json", json.dumps(errs, indent=1, ensure_ascii=False))
+        merged: list[dict[str, str]] = []
+        files = sorted(per_shard.glob("*.json")) if per_shard.is_dir() else []
+        for f in files:
+            if (out_dir / f.name[: -len(".json")]).exists():  # a shard killed before its rename: redone later
+                merged.extend(_read_errors(f))
+        atomic_write_text(out_dir / ERRORS_FILE, json.dumps(merged, indent=1, ensure_ascii=False))
+    return merged
+
+
+@contextlib.contextmanager
+def _shard_lock(out_dir: Path, name: str):
+    """Hold `out_dir/.NAME.lock` (flock, non-blocking) while writing shard NAME: True if held, False if
+    another process holds it. Removed after the shard is renamed into place."""
+    import fcntl
+
+    lock_path = out_dir / f".{name}.lock"
+    with open(lock_path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock_path.unlink(missing_ok=True)
+
+
+def _map_one(url: str, path: Path, errors_path: Path, fn, batch_size: int) -> tuple[int, list[dict[str, str]]]:
+    """Write one output shard at `path` from input shard `url` (see map_shards) -> (samples written, errors).
+    The shard's error list (if any) is written before the shard gets its final name."""
+    from alm.io import atomic_write_text
+
+    if errors_path.exists():  # left by a run killed between the list and the shard: redone from scratch
+        errors_path.unlink()
+    name = path.name
+    shard_errors: list[dict[str, str]] = []
+    written = 0
+    batch: list[dict[str, Any]] = []
+    shard = TarShard(path)
+    try:
+
+        def flush() -> None:
+            nonlocal written
+            for sample, members in zip(batch, fn(batch)):
+                if members is None:
+                    shard_errors.append({"key": sample["__key__"], "shard": name, "reason": "tokenizer_failed"})
+                    continue
+                out = {"__key__": sample["__key__"], **members}
+                if "json" in sample and "json" not in out:
+                    out["json"] = sample["json"]
+                shard.write(out)
+                written += 1
+            batch.clear()
+
+        for sample in read_shard(url):
+            batch.append(sample)
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+        if shard_errors:  # the list first: a shard under its final name always has its errors listed
+            atomic_write_text(errors_path, json.dumps(shard_errors, indent=1, ensure_ascii=False))
+        shard.close()
+    except BaseException:
+        shard.abort()
+        raise
+    return written, shard_errors
 
 
 def map_shards(
@@ -245,56 +418,65 @@ def map_shards(
     batch_size: int = 16,
     desc: str = "tokenize",
     progress: bool = True,
+    num_shards: int = 1,
+    shard_index: int = 0,
 ) -> dict[str, Any]:
     """Write a parallel shard set: for each input shard, `out_dir/<same file name>` holding,
     for every input sample, the members `fn` computes, under the same key, in the same order.
 
     `fn(samples) -> list[dict | None]` gets a list of raw samples (dicts of bytes) and returns,
     per sample, the new members ({ext: bytes}) or None when that sample cannot be processed
-    (e.g. corrupt audio). Such samples are left out of the output, counted, and listed in
-    `out_dir/errors.json` with their key and shard -- never dropped silently. The input's
-    `json` member is copied so the set is self-describing. Shards already present in `out_dir`
-    are complete (atomic writes) and are skipped, so an interrupted run continues where it died.
-    Returns {"shards": [...], "samples": N, "errors": [...]}.
+    (e.g. corrupt audio). Such samples are left out of the output, counted, and listed with their
+    key and shard -- never dropped silently -- in `out_dir/errors/<shard name>.json` (written before
+    the shard is renamed into place, so a finished shard always has its list; shards without errors
+    have none) and merged into `out_dir/errors.json` (errors of every finished shard in out_dir).
+    The input's `json` member is copied so the set is self-describing. Shards already present in
+    `out_dir` are complete (atomic writes) and are skipped, so an interrupted run continues where it died.
+
+    `num_shards`/`shard_index`: this call does only input shards i with i % num_shards == shard_index
+    (see shard_share); N such calls, in any order or at once, write exactly what one call does.
+    A shard another process is writing at the same moment (its `.NAME.lock` is held) is left to it and
+    listed in "busy" (this call's share is then unfinished: rerun it).
+    Returns {"shards": this call's output paths, "existing": names already there, "busy": names left to
+    another writer, "samples": N written now,
+    "errors": errors of this call's shards, "errors_total": len(out_dir/errors.json),
+    "done_total": finished shards of the whole input list in out_dir, "total": input shards}.
     """
     from tqdm import tqdm
-
-    from alm.io import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [os.path.basename(u) for u in in_urls]
     if len(set(names)) != len(names):
         raise ValueError("input shards must have distinct file names to map them into one directory")
-    errors_path = out_dir / "errors.json"
-    errors: list[dict[str, str]] = json.loads(errors_path.read_text()) if errors_path.exists() else []
+    mine = shard_share(names, num_shards, shard_index)
+    merge_errors(out_dir)  # splits an old errors.json into errors/ before any shard is redone
+    per_shard = out_dir / ERRORS_DIR  # made when a shard first has an error
+    errors: list[dict[str, str]] = []
+    existing: list[str] = []
+    busy: list[str] = []
     total = 0
-    for url, name in zip(tqdm(in_urls, desc=desc, unit="shard", disable=not progress), names):
+    for i in tqdm(mine, desc=desc, unit="shard", disable=not progress):
+        url, name = in_urls[i], names[i]
+        errors_path = per_shard / f"{name}.json"
         if (out_dir / name).exists():
+            existing.append(name)
+            if errors_path.exists():
+                errors.extend(_read_errors(errors_path))
             continue
-        errors = [e for e in errors if e["shard"] != name]  # a shard redone from scratch
-        batch: list[dict[str, Any]] = []
-        with TarShard(out_dir / name) as shard:
-
-            def flush() -> None:
-                nonlocal total
-                for sample, members in zip(batch, fn(batch)):
-                    if members is None:
-                        errors.append({"key": sample["__key__"], "shard": name, "reason": "tokenizer_failed"})
-                        continue
-                    out = {"__key__": sample["__key__"], **members}
-                    if "json" in sample and "json" not in out:
-                        out["json"] = sample["json"]
-                    shard.write(out)
-                    total += 1
-                batch.clear()
-
-            for sample in read_shard(url):
-                batch.append(sample)
-                if len(batch) >= batch_size:
-                    flush()
-            if batch:
-                flush()
-        atomic_write_text(errors_path, json.dumps(errors, indent=1, ensure_ascii=False))
-    atomic_write_text(errors_path, json.dumps(errors, indent=1, ensure_ascii=False))
-    return {"shards": [str(out_dir / n) for n in names], "samples": total, "errors": errors}
+        with _shard_lock(out_dir, name) as held:
+            if not held:  # another job writes this shard right now (e.g. a straggler of an earlier array)
+                busy.append(name)
+                continue
+            if (out_dir / name).exists():  # finished by another job since the check above
+                existing.append(name)
+                errors.extend(_read_errors(errors_path) if errors_path.exists() else [])
+                continue
+            written, shard_errors = _map_one(url, out_dir / name, errors_path, fn, batch_size)
+        total += written
+        errors.extend(shard_errors)
+    merged = merge_errors(out_dir)
+    present = set(os.listdir(out_dir))  # one listing, not a stat per shard of the whole set
+    return {"shards": [str(out_dir / names[i]) for i in mine], "existing": existing, "busy": busy, "samples": total,
+            "errors": errors, "errors_total": len(merged), "done_total": sum(n in present for n in names),
+            "total": len(names)}

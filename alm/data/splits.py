@@ -27,7 +27,7 @@ import os
 import re
 from pathlib import Path
 
-from alm.data.shards import is_remote, join_sets, safe_split_name
+from alm.data.shards import is_remote, join_sets, mixture_parts, safe_split_name
 from alm.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,9 @@ def resolve_split_spec(spec: str, role: str) -> str:
         raise ValueError(f"role {role!r}: expected one of {', '.join(ROLES)}")
     if spec.strip() == "synthetic":
         return spec
+    parts = mixture_parts(spec)
+    if parts[0][1] is not None:  # a weighted mixture: each dataset resolved, its weight kept
+        return " :: ".join(f"{resolve_split_spec(body, role)} @{weight!r}" for body, weight in parts)
     sets = []
     for one in join_sets(spec):
         pieces = []

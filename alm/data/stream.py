@@ -11,23 +11,37 @@ Design:
   readers, so reader r takes the samples whose running number over the epoch's shards is r mod
   readers. A reader reads only its own samples' bytes (alm.data.index seeks to them): the data
   is read once per epoch in total, not once per reader.
+* A sample becomes examples right after it is read: make_example may return one example, none, or
+  a list (every window of a long recording, at a per-epoch random offset seeded by (seed, epoch,
+  key)). The examples enter the shuffle buffer one by one, so the windows of one recording spread
+  over the batches that follow (a recording of K windows through a buffer of B examples spreads
+  over ~B examples; keep data.shuffle_buffer well above the windows of one recording). A reader
+  holds one decoded recording at a time (its windows) plus the buffer.
 * The shuffle buffer's order comes from a generator seeded by (seed, epoch, slot); per-example
   randomness such as crops from (seed, epoch, key).
+* Mixtures (data.train_shards 'A @3 :: B @1', alm.data.shards.mixture_parts): each dataset is its
+  own infinite sub-stream (its own shard order, epochs, buffer; seeds prefixed by the dataset's
+  number), and each example comes from dataset d with probability w_d / sum(w), chosen by a
+  generator seeded by (seed, slot). Without weights the stream is exactly the single-dataset one.
 * A rank's batch g comes from logical worker g % W as that worker's batch g // W, the order in
   which torch's DataLoader interleaves its workers. Each batch carries `_state`: its logical
-  worker's stream position *after* the batch (epoch, unit, sample offset in the unit, the shuffle
-  buffer as (shard, sample) ids, the buffer generator's state, the worker's batch count). With
-  `max_tokens`, a batch closed by an example that did not fit records the position from before
-  that example's sample was drawn, so the example is drawn again on resume.
+  worker's stream position *after* the batch (epoch, unit, sample offset in the unit, the next
+  window of that sample, the shuffle buffer as (shard, sample, window) ids, the buffer generator's
+  state, the worker's batch count; for a mixture each dataset's such position under `mix` and the
+  chooser's state). With `max_tokens`, a batch closed by an example that did not fit records the
+  position from before that example was drawn, so the example is drawn again on resume.
 * Resume: given the positions of the batches last trained (alm.training.data_state keeps them
   in the checkpoint), physical worker p of a rank resumed at batch B plays logical worker
-  (B + p) % W and starts exactly at that worker's position: it reads the buffered samples and
-  continues, so resuming costs the same at step 10 and at step 1,000,000. Without positions
+  (B + p) % W and starts exactly at that worker's position: it reads the buffered examples'
+  samples (each once) and the recording it was inside (once, skipping to the saved window) and
+  continues, so resuming costs the same at step 10 and at step 1,000,000, and in the middle of an
+  hour-long recording the same as at its start. Without positions
   (a checkpoint from before this scheme), `start_batch` replays the stream up to batch B.
 
 Each batch also carries `_index` (its number g in the rank's stream), `_corrupt` (samples this
 worker dropped since its previous batch), `_corrupt_shards` ({shard file: count} of those) and
-`_drawn` (samples it drew, good or bad) so training can reseed per batch and report bad data.
+`_drawn` (samples it drew, good or bad) so training can reseed per batch and report bad data, and,
+in a mixture, `_datasets` ({dataset name: examples of this batch from it}).
 """
 
 from __future__ import annotations
@@ -45,11 +59,11 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from alm.data.index import ShardIndex, read_sample, shard_index
-from alm.data.shards import expand_shards, is_remote, join_sets
+from alm.data.shards import expand_shards, is_remote, join_sets, mixture_parts
 
 log = logging.getLogger(__name__)
 
-MakeExample = Callable[[dict[str, Any], np.random.Generator], Optional[dict[str, Any]]]
+MakeExample = Callable[[dict[str, Any], np.random.Generator], Optional[dict[str, Any] | list[dict[str, Any]]]]
 Collate = Callable[[list[dict[str, Any]]], dict[str, Any]]
 INDEX_CACHE = 64  # shard plans each reader keeps in memory
 
@@ -60,8 +74,7 @@ def dist_rank_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def resolve_shard_sets(spec: str) -> list[list[str]]:
-    """'a/*.tar + b/*.tar' -> [[a shards], [b shards]]: parallel sets joined by file name and key."""
+def _resolve_sets(spec: str) -> list[list[str]]:
     specs = join_sets(spec)
     sets = [expand_shards(s) for s in specs]
     names = [os.path.basename(u) for u in sets[0]]
@@ -71,6 +84,15 @@ def resolve_shard_sets(spec: str) -> list[list[str]]:
         if missing:
             raise FileNotFoundError(f"shard set {s!r} has no shard named {missing[0]} (parallel sets must match)")
     return sets
+
+
+def resolve_shard_sets(spec: str) -> list[list[str]]:
+    """'a/*.tar + b/*.tar' -> [[a shards], [b shards]]: parallel sets joined by file name and key.
+    For a weighted mixture: set i of every dataset (each joined within its dataset), one after the other."""
+    datasets = resolve_datasets(spec)
+    if len(datasets) == 1:
+        return datasets[0].shard_sets
+    return [[u for d in datasets for u in d.shard_sets[i]] for i in range(len(datasets[0].shard_sets))]
 
 
 class _Counter:
@@ -141,50 +163,55 @@ def _make_plan(urls: list[str]) -> _Plan:
     return _Plan(urls, indexes, picks, len(picks), unmatched, problems)
 
 
-class ShardStream(IterableDataset):
-    """Infinite (or single-pass), seeded, resumable stream of batches from WebDataset shards.
+@dataclass
+class Dataset:
+    """One dataset of a shard spec: its parallel shard sets and its sampling weight (None: not a mixture)."""
 
-    shard_sets: parallel shard lists (see resolve_shard_sets); make_example(sample, rng) turns a
-    raw sample (dict of bytes) into an example dict or raises on corrupt data; collate(examples)
-    makes a batch. Batches hold `batch_size` examples, or, with `max_tokens`, as many as fit in
-    max_tokens padded tokens (`length(example)` tokens each). `positions` ({logical worker:
-    state}, as batches' `_state`) starts each worker exactly there; else `start_batch` replays.
-    """
+    name: str
+    shard_sets: list[list[str]]
+    weight: float | None = None
 
-    def __init__(
-        self,
-        shard_sets: list[list[str]],
-        make_example: MakeExample,
-        collate: Collate,
-        batch_size: int,
-        seed: int,
-        shuffle_buffer: int = 500,
-        shuffle: bool = True,
-        infinite: bool = True,
-        start_batch: int = 0,
-        max_tokens: int = 0,
-        length: Callable[[dict[str, Any]], int] | None = None,
-        rank_world: tuple[int, int] | None = None,
-        positions: dict[int, dict[str, Any]] | None = None,
-    ):
-        super().__init__()
+
+def _dataset_name(url: str, taken: set[str]) -> str:
+    """The folder of a dataset's first shard ('data/clotho/train-000000.tar' -> 'clotho'), made unique."""
+    base = os.path.basename(os.path.dirname(url.split("://", 1)[-1].rstrip("/"))) or "data"
+    base = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in base).strip("_") or "data"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}_{n}"
+    taken.add(name)
+    return name
+
+
+def resolve_datasets(spec: str) -> list[Dataset]:
+    """The datasets of a shard spec (alm.data.shards.mixture_parts): one without a weight, or a
+    weighted mixture, each with its parallel sets joined by file name and key."""
+    try:
+        parts = mixture_parts(spec)
+    except ValueError as exc:
+        from alm.errors import UserError
+
+        raise UserError(str(exc)) from None
+    taken: set[str] = set()
+    out = []
+    for body, weight in parts:
+        sets = _resolve_sets(body)
+        out.append(Dataset(_dataset_name(sets[0][0], taken), sets, weight))
+    return out
+
+
+class _Source:
+    """The shards of one dataset: shard plans, each epoch's units per reader, reading samples."""
+
+    def __init__(self, shard_sets: list[list[str]], seed: list[int], shuffle: bool) -> None:
         self.shard_sets = shard_sets
-        self.make_example = make_example
-        self.collate = collate
-        self.batch_size = batch_size
-        self.seed = seed
-        self.shuffle_buffer = max(1, shuffle_buffer) if shuffle else 1
+        self.seed = seed  # the prefix of every seed sequence: [seed] alone, or [seed, 101, dataset] in a mixture
         self.shuffle = shuffle
-        self.infinite = infinite
-        self.start_batch = start_batch
-        self.max_tokens = max_tokens
-        self.length = length
-        self.rank_world = rank_world
-        self.positions = positions
+        self.n_slots = 1
         self._plans: OrderedDict[int, _Plan] = OrderedDict()
         self._by_name: list[dict[str, str]] | None = None
 
-    # -- which samples belong to a slot in an epoch -----------------------------------------
     def plan(self, shard: int) -> _Plan:
         """The (cached) plan of shard group `shard` (its number in shard_sets[0])."""
         found = self._plans.get(shard)
@@ -194,7 +221,8 @@ class ShardStream(IterableDataset):
             url = self.shard_sets[0][shard]
             group = [url] + [m[os.path.basename(url)] for m in self._by_name]
             found = self._plans[shard] = _make_plan(group)
-            while len(self._plans) > max(INDEX_CACHE, len(self.shard_sets[0]) if self._few else 0):
+            few = len(self.shard_sets[0]) < self.n_slots
+            while len(self._plans) > max(INDEX_CACHE, len(self.shard_sets[0]) if few else 0):
                 self._plans.popitem(last=False)
         else:
             self._plans.move_to_end(shard)
@@ -205,7 +233,7 @@ class ShardStream(IterableDataset):
         n = len(self.shard_sets[0])
         order = np.arange(n)
         if self.shuffle:
-            np.random.default_rng([self.seed, epoch, 7]).shuffle(order)
+            np.random.default_rng([*self.seed, epoch, 7]).shuffle(order)
         if n >= n_slots:
             return [(int(i), 0, 1) for i in order[slot::n_slots]]
         units, before = [], 0  # fewer shards than readers: sample number (over the epoch) mod readers
@@ -213,10 +241,6 @@ class ShardStream(IterableDataset):
             units.append((int(i), (slot - before) % n_slots, n_slots))
             before += self.plan(int(i)).size
         return units
-
-    @property
-    def _few(self) -> bool:
-        return len(self.shard_sets[0]) < getattr(self, "_n_slots", 1)
 
     def read(self, shard: int, positions: list[int], counter: _Counter) -> Iterator[tuple[int, dict[str, Any]]]:
         """(position, sample) for the given ascending positions of a shard group; bad ones counted."""
@@ -255,7 +279,7 @@ class ShardStream(IterableDataset):
             counter.drawn += 1
             yield p, merged
 
-    def _report(self, shard: int, counter: _Counter) -> None:
+    def report(self, shard: int, counter: _Counter) -> None:
         """Problems of a shard group, counted once per epoch by the reader of its position 0."""
         plan = self.plan(shard)
         for url, problem, lost in plan.problems:
@@ -264,112 +288,207 @@ class ShardStream(IterableDataset):
             counter.bad(plan.urls[0], len(plan.unmatched),
                         f"{len(plan.unmatched)} sample(s) missing from a parallel set, e.g. {plan.unmatched[0]!r}")
 
-    # -- the sample stream of one slot, with its position --------------------------------------
-    def _samples(self, slot: int, n_slots: int, counter: _Counter, cursor: "_Cursor") -> Iterator[tuple[int, dict[str, Any]]]:
-        """(epoch, sample) forever (or one epoch), (epoch, None) at each epoch's end; `cursor` always
-        holds the position after the last sample."""
-        c = cursor
+
+def _as_list(out: Any) -> list[dict[str, Any]]:
+    """make_example's result as a list of examples: None -> [], one example -> [it], a list as is."""
+    if out is None:
+        return []
+    if isinstance(out, dict):
+        return [out]
+    return [e for e in out if e is not None]
+
+
+class ShardStream(IterableDataset):
+    """Infinite (or single-pass), seeded, resumable stream of batches from WebDataset shards.
+
+    shard_sets: parallel shard lists (see resolve_shard_sets), or the datasets of a spec
+    (resolve_datasets: one, or a weighted mixture). make_example(sample, rng) turns a raw sample
+    (dict of bytes) into an example dict, a list of examples (every window of a long recording),
+    or None, and raises on corrupt data; collate(examples) makes a batch. Batches hold
+    `batch_size` examples, or, with `max_tokens`, as many as fit in max_tokens padded tokens
+    (`length(example)` tokens each). `positions` ({logical worker: state}, as batches' `_state`)
+    starts each worker exactly there; else `start_batch` replays.
+    """
+
+    def __init__(
+        self,
+        shard_sets: list[list[str]] | list[Dataset],
+        make_example: MakeExample,
+        collate: Collate,
+        batch_size: int,
+        seed: int,
+        shuffle_buffer: int = 500,
+        shuffle: bool = True,
+        infinite: bool = True,
+        start_batch: int = 0,
+        max_tokens: int = 0,
+        length: Callable[[dict[str, Any]], int] | None = None,
+        rank_world: tuple[int, int] | None = None,
+        positions: dict[int, dict[str, Any]] | None = None,
+    ):
+        super().__init__()
+        datasets = list(shard_sets) if shard_sets and isinstance(shard_sets[0], Dataset) else [Dataset("data", shard_sets)]
+        self.datasets = datasets
+        self.mixture = datasets[0].weight is not None
+        if self.mixture and not infinite:
+            raise ValueError("a weighted mixture is an infinite stream (each dataset its own epochs)")
+        if self.mixture:
+            self.sources = [_Source(d.shard_sets, [seed, 101, i], shuffle) for i, d in enumerate(datasets)]
+            w = np.array([d.weight for d in datasets], dtype=np.float64)
+            self._cumulative = np.cumsum(w / w.sum())
+        else:
+            self.sources = [_Source(datasets[0].shard_sets, [seed], shuffle)]
+        self.shard_sets = datasets[0].shard_sets
+        self.make_example = make_example
+        self.collate = collate
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle_buffer = max(1, shuffle_buffer) if shuffle else 1
+        self.shuffle = shuffle
+        self.infinite = infinite
+        self.start_batch = start_batch
+        self.max_tokens = max_tokens
+        self.length = length
+        self.rank_world = rank_world
+        self.positions = positions
+
+    # -- compatibility: the single dataset's shard plans ----------------------------------------
+    def plan(self, shard: int) -> _Plan:
+        return self.sources[0].plan(shard)
+
+    def epoch_units(self, epoch: int, slot: int, n_slots: int) -> list[tuple[int, int, int]]:
+        return self.sources[0].epoch_units(epoch, slot, n_slots)
+
+    # -- the example stream of one dataset in one slot, with its position -----------------------
+    def _windows(self, src: _Source, sample: dict[str, Any], epoch: int, counter: _Counter) -> list[dict[str, Any]]:
+        """The examples of one sample (every window of a recording), its randomness seeded by (seed, epoch, key)."""
+        key = sample["__key__"]
+        rng = np.random.default_rng([*src.seed, epoch, zlib.crc32(key.encode())])
+        try:
+            return _as_list(self.make_example(sample, rng))
+        except Exception as exc:  # a corrupt sample: counted and reported, not hidden
+            counter.bad(sample.get("__url__", "?"), 1, f"skipping corrupt sample {key}: {exc}")
+            counter.drawn -= 1  # already counted as drawn when read
+            return []
+
+    def _source_examples(self, d: int, slot: int, n_slots: int, counter: _Counter, c: "_Cursor"):
+        """(example, d) forever (or one epoch) from dataset d. Each sample's examples (its windows)
+        enter the shuffle buffer one by one, so a recording's windows spread over many batches.
+        While suspended at a yield, `c` holds the exact position after that example: epoch, unit,
+        offset (the sample) and window (the next window of that sample to enter the buffer)."""
+        src = self.sources[d]
+        produced = c.restored  # an epoch resumed midway may hold no more examples
         while True:
-            units = self.epoch_units(c.epoch, slot, n_slots)
+            units = src.epoch_units(c.epoch, slot, n_slots)
             if c.rng is None:
-                c.rng = np.random.default_rng([self.seed, c.epoch, slot, 11])
-            if c.pending:  # resuming: read the samples the buffer held
-                c.buffer, c.ids = self._refill(c.pending, counter), list(c.pending)
+                c.rng = np.random.default_rng([*src.seed, c.epoch, slot, 11])
+            if c.pending:  # resuming: rebuild the examples the buffer held
+                c.buffer, c.ids = self._refill(src, c.pending, c.epoch, counter), list(c.pending)
                 c.pending = []
             while c.unit < len(units):
                 shard, start, stride = units[c.unit]
-                if c.offset == 0 and start == 0:
-                    self._report(shard, counter)
-                todo = list(range(start + c.offset * stride, self.plan(shard).size, stride))
-                for p, sample in self.read(shard, todo, counter):
-                    if c.track:
-                        c.mark()
-                    c.offset = (p - start) // stride + 1
-                    if self.shuffle_buffer <= 1:
-                        yield c.epoch, sample
-                        continue
-                    if len(c.buffer) < self.shuffle_buffer:
-                        c.buffer.append(sample)
-                        c.ids.append((shard, p))
-                        continue
-                    j = int(c.rng.integers(len(c.buffer)))
-                    c.buffer[j], out = sample, c.buffer[j]
-                    c.ids[j] = (shard, p)
-                    yield c.epoch, out
-                c.unit, c.offset = c.unit + 1, 0
-            while c.buffer:  # drain at epoch end: each sample exactly once per epoch
-                if c.track:
-                    c.mark()
+                if c.offset == 0 and c.window == 0 and start == 0:
+                    src.report(shard, counter)
+                todo = list(range(start + c.offset * stride, src.plan(shard).size, stride))
+                for p, sample in src.read(shard, todo, counter):
+                    k = (p - start) // stride
+                    first = c.window if k == c.offset else 0  # > 0: resuming inside this recording
+                    if first:
+                        counter.drawn -= 1  # drawn before the checkpoint already
+                    examples = self._windows(src, sample, c.epoch, counter)
+                    c.offset, c.window = k + 1, 0
+                    for w in range(first, len(examples)):
+                        produced = True
+                        c.offset, c.window = (k + 1, 0) if w + 1 == len(examples) else (k, w + 1)
+                        if self.shuffle_buffer <= 1:
+                            yield examples[w], d
+                            continue
+                        if len(c.buffer) < self.shuffle_buffer:
+                            c.buffer.append(examples[w])
+                            c.ids.append((shard, p, w))
+                            continue
+                        j = int(c.rng.integers(len(c.buffer)))
+                        c.buffer[j], out = examples[w], c.buffer[j]
+                        c.ids[j] = (shard, p, w)
+                        yield out, d
+                    del examples
+                c.unit, c.offset, c.window = c.unit + 1, 0, 0
+            while c.buffer:  # drain at epoch end: each example exactly once per epoch
                 j = int(c.rng.integers(len(c.buffer)))
                 c.ids.pop(j)
-                yield c.epoch, c.buffer.pop(j)
-            yield c.epoch, None  # the epoch is complete
+                yield c.buffer.pop(j), d
+            if not produced and self.infinite:
+                from alm.errors import UserError
+
+                bad = ", ".join(f"{name} ({n})" for name, n in sorted(counter.by_shard.items())) or "none"
+                raise UserError(f"reader {slot}/{n_slots}: epoch {c.epoch} over {len(src.shard_sets[0])} shard(s) gave "
+                                f"no examples ({counter.corrupt} unreadable or corrupt; damaged shards: {bad}): "
+                                "check the shards (or give more shards than loader readers)")
             if not self.infinite:
                 return
-            c.epoch, c.unit, c.offset, c.rng = c.epoch + 1, 0, 0, None
+            c.epoch, c.unit, c.offset, c.window, c.rng = c.epoch + 1, 0, 0, 0, None
+            produced = False
 
-    def _refill(self, ids: list[tuple[int, int]], counter: _Counter) -> list:
-        by_shard: dict[int, list[int]] = {}
-        for shard, p in ids:
-            by_shard.setdefault(shard, []).append(p)
+    def _refill(self, src: _Source, ids: list[tuple[int, int, int]], epoch: int, counter: _Counter) -> list:
+        """The buffered examples of a saved position: each of their samples read and made once."""
+        by_shard: dict[int, dict[int, set[int]]] = {}
+        for shard, p, w in ids:
+            by_shard.setdefault(shard, {}).setdefault(p, set()).add(w)
         got, drawn = {}, counter.drawn
-        for shard, ps in by_shard.items():
-            for p, sample in self.read(shard, sorted(set(ps)), counter):
-                got[(shard, p)] = sample
+        for shard, wanted in by_shard.items():
+            for p, sample in src.read(shard, sorted(wanted), counter):
+                examples = self._windows(src, sample, epoch, counter)
+                for w in wanted[p]:
+                    if w < len(examples):
+                        got[(shard, p, w)] = examples[w]
         counter.drawn = drawn  # drawn before the checkpoint already
         missing = [i for i in ids if i not in got]
         if missing:
-            raise RuntimeError(f"resume: {len(missing)} buffered sample(s) no longer readable, e.g. shard "
-                               f"{self.shard_sets[0][missing[0][0]]} position {missing[0][1]} (did the shards change?)")
+            raise RuntimeError(f"resume: {len(missing)} buffered example(s) no longer readable, e.g. shard "
+                               f"{src.shard_sets[0][missing[0][0]]} position {missing[0][1]} window {missing[0][2]} "
+                               "(did the shards change?)")
         return [got[i] for i in ids]
 
-    def _examples(self, slot: int, n_slots: int, counter: _Counter, cursor: "_Cursor"):
-        """(example, position before its sample was drawn or None) forever (or one epoch)."""
-        produced = cursor.restored  # an epoch resumed midway may hold no more examples
-        for epoch, sample in self._samples(slot, n_slots, counter, cursor):
-            if sample is None:
-                if not produced and self.infinite:
-                    from alm.errors import UserError
+    def _mixed(self, slot: int, n_slots: int, counter: _Counter, mc: "_MixCursor"):
+        """(example, d) forever: each example from dataset d, chosen with probability weight_d / sum
+        by a generator seeded by (seed, slot), from d's own infinite sub-stream."""
+        streams = [self._source_examples(d, slot, n_slots, counter, sub) for d, sub in enumerate(mc.subs)]
+        if mc.rng is None:
+            mc.rng = np.random.default_rng([self.seed, slot, 13])
+        last = len(streams) - 1
+        while True:
+            d = min(int(np.searchsorted(self._cumulative, mc.rng.random(), side="right")), last)
+            yield next(streams[d])
 
-                    bad = ", ".join(f"{name} ({n})" for name, n in sorted(counter.by_shard.items())) or "none"
-                    raise UserError(f"reader {slot}/{n_slots}: epoch {epoch} over {len(self.shard_sets[0])} shard(s) gave "
-                                    f"no examples ({counter.corrupt} unreadable or corrupt; damaged shards: {bad}): "
-                                    "check the shards (or give more shards than loader readers)")
-                produced = False
-                continue
-            before = cursor.marked
-            key = sample["__key__"]
-            rng = np.random.default_rng([self.seed, epoch, zlib.crc32(key.encode())])
-            try:
-                example = self.make_example(sample, rng)
-            except Exception as exc:  # a corrupt sample: counted and reported, not hidden
-                counter.bad(sample.get("__url__", "?"), 1, f"skipping corrupt sample {key}: {exc}")
-                counter.drawn -= 1  # already counted as drawn when read
-                continue
-            if example is None:
-                continue
-            produced = True
-            yield example, before
-
-    def _batches(self, examples, cursor: "_Cursor") -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
-        """(examples, position after the batch)."""
+    def _batches(self, examples, cursor) -> Iterator[tuple[list[dict[str, Any]], list[int], dict[str, Any]]]:
+        """(examples, their datasets, position after the batch)."""
         batch: list[dict[str, Any]] = []
+        sources: list[int] = []
         longest = 0
-        for ex, before in examples:
-            if self.max_tokens and self.length is not None:
+        budget = bool(self.max_tokens and self.length is not None)
+        it = iter(examples)
+        while True:
+            before = cursor.state() if budget else None  # the position before the next example is drawn
+            try:
+                ex, d = next(it)
+            except StopIteration:
+                break
+            if budget:
                 n = self.length(ex)
                 if batch and max(longest, n) * (len(batch) + 1) > self.max_tokens:
-                    yield batch, before  # `ex` is drawn again after a resume
-                    batch, longest = [], 0
+                    yield batch, sources, before  # `ex` is drawn again after a resume
+                    batch, sources, longest = [], [], 0
                 batch.append(ex)
+                sources.append(d)
                 longest = max(longest, n)
             else:
                 batch.append(ex)
+                sources.append(d)
                 if len(batch) == self.batch_size:
-                    yield batch, cursor.state()
-                    batch = []
+                    yield batch, sources, cursor.state()
+                    batch, sources = [], []
         if batch:
-            yield batch, cursor.state()
+            yield batch, sources, cursor.state()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world = self.rank_world or dist_rank_world()
@@ -380,26 +499,34 @@ class ShardStream(IterableDataset):
             start = sum(int(p["local"]) for p in self.positions.values())
         logical = (start + physical) % n_workers
         slot, n_slots = rank * n_workers + logical, world * n_workers
-        self._n_slots = n_slots
-        cursor = _Cursor(track=bool(self.max_tokens and self.length is not None))
+        for src in self.sources:
+            src.n_slots = n_slots
+        cursor: _Cursor | _MixCursor = _MixCursor(len(self.sources)) if self.mixture else _Cursor()
         skip = 0
         if self.positions is not None and logical in self.positions:
             cursor.restore(self.positions[logical])
         elif self.positions is None:
             skip = (start + physical) // n_workers  # replay (no saved positions)
         counter = _Counter()
+        if self.mixture:
+            examples = self._mixed(slot, n_slots, counter, cursor)
+        else:
+            examples = self._source_examples(0, slot, n_slots, counter, cursor)
         reported = (0, 0, {})
-        for examples, state in self._batches(self._examples(slot, n_slots, counter, cursor), cursor):
+        for batch_examples, sources, state in self._batches(examples, cursor):
             local = cursor.local
             cursor.local += 1
             if local < skip:
                 continue
-            batch = self.collate(examples)
+            batch = self.collate(batch_examples)
             batch["_index"] = local * n_workers + logical
             batch["_corrupt"] = counter.corrupt - reported[0]
             batch["_drawn"] = counter.drawn - reported[1]
             batch["_corrupt_shards"] = {k: v - reported[2].get(k, 0) for k, v in counter.by_shard.items()
                                         if v != reported[2].get(k, 0)}
+            if self.mixture:
+                counts = np.bincount(np.asarray(sources, dtype=np.int64), minlength=len(self.datasets))
+                batch["_datasets"] = {d.name: int(n) for d, n in zip(self.datasets, counts)}
             reported = (counter.corrupt, counter.drawn, dict(counter.by_shard))
             batch["_state"] = Position({**state, "local": local + 1, "worker": logical, "workers": n_workers})
             yield batch
@@ -422,17 +549,16 @@ class Position:
 
 
 class _Cursor:
-    """A slot's stream position: epoch, unit, offset in the unit, shuffle buffer, its generator."""
+    """A slot's position in one dataset: epoch, unit, offset (sample) in the unit, window inside
+    that sample, the shuffle buffer (as (shard, position, window) ids) and its generator."""
 
-    def __init__(self, track: bool = False) -> None:
-        self.epoch, self.unit, self.offset = 0, 0, 0
+    def __init__(self) -> None:
+        self.epoch, self.unit, self.offset, self.window = 0, 0, 0, 0
         self.rng: np.random.Generator | None = None
-        self.buffer: list[dict[str, Any]] = []  # buffered samples
-        self.ids: list[tuple[int, int]] = []  # their (shard, position), in buffer order
-        self.pending: list[tuple[int, int]] = []  # buffered ids still to be read (resume)
+        self.buffer: list[dict[str, Any]] = []  # buffered examples
+        self.ids: list[tuple[int, int, int]] = []  # their (shard, position, window), in buffer order
+        self.pending: list[tuple[int, int, int]] = []  # buffered ids still to be made (resume)
         self.local = 0
-        self.track = track
-        self.marked: dict[str, Any] | None = None
         self.restored = False
 
     def state(self) -> dict[str, Any]:
@@ -440,22 +566,48 @@ class _Cursor:
             "epoch": self.epoch,
             "unit": self.unit,
             "offset": self.offset,
-            "buffer": self.ids + self.pending,  # (shard, position) pairs
+            "window": self.window,
+            "buffer": self.ids + self.pending,  # (shard, position, window) triples
             "rng": None if self.rng is None else self.rng.bit_generator.state,
         }
 
-    def mark(self) -> None:
-        """Remember the position before the next sample is drawn (max_tokens hold-over)."""
-        self.marked = self.state()
-
     def restore(self, s: dict[str, Any]) -> None:
         self.epoch, self.unit, self.offset = int(s["epoch"]), int(s["unit"]), int(s["offset"])
-        self.local = int(s["local"])
+        self.window = int(s.get("window", 0))  # absent in checkpoints from before windows
+        self.local = int(s.get("local", 0))
         self.restored = True
-        self.pending = [(int(a), int(b)) for a, b in s["buffer"]]
+        self.pending = [(int(i[0]), int(i[1]), int(i[2]) if len(i) > 2 else 0) for i in s["buffer"]]
         if s["rng"] is not None:
             self.rng = np.random.Generator(np.random.PCG64())
             self.rng.bit_generator.state = s["rng"]
+
+
+class _MixCursor:
+    """A slot's position in a weighted mixture: each dataset's _Cursor and the chooser's generator."""
+
+    def __init__(self, n: int) -> None:
+        self.subs = [_Cursor() for _ in range(n)]
+        self.rng: np.random.Generator | None = None
+        self.local = 0
+
+    def state(self) -> dict[str, Any]:
+        subs = [s.state() for s in self.subs]
+        return {"epoch": min(s["epoch"] for s in subs), "mix": subs,
+                "chooser": None if self.rng is None else self.rng.bit_generator.state}
+
+    def restore(self, s: dict[str, Any]) -> None:
+        self.local = int(s.get("local", 0))
+        subs = s.get("mix")
+        if subs is None or len(subs) != len(self.subs):
+            from alm.errors import UserError
+
+            raise UserError(f"resume: the saved data position holds {len(subs or [])} dataset(s), the mixture "
+                            f"has {len(self.subs)}: resume with the same data.train_shards")
+        for cur, sub in zip(self.subs, subs):
+            cur.restore(sub)
+        if s.get("chooser") is not None:
+            self.rng = np.random.Generator(np.random.PCG64())
+            self.rng.bit_generator.state = s["chooser"]
 
 
 def make_loader(stream: ShardStream, num_workers: int, pin_memory: bool = False) -> DataLoader:

@@ -151,6 +151,23 @@ def aligned_window(n_frames: int, n_semantic: int, frame_rate: float, semantic_r
                    rng: np.random.Generator) -> tuple[int, int, int, int]:
     """A random window of at most `window_frames` codec frames and the same span of time in the
     semantic stream (n_semantic = 0: codes only) -> (frame_start, frame_count, semantic_start, semantic_count)."""
+    return aligned_windows(n_frames, n_semantic, frame_rate, semantic_rate, window_frames, rng, every=False)[0]
+
+
+def aligned_windows(n_frames: int, n_semantic: int, frame_rate: float, semantic_rate: float, window_frames: int,
+                    rng: np.random.Generator, every: bool = True) -> list[tuple[int, int, int, int]]:
+    """Non-overlapping windows of `window_frames` codec frames covering a recording, at a random
+    offset, each with the same span of time in the semantic stream (n_semantic = 0: codes only)
+    -> [(frame_start, frame_count, semantic_start, semantic_count)].
+
+    A recording of n frames holds k = 1 + (n - W) // S windows (W = window_frames, S = W rounded up
+    to a multiple of the semantic alignment step; S = W when both streams share a frame grid). The
+    slack frames (n - W - (k - 1) S < S) are split at random: the first window starts at a random
+    aligned offset in [0, slack], so every frame lies in at most one window, all but < S frames of
+    the recording are covered, and the uncovered frames move from epoch to epoch. A recording
+    shorter than W is one window of all its frames (a short clip). every=False: one window at a
+    random offset (k = 1), the single random crop of earlier versions, drawn identically.
+    """
     if n_semantic:  # keep the semantic window inside the clip too
         n_frames = min(n_frames, int(math.floor(n_semantic / semantic_rate * frame_rate + 1e-6)))
     count = min(window_frames, n_frames)
@@ -159,13 +176,20 @@ def aligned_window(n_frames: int, n_semantic: int, frame_rate: float, semantic_r
     if n_semantic:
         ratio = frame_rate / semantic_rate
         step = next((k for k in range(1, 101) if abs(k / ratio - round(k / ratio)) < 1e-6), 1)
-    starts = max(0, n_frames - count) // step
-    f0 = int(rng.integers(0, starts + 1)) * step
-    if not n_semantic:
-        return f0, count, 0, 0
-    s0 = int(round(f0 / frame_rate * semantic_rate))
-    s_count = min(int(round(count / frame_rate * semantic_rate)), n_semantic - s0)
-    return f0, count, s0, s_count
+    stride = max(step, -(-count // step) * step)  # a window's span rounded up to whole steps
+    k = 1 + max(0, n_frames - count) // stride if every else 1
+    slack = max(0, n_frames - count - (k - 1) * stride)
+    f0 = int(rng.integers(0, slack // step + 1)) * step
+    out = []
+    for i in range(k):
+        fi = f0 + i * stride
+        if not n_semantic:
+            out.append((fi, count, 0, 0))
+            continue
+        s0 = int(round(fi / frame_rate * semantic_rate))
+        s_count = min(int(round(count / frame_rate * semantic_rate)), n_semantic - s0)
+        out.append((fi, count, s0, s_count))
+    return out
 
 
 def semantic_per_frame(semantic: np.ndarray, n_frames: int, frame_rate: float, semantic_rate: float) -> np.ndarray:

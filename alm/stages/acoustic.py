@@ -6,7 +6,9 @@ stage, the semantic token shards of the same clips, joined by key:
     coarse: data.train_shards: "semantic/train-*.tar + codes/train-*.tar"
     fine:   data.train_shards: "codes/train-*.tar"
 
-Example: a random window of model.window_s seconds, the same span in both streams:
+Examples: windows of model.window_s seconds, the same span in both streams: every non-overlapping
+window of a recording per epoch at a random offset (data.windows=all, default), or one random
+window (data.windows=one); a recording shorter than a window is one example:
     coarse: [BOS] semantic [SEP] levels 0..Q'-1 flattened          loss on the acoustic tokens
     fine:   [BOS] levels 0..Q'-1 [SEP] levels Q'..Q-1 flattened    loss on the fine tokens
 """
@@ -24,16 +26,19 @@ import torch
 from alm.config import RunConfig
 from alm.data.shards import npy_load
 from alm.errors import UserError
-from alm.models.acoustic_lm import AcousticLM, AcousticLMConfig, aligned_window
+from alm.models.acoustic_lm import AcousticLM, AcousticLMConfig, aligned_windows
 from alm.stages.lm import IGNORE, collate, example_length, lm_loss
 from alm.stages.cli_args import add_wav_generation_arguments
-from alm.stages.spec import Command, Stage
+from alm.stages.spec import Command, Stage, every_window
 
 SEMANTIC = "semantic.npy"
 CODES = "codes.npy"
 
 
-def make_example(sample: dict[str, Any], rng: np.random.Generator, model: AcousticLMConfig) -> dict | None:
+def make_example(sample: dict[str, Any], rng: np.random.Generator, model: AcousticLMConfig,
+                 every: bool = False) -> dict | list[dict] | None:
+    """Raw sample -> a window of model.window_s seconds (every=False: one at random) or every
+    non-overlapping window at a random offset (every=True, a list; alm.models.acoustic_lm.aligned_windows)."""
     if CODES not in sample:
         raise KeyError(f"no {CODES} member (are these codec token shards?)")
     codes = npy_load(sample[CODES]).astype(np.int64)  # (n_q, T)
@@ -43,27 +48,32 @@ def make_example(sample: dict[str, Any], rng: np.random.Generator, model: Acoust
     if codes.min() < 0 or codes.max() >= model.codebook_size:
         raise ValueError(f"codes outside [0, {model.codebook_size}) — codec and model.codebook_size disagree")
     lay = model.layout
+    out = []
     if model.semantic_vocab:  # coarse
         if SEMANTIC not in sample:
             raise KeyError(f"no {SEMANTIC} member: join the semantic shards (data.train_shards: 'SEM + CODES')")
         sem = npy_load(sample[SEMANTIC]).astype(np.int64).reshape(-1)
         if sem.size and (sem.min() < 0 or sem.max() >= model.semantic_vocab):
             raise ValueError(f"semantic ids outside [0, {model.semantic_vocab})")
-        f0, n, s0, ns = aligned_window(codes.shape[1], sem.size, model.frame_rate, model.semantic_rate,
-                                       model.frames(model.window_s), rng)
-        if n == 0 or ns == 0:
-            return None
-        prefix = np.concatenate([[lay.bos], sem[s0 : s0 + ns], [lay.sep]])
-        target = lay.flatten(codes[: model.target_levels, f0 : f0 + n], first_level=0)
+        for f0, n, s0, ns in aligned_windows(codes.shape[1], sem.size, model.frame_rate, model.semantic_rate,
+                                             model.frames(model.window_s), rng, every=every):
+            if n == 0 or ns == 0:
+                continue
+            prefix = np.concatenate([[lay.bos], sem[s0 : s0 + ns], [lay.sep]])
+            target = lay.flatten(codes[: model.target_levels, f0 : f0 + n], first_level=0)
+            out.append({"tokens": np.concatenate([prefix, target]).astype(np.int64), "n_prefix": len(prefix)})
     else:  # fine
-        f0, n, _, _ = aligned_window(codes.shape[1], 0, model.frame_rate, model.semantic_rate,
-                                     model.frames(model.window_s), rng)
-        if n == 0:
-            return None
         q0 = model.prefix_levels
-        prefix = np.concatenate([[lay.bos], lay.flatten(codes[:q0, f0 : f0 + n], first_level=0), [lay.sep]])
-        target = lay.flatten(codes[q0:levels, f0 : f0 + n], first_level=q0)
-    return {"tokens": np.concatenate([prefix, target]).astype(np.int64), "n_prefix": len(prefix)}
+        for f0, n, _, _ in aligned_windows(codes.shape[1], 0, model.frame_rate, model.semantic_rate,
+                                           model.frames(model.window_s), rng, every=every):
+            if n == 0:
+                continue
+            prefix = np.concatenate([[lay.bos], lay.flatten(codes[:q0, f0 : f0 + n], first_level=0), [lay.sep]])
+            target = lay.flatten(codes[q0:levels, f0 : f0 + n], first_level=q0)
+            out.append({"tokens": np.concatenate([prefix, target]).astype(np.int64), "n_prefix": len(prefix)})
+    if every:
+        return out
+    return out[0] if out else None
 
 
 def check_data(cfg: RunConfig) -> None:
@@ -132,7 +142,7 @@ def sample_codes(model: AcousticLM, batch: dict[str, Any], i: int, seed: int) ->
 
 
 def examples(cfg: RunConfig):
-    return functools.partial(make_example, model=cfg.model)
+    return functools.partial(make_example, model=cfg.model, every=every_window(cfg))
 
 
 TINY_CODEC = "tiny-codec-16k-q4-c32"  # the tiny random EnCodec the tests share (alm.tokenizers.codec.make_tiny_codec)

@@ -6,6 +6,7 @@ member with the clip's `captions` (or caption / transcript / text). data.tokeniz
 model (`alm tokenize text`, alm/tokenizers/text.py), model.text_vocab_size = its size.
 Example: one of the clip's captions at random, as [BOS] ids [EOS] truncated to model.text_max_len;
 the audio as mono at model.sample_rate, a random crop of model.max_seconds when longer (no padding).
+data.windows must be `one` (windows of one clip would share its captions: false negatives).
 Dynamic batching (data.max_tokens > 0) counts audio samples: example_length is the clip's length.
 Validation: the same examples (their crop and caption are fixed by the sample's key and seed) and the
 in-batch loss of each rank's batch (no cross-rank gather: ranks may hold different batch counts).
@@ -144,7 +145,11 @@ def val_loss(model: Clap, batch: dict[str, Any], batch_idx: int, seed: int) -> t
 
 
 def check(cfg: RunConfig) -> None:
-    """data.tokenizer is a text tokenizer with at most model.text_vocab_size pieces; [BOS] x [EOS] fits."""
+    """data.windows=one; data.tokenizer is a text tokenizer with at most model.text_vocab_size pieces;
+    [BOS] x [EOS] fits."""
+    if cfg.data.windows != "one":
+        raise UserError(f"data.windows={cfg.data.windows}: stage clap takes one random crop per clip (data.windows=one); "
+                        "windows of one clip share its captions and would be each other's negatives")
     if cfg.model.text_max_len < 3:
         raise UserError(f"model.text_max_len={cfg.model.text_max_len}: needs room for BOS, a token and EOS (>= 3)")
     if not cfg.data.tokenizer:

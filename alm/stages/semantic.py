@@ -1,8 +1,9 @@
 """AudioLM stage 1: a decoder-only LM over semantic tokens (k-means ids of SSL features).
 
 Data: token shards with a `semantic.npy` member (written by `alm tokenize semantic`).
-Example: [BOS] + a random crop of at most data.max_len - 2 tokens + [EOS] if the crop reaches
-the end of the clip. Vocabulary: K cluster ids, then BOS = K, EOS = K + 1, so
+Examples: [BOS] + a crop of at most data.max_len - 2 tokens + [EOS] if the crop reaches the end
+of the clip; with data.windows=all (default) every non-overlapping crop of a long clip per epoch
+(at a random offset), with data.windows=one a single random crop. Vocabulary: K cluster ids, then BOS = K, EOS = K + 1, so
 model.vocab_size = K + 2. Loss: next-token cross-entropy over real (non-padding) positions.
 """
 
@@ -18,14 +19,19 @@ import numpy as np
 from alm.config import RunConfig
 from alm.data.shards import npy_load
 from alm.errors import UserError
+from alm.models.acoustic_lm import aligned_windows
 from alm.models.transformer import TransformerConfig, TransformerLM
 from alm.stages.lm import collate, example_length, lm_loss
-from alm.stages.spec import Command, Stage
+from alm.stages.spec import Command, Stage, every_window
 from alm.tokenizers.semantic import MEMBER, special_tokens
 
 
-def make_example(sample: dict[str, Any], rng: np.random.Generator, max_len: int, vocab_size: int) -> dict | None:
-    """Raw shard sample -> {"tokens": int64 (T,)} with BOS/EOS, randomly cropped to max_len."""
+def make_example(sample: dict[str, Any], rng: np.random.Generator, max_len: int, vocab_size: int,
+                 every: bool = False) -> dict | list[dict] | None:
+    """Raw shard sample -> {"tokens": int64 (T,)} with BOS/EOS: a clip of at most max_len - 2 tokens
+    whole; a longer one cropped to max_len - 2 tokens, EOS only when the crop reaches the clip's end.
+    every=False: one random crop; every=True: every non-overlapping crop at a random offset
+    (alm.models.acoustic_lm.aligned_windows), as a list."""
     if MEMBER not in sample:
         raise KeyError(f"no {MEMBER} member (are these semantic token shards?)")
     ids = npy_load(sample[MEMBER]).astype(np.int64).reshape(-1)
@@ -35,13 +41,13 @@ def make_example(sample: dict[str, Any], rng: np.random.Generator, max_len: int,
     if ids.min() < 0 or ids.max() >= bos:
         raise ValueError(f"token ids outside [0, {bos}) — tokenizer and model.vocab_size disagree")
     body = max_len - 2  # room for BOS and EOS
-    if ids.size > body:  # crop; EOS only when the crop reaches the clip's end
-        start = int(rng.integers(0, ids.size - body + 1))
-        seq = ids[start : start + body]
-        tail = [eos] if start + body == ids.size else []
-    else:
-        seq, tail = ids, [eos]
-    return {"tokens": np.concatenate([[bos], seq, tail]).astype(np.int64)}
+    if ids.size <= body:
+        return {"tokens": np.concatenate([[bos], ids, [eos]]).astype(np.int64)}
+    out = []
+    for start, n, _, _ in aligned_windows(ids.size, 0, 1.0, 1.0, body, rng, every=every):
+        tail = [eos] if start + n == ids.size else []
+        out.append({"tokens": np.concatenate([[bos], ids[start : start + n], tail]).astype(np.int64)})
+    return out if every else out[0]
 
 
 def check(cfg: RunConfig) -> None:
@@ -59,7 +65,8 @@ def check(cfg: RunConfig) -> None:
 
 
 def examples(cfg: RunConfig):
-    return functools.partial(make_example, max_len=cfg.data.max_len, vocab_size=cfg.model.vocab_size)
+    return functools.partial(make_example, max_len=cfg.data.max_len, vocab_size=cfg.model.vocab_size,
+                             every=every_window(cfg))
 
 
 SYNTHETIC_AUDIO = "synthetic-v1"

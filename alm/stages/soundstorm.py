@@ -3,8 +3,9 @@
 
 Data: semantic token shards + codec token shards of the same clips, joined by key:
     data.train_shards: "semantic/train-*.tar + codes/train-*.tar"
-Example: a random window of model.window_s seconds; codes (Q, T) and the semantic token covering
-each codec frame (T,). Loss: the model's level-wise masked cross-entropy (random masking per step;
+Examples: windows of model.window_s seconds (every non-overlapping window of a recording per epoch
+at a random offset with data.windows=all, the default; one random window with data.windows=one);
+codes (Q, T) and the semantic token covering each codec frame (T,). Loss: the model's level-wise masked cross-entropy (random masking per step;
 StepSeed makes it reproducible on resume).
 """
 
@@ -19,16 +20,19 @@ import torch
 
 from alm.config import RunConfig
 from alm.data.shards import npy_load
-from alm.models.acoustic_lm import aligned_window, semantic_per_frame
+from alm.models.acoustic_lm import aligned_windows, semantic_per_frame
 from alm.models.soundstorm import SoundStorm, SoundStormConfig
 from alm.stages.cli_args import add_wav_generation_arguments
-from alm.stages.spec import Command, Stage
+from alm.stages.spec import Command, Stage, every_window
 
 SEMANTIC = "semantic.npy"
 CODES = "codes.npy"
 
 
-def make_example(sample: dict[str, Any], rng: np.random.Generator, model: SoundStormConfig) -> dict | None:
+def make_example(sample: dict[str, Any], rng: np.random.Generator, model: SoundStormConfig,
+                 every: bool = False) -> dict | list[dict] | None:
+    """Raw sample -> one random window (every=False) or every non-overlapping window at a random
+    offset (every=True, a list; alm.models.acoustic_lm.aligned_windows)."""
     for member in (SEMANTIC, CODES):
         if member not in sample:
             raise KeyError(f"no {member} member: data.train_shards must join semantic and codec shards ('SEM + CODES')")
@@ -38,12 +42,16 @@ def make_example(sample: dict[str, Any], rng: np.random.Generator, model: SoundS
         raise ValueError(f"codes of shape {codes.shape}: the model needs {model.n_q} RVQ levels")
     if codes.min() < 0 or codes.max() >= model.codebook_size or (sem.size and (sem.min() < 0 or sem.max() >= model.semantic_vocab)):
         raise ValueError("codes or semantic ids out of range for model.codebook_size / model.semantic_vocab")
-    f0, n, s0, ns = aligned_window(codes.shape[1], sem.size, model.frame_rate, model.semantic_rate,
-                                   int(round(model.window_s * model.frame_rate)), rng)
-    if n == 0 or ns == 0:
-        return None
-    return {"codes": codes[: model.n_q, f0 : f0 + n],
-            "semantic": semantic_per_frame(sem[s0 : s0 + ns], n, model.frame_rate, model.semantic_rate)}
+    out = []
+    for f0, n, s0, ns in aligned_windows(codes.shape[1], sem.size, model.frame_rate, model.semantic_rate,
+                                         int(round(model.window_s * model.frame_rate)), rng, every=every):
+        if n == 0 or ns == 0:
+            continue
+        out.append({"codes": codes[: model.n_q, f0 : f0 + n],
+                    "semantic": semantic_per_frame(sem[s0 : s0 + ns], n, model.frame_rate, model.semantic_rate)})
+    if every:
+        return out
+    return out[0] if out else None
 
 
 def example_length(example: dict) -> int:
@@ -92,7 +100,7 @@ def check(cfg: RunConfig) -> None:
 
 
 def examples(cfg: RunConfig):
-    return functools.partial(make_example, model=cfg.model)
+    return functools.partial(make_example, model=cfg.model, every=every_window(cfg))
 
 
 def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:

@@ -5,7 +5,10 @@ A stage file (alm/stages/<name>.py) builds one `Stage` from plain functions; the
 
     trainer     alm/training/module.py builds the one LightningModule from it (model built in
                 configure_model, so ZeRO-3 shards it at construction), with loss / val_loss
-    data        make_example(cfg) -> (sample, rng) -> example | None, collate, example_length
+    data        make_example(cfg) -> (sample, rng) -> example | [examples] | None, collate, example_length.
+                A stage that crops returns every window of a long recording as a list when
+                every_window(cfg) (data.windows=all): the stream flattens it, each window entering
+                the shuffle buffer as an example, and its position covers the window index.
     config      model_config (the recipe's `model:` section) and data_config (the recipe's `data:`
                 section: DataConfig or a subclass with the stage's own keys, e.g. `data.tasks`)
     preflight   check(cfg): tokenizer / codec / model agreement, before anything starts
@@ -17,6 +20,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
+
+
+WINDOW_MODES = ("all", "one")
+
+
+def every_window(cfg: Any) -> bool:
+    """data.windows: `all` (every non-overlapping window of a recording per epoch) or `one` (one random window)."""
+    mode = cfg.data.windows
+    if mode not in WINDOW_MODES:
+        from alm.errors import UserError
+
+        raise UserError(f"key 'data.windows': expected one of {list(WINDOW_MODES)}, got {mode!r}")
+    return mode == "all"
 
 
 @dataclass(frozen=True)
@@ -37,7 +53,7 @@ class Stage:
     model_config: type  # dataclass of the recipe's `model:` section
     model: Callable[[Any], Any]  # model_config -> torch.nn.Module (pure torch). A model that initialises
     # weights after building its submodules exposes init_weights(gathered) (see alm.models.transformer.gpt2_init)
-    make_example: Callable[[Any], Callable]  # RunConfig -> f(sample, rng) -> example dict | None
+    make_example: Callable[[Any], Callable]  # RunConfig -> f(sample, rng) -> example dict | [example dicts] | None
     collate: Callable[[list], dict]  # examples -> batch (tensors; `_tokens` = real tokens, for throughput)
     example_length: Callable[[dict], int]  # padded length of an example (dynamic batching)
     loss: Callable[[Any, dict], Any]  # (model, batch) -> scalar loss tensor

@@ -21,6 +21,12 @@ at the sequence end (and, for very short inputs, at the start too), so the last 
 frames of clips under ~7 frames; a few more for the non-causal encodec_32khz) can differ from
 encoding the sample alone. Measured on the causal tiny codec: a 29-frame clip batched with a
 50-frame one differs only in its last frame.
+
+Files of any length (`encode_files`, used by the shard pass): windows of CHUNK_SECONDS kept frames
+with CONTEXT_SECONDS of audio each side, on the frame grid, batched without padding up to
+BATCH_SECONDS of audio per forward (alm/tokenizers/chunks.py), so memory does not grow with a
+file's length. The demo codec's chunked codes equal its whole-file codes; EnCodec's agree on
+>= 99.9% of frames for the tiny codecs (tests/test_tokenize_chunked.py).
 """
 
 from __future__ import annotations
@@ -228,6 +234,81 @@ def _encode_demo(codec, audio: torch.Tensor, lengths: torch.Tensor, levels: int,
     return codes
 
 
+# --------------------------------------------------------------------------------------------
+# Long files: windows on the frame grid, batched by total audio length (alm/tokenizers/chunks.py)
+
+CHUNK_SECONDS = 20.0  # frames kept per window
+CONTEXT_SECONDS = 1.0  # audio on each side of the kept frames, trimmed away (EnCodec's LSTM warms up in it)
+BATCH_SECONDS = 240.0  # audio per encoder forward
+
+
+def receptive_field(codec) -> int:
+    """Samples one frame of EnCodec's convolution stack reads (the LSTM's reach is unbounded: see
+    `context_frames`); the demo codec's frames read 2 * hop."""
+    if is_demo_codec(codec):
+        return 2 * int(codec.config.hop_length)
+    from transformers.models.encodec.modeling_encodec import EncodecConv1d
+
+    field, jump = 1, 1
+    for module in codec.encoder.modules():
+        if isinstance(module, EncodecConv1d):
+            conv = module.conv
+            field += (conv.kernel_size[0] - 1) * conv.dilation[0] * jump
+            jump *= conv.stride[0]
+    return field
+
+
+def context_frames(codec, context_seconds: float = CONTEXT_SECONDS) -> int:
+    """Frames of context on each side of a window's kept frames: the demo codec's frames overlap only
+    their neighbours (1 frame is exact); EnCodec's: the conv stack's receptive field, and at least
+    `context_seconds` for its LSTM, which carries state from the window's start."""
+    hop = int(codec.config.hop_length)
+    if is_demo_codec(codec):
+        return 1
+    if context_seconds < 0:
+        raise ValueError(f"context_seconds must be >= 0, got {context_seconds}")
+    return max(-(-receptive_field(codec) // hop), math.ceil(context_seconds * codec.config.sampling_rate / hop))
+
+
+def encode_files(
+    codec,
+    files,
+    n_q: int | None = None,
+    bandwidth: float | None = None,
+    chunk_seconds: float = CHUNK_SECONDS,
+    context_seconds: float = CONTEXT_SECONDS,
+    batch_seconds: float = BATCH_SECONDS,
+):
+    """Encode (key, mono float32 audio (T,) at the codec's rate) pairs in windows of `chunk_seconds`
+    kept frames with `context_seconds` each side, batched across files up to `batch_seconds` of audio
+    per forward; yields (key, codes (n_q, ceil(T / hop)) int64 numpy) per file, in input order.
+
+    Memory is bounded by the batch and the decoded files awaiting their windows, not by a file's
+    length. The demo codec's chunked codes equal its whole-file codes; EnCodec's differ only where
+    its LSTM state at a window's start has not converged (see CONTEXT_SECONDS; measured in
+    tests/test_tokenize_chunked.py)."""
+    from alm.tokenizers.chunks import encode_windowed
+
+    levels = resolve_n_q(codec, n_q, bandwidth)
+    rate, hop = int(codec.config.sampling_rate), int(codec.config.hop_length)
+    if chunk_seconds <= 0 or batch_seconds <= 0:
+        raise ValueError(f"chunk_seconds and batch_seconds must be > 0, got {chunk_seconds}, {batch_seconds}")
+    core = max(1, round(chunk_seconds * rate / hop))
+
+    def batch_fn(x: torch.Tensor) -> torch.Tensor:  # (B, W) -> (B, frames, n_q)
+        return encode(codec, x, n_q=levels).permute(0, 2, 1)
+
+    windowed = encode_windowed(files, batch_fn, hop, core, context_frames(codec, context_seconds),
+                               budget=int(batch_seconds * rate))
+    for key, codes in windowed:
+        yield key, np.ascontiguousarray(codes.T)  # (n_q, F)
+
+
+def encode_file(codec, audio: np.ndarray, n_q: int | None = None, bandwidth: float | None = None, **chunking) -> np.ndarray:
+    """One mono file (T,) at the codec's rate -> codes (n_q, ceil(T / hop)), in windows (see encode_files)."""
+    return next(encode_files(codec, [(0, np.asarray(audio, dtype=np.float32))], n_q, bandwidth, **chunking))[1]
+
+
 @torch.no_grad()
 def decode(codec, codes: torch.Tensor) -> torch.Tensor:
     """Decode codes (B, n_q, F) (any n_q up to the codec's levels; negative = padding, a suffix
@@ -258,13 +339,6 @@ def decode(codec, codes: torch.Tensor) -> torch.Tensor:
 # Shard pass
 
 
-def _audio_member(sample: dict[str, Any]) -> bytes | None:
-    for ext in AUDIO_EXTS:
-        if ext in sample:
-            return sample[ext]
-    return None
-
-
 def tokenize_codec_shards(
     shards_spec,
     out_dir: str | os.PathLike,
@@ -275,6 +349,11 @@ def tokenize_codec_shards(
     device: str | torch.device | None = None,
     progress: bool = True,
     source_name: str | None = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    batch_seconds: float = BATCH_SECONDS,
+    chunk_seconds: float = CHUNK_SECONDS,
+    context_seconds: float = CONTEXT_SECONDS,
 ) -> dict[str, Any]:
     """Write `out_dir/<shard>.tar` with a `codes.npy` member (n_q, F) per sample (int16 when
     the codebook fits, else int32) beside the copied `json`, plus `out_dir/codec.json`.
@@ -283,9 +362,13 @@ def tokenize_codec_shards(
     downmixed) is resampled to the codec's rate. codec.json records the codec's name, facts and
     weights_sha256 (and, for a local codec directory, its absolute path and files_sha256), which
     training checks against data.codec (alm.data.provenance). Undecodable or empty audio -> the sample is
-    left out and listed in `out_dir/errors.json`. Finished shards are skipped on a rerun; a
-    rerun with a different codec or n_q into the same directory is refused.
-    Returns map_shards' summary {"shards", "samples", "errors"}.
+    left out and listed in `out_dir/errors/<shard>.json` and `out_dir/errors.json`. Finished shards
+    are skipped on a rerun; a rerun with a different codec or n_q into the same directory is refused.
+    `num_shards`/`shard_index`: write only input shards i with i % num_shards == shard_index (one job
+    of an array; every job writes the same codec.json).
+    `batch_size` samples are read at a time and decoded one by one; their audio is encoded in windows
+    of `chunk_seconds` (+ `context_seconds` each side), up to `batch_seconds` of audio per forward
+    (encode_files), so memory does not grow with a file's length. Returns map_shards' summary.
     """
     from alm.data.audio import load_mono
     from alm.data.shards import expand_shards, map_shards, npy_bytes
@@ -332,12 +415,11 @@ def tokenize_codec_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(meta_path, json.dumps(meta, indent=1, ensure_ascii=False))
 
-    def fn(samples: list[dict[str, Any]]) -> list[dict[str, bytes] | None]:
-        results: list[dict[str, bytes] | None] = [None] * len(samples)
-        ok: list[tuple[int, np.ndarray]] = []
+    def decoded(samples: list[dict[str, Any]]):  # (index, mono audio) one at a time: one decoded file held
         for i, sample in enumerate(samples):
             where = f"{sample.get('__url__', '?')}:{sample['__key__']}"
-            data = _audio_member(sample)
+            ext = next((e for e in AUDIO_EXTS if e in sample), None)
+            data = sample.pop(ext) if ext else None  # the compressed bytes go once decoded (map_shards copies only json)
             if data is None:
                 log.warning("%s: no audio member (%s)", where, "/".join(AUDIO_EXTS))
                 continue
@@ -346,23 +428,22 @@ def tokenize_codec_shards(
             except ValueError as exc:
                 log.warning("%s: %s", where, exc)
                 continue
+            finally:
+                del data
             if wav.size == 0 or not np.isfinite(wav).all():
                 log.warning("%s: empty or non-finite audio", where)
                 continue
-            ok.append((i, wav))
-        if not ok:
-            return results
-        lengths = torch.tensor([len(w) for _, w in ok])
-        batch = torch.zeros(len(ok), int(lengths.max()))  # (B, T)
-        for row, (_, wav) in enumerate(ok):
-            batch[row, : len(wav)] = torch.from_numpy(wav)
-        codes = encode(codec, batch, lengths, n_q=levels).cpu()  # (B, n_q, F)
-        for row, (i, wav) in enumerate(ok):
-            c = codes[row, :, : num_frames(codec, len(wav))].numpy().astype(dtype)  # (n_q, F_i)
-            results[i] = {CODES_MEMBER: npy_bytes(c)}
+            yield i, wav
+
+    def fn(samples: list[dict[str, Any]]) -> list[dict[str, bytes] | None]:
+        results: list[dict[str, bytes] | None] = [None] * len(samples)
+        for i, codes in encode_files(codec, decoded(samples), levels, chunk_seconds=chunk_seconds,
+                                     context_seconds=context_seconds, batch_seconds=batch_seconds):
+            results[i] = {CODES_MEMBER: npy_bytes(codes.astype(dtype))}  # (n_q, F_i)
         return results
 
-    return map_shards(urls, out_dir, fn, batch_size=batch_size, desc=f"codec {meta['name']}", progress=progress)
+    return map_shards(urls, out_dir, fn, batch_size=batch_size, desc=f"codec {meta['name']}", progress=progress,
+                      num_shards=num_shards, shard_index=shard_index)
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,10 +523,12 @@ def make_tiny_codec(
     sample_rate: int = 16000,
     n_q: int = 4,
     codebook_size: int = 32,
+    causal: bool = True,
 ) -> str:
     """Build a tiny random EnCodec (~170k parameters, hop 320, 50 frames/s at 16 kHz, `n_q`
-    levels of `codebook_size` codes, codebooks fitted so codes vary), save it with its feature
-    extractor under `path`, and return the path (load it with `load_codec(path)`)."""
+    levels of `codebook_size` codes, codebooks fitted so codes vary; causal convolutions as
+    encodec_24khz, or centred ones as encodec_32khz), save it with its feature extractor under
+    `path`, and return the path (load it with `load_codec(path)`)."""
     from transformers import EncodecConfig, EncodecFeatureExtractor, EncodecModel
 
     hop = 320
@@ -463,7 +546,7 @@ def make_tiny_codec(
         upsampling_ratios=[8, 5, 4, 2],
         codebook_size=codebook_size,
         target_bandwidths=[round(per_q * k, 6) for k in range(1, n_q + 1)],
-        use_causal_conv=True,
+        use_causal_conv=causal,
     )
     if config.num_quantizers != n_q:
         raise ValueError(f"tiny codec: got {config.num_quantizers} levels, wanted {n_q}")
@@ -485,13 +568,16 @@ def make_tiny_codec(
 def main(argv: list[str] | None = None) -> int:
     """`alm tokenize codec --shards SPEC --out DIR --codec NAME|PATH [--n-q N | --bandwidth KBPS]`."""
     from alm.cli_format import DefaultsFormatter
+    from alm.tokenizers import array_job
 
     parser = argparse.ArgumentParser(
         prog="alm tokenize codec",
         description="Encode the audio of a shard set into EnCodec codes (a parallel shard set with codes.npy).",
         formatter_class=DefaultsFormatter,
         epilog="writes OUT/<the input shards' names>.tar (codes.npy (n_q, frames) per sample), OUT/codec.json "
-               "(which codec made them) and OUT/errors.json",
+               "(which codec made them), OUT/errors/<shard>.json per shard with failed samples and OUT/errors.json "
+               "(all of them). With --num-shards N --shard-index I (or in a SLURM array task) only input shards "
+               "i with i % N == I; a rerun skips finished shards",
     )
     parser.add_argument("--shards", required=True, help="input audio shards: dir, glob, brace pattern, '::'-joined")
     parser.add_argument("--out", required=True, help="output directory for the parallel code shards")
@@ -499,29 +585,40 @@ def main(argv: list[str] | None = None) -> int:
     levels = parser.add_mutually_exclusive_group()
     levels.add_argument("--n-q", type=int, default=None, help="RVQ levels to keep (default: all the codec has)")
     levels.add_argument("--bandwidth", type=float, default=None, help="target bandwidth in kbps (sets n_q)")
-    parser.add_argument("--batch-size", type=int, default=16, help="clips per encoder batch")
+    parser.add_argument("--batch-size", type=int, default=16, help="samples read at a time (decoded one by one)")
+    parser.add_argument("--batch-seconds", type=float, default=BATCH_SECONDS,
+                        help="audio per encoder forward (windows of all files in a read batch)")
+    parser.add_argument("--chunk-seconds", type=float, default=CHUNK_SECONDS,
+                        help="seconds of codes each window keeps (long files are encoded in windows)")
+    parser.add_argument("--context-seconds", type=float, default=CONTEXT_SECONDS,
+                        help="audio each side of a window's kept part, encoded and trimmed away")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    array_job.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    if not (args.batch_seconds > 0 and args.chunk_seconds > 0 and args.context_seconds >= 0):
+        parser.error("--batch-seconds and --chunk-seconds must be > 0, --context-seconds >= 0")
+    num_shards, shard_index, share = array_job.resolve(args.num_shards, args.shard_index)
+    if num_shards > 1:
+        print(f"alm tokenize codec: shard index {shard_index} of {num_shards} ({share})", file=sys.stderr)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         codec = load_codec(args.codec, args.device)
         summary = tokenize_codec_shards(
             args.shards, args.out, codec, n_q=args.n_q, bandwidth=args.bandwidth, batch_size=args.batch_size,
-            progress=not args.no_progress, source_name=args.codec,
+            progress=not args.no_progress, source_name=args.codec, num_shards=num_shards, shard_index=shard_index,
+            batch_seconds=args.batch_seconds, chunk_seconds=args.chunk_seconds, context_seconds=args.context_seconds,
         )
     except (FileNotFoundError, ValueError, OSError) as exc:
         print(f"alm tokenize codec: error: {exc}", file=sys.stderr)
         return 2
     meta = json.loads((Path(args.out) / "codec.json").read_text())
-    print(
-        f"wrote {len(summary['shards'])} shard(s) to {args.out}: {summary['samples']} new sample(s), "
-        f"{len(summary['errors'])} failed (see errors.json); n_q={meta['n_q']} at {meta['frame_rate']} frames/s"
-    )
-    return 0
+    print(f"{array_job.summary_line(summary, num_shards, shard_index, args.out)}; "
+          f"n_q={meta['n_q']} at {meta['frame_rate']} frames/s")
+    return 1 if summary["busy"] else 0  # an unfinished share must not satisfy a pipeline's afterok
 
 
 if __name__ == "__main__":

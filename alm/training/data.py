@@ -11,7 +11,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 from alm.config import RunConfig
 from alm.data.splits import resolve_split_spec
-from alm.data.stream import Collate, MakeExample, ShardStream, make_loader, resolve_shard_sets
+from alm.data.stream import Collate, MakeExample, ShardStream, make_loader, resolve_datasets
 from alm.training.data_state import DataState, resume_positions
 
 log = logging.getLogger(__name__)
@@ -25,18 +25,24 @@ def _loader(trainer: L.Trainer, cfg: RunConfig, spec: str, make_example: MakeExa
             length: Callable[[dict[str, Any]], int] | None, train: bool):
     role = "train" if train else "val"
     resolved = resolve_split_spec(spec, role)
-    sets = resolve_shard_sets(resolved)
+    datasets = resolve_datasets(resolved)
+    primary = [u for d in datasets for u in d.shard_sets[0]]
     if resolved != spec:  # a directory: its manifest's splits for this role
-        rank_zero_info(f"{role} data: {spec} -> {len(sets[0])} shard(s): "
-                       f"{', '.join(sorted({n.rsplit('-', 1)[0] for n in map(os.path.basename, sets[0])}))}")
+        rank_zero_info(f"{role} data: {spec} -> {len(primary)} shard(s): "
+                       f"{', '.join(sorted({n.rsplit('-', 1)[0] for n in map(os.path.basename, primary)}))}")
+    if datasets[0].weight is not None:
+        total = sum(d.weight for d in datasets)
+        rank_zero_info(f"{role} data: a mixture of {len(datasets)} dataset(s), each example drawn from one: " + ", ".join(
+            f"{d.name} ({d.weight / total:.1%}, {len(d.shard_sets[0])} shard(s))" for d in datasets))
     workers = cfg.data.num_workers if train else min(cfg.data.num_workers, 1)
     start_batch, positions = 0, None
     if train:
         start_batch = trainer.global_step * trainer.accumulate_grad_batches
         state = _data_state(trainer)
-        topology = {"world_size": trainer.world_size, "num_workers": max(1, workers), "shards": len(sets[0])}
+        topology = {"world_size": trainer.world_size, "num_workers": max(1, workers), "shards": len(primary)}
         if state is not None:
             state.topology = topology
+            state.dataset_names = [d.name for d in datasets] if datasets[0].weight is not None else []
             if state.restored is not None:
                 positions = resume_positions(state.restored, topology, trainer.global_rank, start_batch,
                                              cfg.data.on_topology_change)
@@ -47,7 +53,7 @@ def _loader(trainer: L.Trainer, cfg: RunConfig, spec: str, make_example: MakeExa
             log.warning("the checkpoint holds no data positions (written before they were saved): replaying the "
                         "stream up to batch %d", start_batch)
     stream = ShardStream(
-        sets,
+        datasets,
         make_example,
         collate,
         batch_size=cfg.data.batch_size,

@@ -11,6 +11,11 @@ A resume with another topology cannot continue the same stream: per `data.on_top
 it stops with an error naming both (`error`, the default) or restarts the data at the start of
 the epoch the run was in (`restart_epoch`, announced in the log).
 
+Mixtures: each batch of a weighted mixture says how many of its examples each dataset gave
+(`_datasets`); the totals over all ranks since step 0 are logged at log intervals as
+`train/data/<dataset>_examples` (riding on the bad-data all-reduce) and written to
+RUN_DIR/data_errors.json (`dataset_examples`) at every checkpoint.
+
 Bad data: each batch says how many samples its worker dropped and from which shard files. The
 totals over all ranks go to RUN_DIR/data_errors.json at every checkpoint; once more than
 `data.max_corrupt_fraction` of the samples drawn (after at least MIN_DRAWN) were bad, the run
@@ -72,6 +77,8 @@ class DataState(L.Callback):
         self.corrupt = 0  # this rank, this attempt
         self.drawn = 0
         self.by_shard: dict[str, int] = {}
+        self.dataset_names: list[str] = []  # a weighted mixture's datasets (set by the train loader); [] otherwise
+        self.by_dataset: dict[str, int] = {}  # this rank, this attempt: examples trained per dataset
         self._trainer: L.Trainer | None = None
 
     # -- recording -----------------------------------------------------------------------------
@@ -89,14 +96,22 @@ class DataState(L.Callback):
                 log.warning("data: shard %s has unreadable or corrupt samples (rank %d; see %s)", name,
                             trainer.global_rank, ERRORS_FILE)
             self.by_shard[name] = self.by_shard.get(name, 0) + int(n)
+        for name, n in (batch.get("_datasets") or {}).items():
+            self.by_dataset[name] = self.by_dataset.get(name, 0) + int(n)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches or trainer.global_step % trainer.log_every_n_steps:
             return  # judged at log intervals only: the all-reduce and its host read are a device sync on GPUs
-        counts = torch.tensor([float(self.corrupt), float(self.drawn)], dtype=torch.float64)
-        if trainer.world_size > 1:  # every rank must take the same decision
+        names = self.dataset_names
+        counts = torch.tensor([float(self.corrupt), float(self.drawn)] + [float(self.by_dataset.get(n, 0)) for n in names],
+                              dtype=torch.float64)
+        if trainer.world_size > 1:  # every rank must take the same decision (one all-reduce, datasets included)
             counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
         base = self.restored.get("errors", {}) if self.restored else {}
+        before = base.get("dataset_examples", {})
+        for i, name in enumerate(names):  # a mixture: examples trained per dataset, all ranks, since step 0
+            pl_module.log(f"train/data/{name}_examples", float(counts[2 + i]) + float(before.get(name, 0)),
+                          on_step=True, on_epoch=False, batch_size=1)
         corrupt = int(counts[0]) + int(base.get("corrupt_samples", 0))
         drawn = int(counts[1]) + int(base.get("drawn_samples", 0))
         limit = self.cfg.data.max_corrupt_fraction
@@ -109,7 +124,7 @@ class DataState(L.Callback):
 
     def errors_report(self, trainer, stopped: bool = False) -> dict[str, Any]:
         """Totals of all ranks (a collective: every rank calls it), written by global rank 0."""
-        mine = {"corrupt": self.corrupt, "drawn": self.drawn, "shards": self.by_shard}
+        mine = {"corrupt": self.corrupt, "drawn": self.drawn, "shards": self.by_shard, "datasets": self.by_dataset}
         every = _gather(mine)
         base = self.restored.get("errors", {}) if self.restored else {}
         report = {
@@ -120,6 +135,8 @@ class DataState(L.Callback):
             "max_corrupt_fraction": self.cfg.data.max_corrupt_fraction,
             "stopped": stopped,
         }
+        if self.dataset_names:  # a weighted mixture: examples trained per dataset, all ranks, since step 0
+            report["dataset_examples"] = _merge_counts([base.get("dataset_examples", {})] + [e["datasets"] for e in every])
         if trainer.is_global_zero:
             atomic_write_text(Path(self.cfg.run_dir) / ERRORS_FILE, json.dumps(report, indent=1))
         return report
@@ -135,7 +152,7 @@ class DataState(L.Callback):
             "version": 1,
             **self.topology,
             "positions": {str(e["rank"]): {str(k): v for k, v in e["positions"].items()} for e in every},
-            "errors": {k: errors[k] for k in ("corrupt_samples", "drawn_samples", "shards")},
+            "errors": {k: errors[k] for k in ("corrupt_samples", "drawn_samples", "shards", "dataset_examples") if k in errors},
         }
         return {"json": json.dumps(state)}  # a string: loads with torch.load(weights_only=True)
 
@@ -163,5 +180,10 @@ def resume_positions(state: dict[str, Any], now: dict[str, int], rank: int, batc
         log.warning("data topology changed (%s -> %s): data.on_topology_change=restart_epoch restarts the data "
                     "at the start of epoch %d", show(old), show(now), epoch)
     w = now["num_workers"]
-    return {l: {"epoch": epoch, "unit": 0, "offset": 0, "buffer": [], "rng": None,
-                "local": max(0, (batches - l + w - 1) // w)} for l in range(w)}
+    mixed = [p["mix"] for r in state["positions"].values() for p in r.values() if "mix" in p]
+    fresh = {"unit": 0, "offset": 0, "window": 0, "buffer": [], "rng": None}
+    if mixed:  # a weighted mixture: each dataset restarts at the start of its own epoch, the chooser afresh
+        starts = [min(int(m[d]["epoch"]) for m in mixed) for d in range(len(mixed[0]))]
+        return {l: {"epoch": epoch, "mix": [{"epoch": e, **fresh} for e in starts], "chooser": None,
+                    "local": max(0, (batches - l + w - 1) // w)} for l in range(w)}
+    return {l: {"epoch": epoch, **fresh, "local": max(0, (batches - l + w - 1) // w)} for l in range(w)}
