@@ -38,11 +38,18 @@ def _soundstorm() -> Stage:
     return STAGE
 
 
+def _clap() -> Stage:
+    from alm.stages.clap import STAGE
+
+    return STAGE
+
+
 STAGES: dict[str, Callable[[], Stage]] = {
     "semantic": _semantic,  # AudioLM stage 1: LM over semantic (k-means of SSL features) tokens
     "coarse": _coarse,  # AudioLM stage 2: semantic -> first Q' RVQ levels
     "fine": _fine,  # AudioLM stage 3: coarse -> remaining RVQ levels
     "soundstorm": _soundstorm,  # semantic -> all RVQ levels, parallel decoding
+    "clap": _clap,  # contrastive audio-text two-tower encoders (global-batch InfoNCE)
 }
 STAGE_NAMES = tuple(STAGES)
 

@@ -1,4 +1,4 @@
-"""Per-step training losses of the four tiny stages (a fixed short run each), as JSON on stdout.
+"""Per-step training losses of the tiny stages (a fixed short run each), as JSON on stdout.
 
     python tests/scripts/golden_losses.py [STAGE ...] > tests/golden/stage_losses.json
 
@@ -30,6 +30,8 @@ RUNS = {
     "coarse": ["model.n_layer=2", "model.d_model=64", "model.n_head=2", "data.batch_size=4", "data.shuffle_buffer=32"],
     "fine": ["model.n_layer=2", "model.d_model=64", "model.n_head=2", "data.batch_size=4", "data.shuffle_buffer=32"],
     "soundstorm": ["model.n_layer=2", "model.d_model=64", "model.n_head=2", "data.batch_size=4", "data.shuffle_buffer=32"],
+    "clap": ["model.audio_layers=1", "model.text_layers=1", "model.audio_dim=64", "model.text_dim=64",
+             "model.embed_dim=64", "model.max_seconds=1.0", "data.batch_size=8", "data.shuffle_buffer=32"],
     # the sharded path: 2 gloo ranks under DeepSpeed ZeRO-3
     "semantic-zero3": ["model.n_layer=2", "model.d_model=64", "model.n_head=2", "data.batch_size=8", "data.max_len=64",
                        "data.shuffle_buffer=32", "trainer.devices=2", "trainer.strategy=deepspeed", "trainer.zero_stage=3"],

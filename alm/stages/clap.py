@@ -1,0 +1,246 @@
+"""CLAP: contrastive audio-text pre-training of two towers (model: alm/models/clap.py; loss:
+alm/stages/contrastive_loss.py, symmetric InfoNCE over the global batch of all ranks).
+
+Data: prep shards (data_prep contract): an audio member (flac / wav / ogg / mp3) and a `json`
+member with the clip's `captions` (or caption / transcript / text). data.tokenizer: a sentencepiece
+model (`alm tokenize text`, alm/tokenizers/text.py), model.text_vocab_size = its size.
+Example: one of the clip's captions at random, as [BOS] ids [EOS] truncated to model.text_max_len;
+the audio as mono at model.sample_rate, a random crop of model.max_seconds when longer (no padding).
+data.windows must be `one` (windows of one clip would share its captions: false negatives).
+Dynamic batching (data.max_tokens > 0) counts audio samples: example_length is the clip's length.
+Validation: the same examples (their crop and caption are fixed by the sample's key and seed) and the
+in-batch loss of each rank's batch (no cross-rank gather: ranks may hold different batch counts).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alm.config import RunConfig
+from alm.errors import UserError
+from alm.models.clap import Clap, ClapConfig
+from alm.stages.contrastive_loss import contrastive_loss
+from alm.stages.spec import Stage
+
+AUDIO_MEMBERS = ("flac", "wav", "ogg", "mp3")
+
+
+def audio_member(sample: dict[str, Any]) -> bytes:
+    for ext in AUDIO_MEMBERS:
+        if ext in sample:
+            return sample[ext]
+    members = ", ".join(sorted(k for k in sample if not k.startswith("__")))
+    raise KeyError(f"no audio member ({'/'.join(AUDIO_MEMBERS)}) in sample {sample.get('__key__')!r}: has {members}")
+
+
+def captions_of(sample: dict[str, Any]) -> list[str]:
+    from alm.tokenizers.text import sample_texts
+
+    if "json" not in sample:
+        raise KeyError(f"no json member with captions in sample {sample.get('__key__')!r} (are these prep shards?)")
+    meta = json.loads(sample["json"])
+    return sample_texts(meta) if isinstance(meta, dict) else []
+
+
+def text_ids(tokenizer, caption: str, max_len: int) -> np.ndarray:
+    """[BOS] + sentencepiece ids + [EOS], truncated to max_len (the EOS kept last)."""
+    ids = tokenizer.encode(caption, bos=True, eos=True)
+    if len(ids) > max_len:
+        ids = ids[: max_len - 1] + [tokenizer.eos_id]
+    return np.asarray(ids, dtype=np.int64)
+
+
+def crop(audio: np.ndarray, max_samples: int, rng: np.random.Generator | None) -> np.ndarray:
+    """A random window of max_samples (rng None: the first max_samples); shorter audio unchanged."""
+    if len(audio) <= max_samples:
+        return audio
+    start = 0 if rng is None else int(rng.integers(0, len(audio) - max_samples + 1))
+    return audio[start : start + max_samples]
+
+
+class _Examples:
+    """sample -> {"audio": float32 (N,), "text": int64 (L,)}; the tokenizer is loaded once per process."""
+
+    def __init__(self, cfg: RunConfig):
+        self.model: ClapConfig = cfg.model
+        self.tokenizer_dir = cfg.data.tokenizer
+        self._tokenizer = None
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from alm.tokenizers.text import load_text_tokenizer
+
+            if not self.tokenizer_dir:
+                raise UserError("stage clap needs data.tokenizer: a sentencepiece tokenizer dir (`alm tokenize text`)")
+            self._tokenizer = load_text_tokenizer(self.tokenizer_dir)
+        return self._tokenizer
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tokenizer": None}
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict | None:
+        from alm.data.audio import load_mono
+
+        captions = captions_of(sample)
+        if not captions:
+            return None
+        audio, _ = load_mono(audio_member(sample), self.model.sample_rate)
+        if audio.size == 0:
+            return None
+        caption = captions[int(rng.integers(len(captions)))]
+        return {"audio": crop(audio.astype(np.float32), self.model.max_samples, rng),
+                "text": text_ids(self.tokenizer(), caption, self.model.text_max_len)}
+
+
+def examples(cfg: RunConfig):
+    return _Examples(cfg)
+
+
+def example_length(example: dict) -> int:
+    return len(example["audio"])
+
+
+def pad_audio(clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> audio (B, N) zero-padded float32, lengths (B,) int64."""
+    audio = np.zeros((len(clips), max(len(c) for c in clips)), dtype=np.float32)
+    lengths = np.array([len(c) for c in clips], dtype=np.int64)
+    for i, c in enumerate(clips):
+        audio[i, : len(c)] = c
+    return torch.from_numpy(audio), torch.from_numpy(lengths)
+
+
+def pad_text(ids: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> ids (B, L) padded with 0 (the pad id) int64, mask (B, L) bool of real tokens."""
+    text = np.zeros((len(ids), max(len(t) for t in ids)), dtype=np.int64)
+    mask = np.zeros(text.shape, dtype=bool)
+    for i, t in enumerate(ids):
+        text[i, : len(t)], mask[i, : len(t)] = t, True
+    return torch.from_numpy(text), torch.from_numpy(mask)
+
+
+def collate(examples: list[dict]) -> dict[str, Any]:
+    """audio (B, N) + lengths (B,); text (B, L) + mask (B, L)."""
+    audio, lengths = pad_audio([e["audio"] for e in examples])
+    text, mask = pad_text([e["text"] for e in examples])
+    return {"audio": audio, "lengths": lengths, "text": text, "mask": mask, "_tokens": int(lengths.sum())}
+
+
+def loss(model: Clap, batch: dict[str, Any]) -> torch.Tensor:
+    a, t, scale = model(batch["audio"], batch["lengths"], batch["text"], batch["mask"])
+    return contrastive_loss(a, t, scale, local_loss=model.cfg.local_loss)
+
+
+def val_loss(model: Clap, batch: dict[str, Any], batch_idx: int, seed: int) -> torch.Tensor:
+    """In-batch loss of this rank's batch only: no collective, so ranks with different numbers of
+    validation batches cannot deadlock."""
+    from alm.stages.contrastive_loss import in_batch_loss
+
+    a, t, scale = model(batch["audio"], batch["lengths"], batch["text"], batch["mask"])
+    return in_batch_loss(a, t, scale)
+
+
+def check(cfg: RunConfig) -> None:
+    """data.windows=one; data.tokenizer is a text tokenizer with at most model.text_vocab_size pieces;
+    [BOS] x [EOS] fits."""
+    if cfg.data.windows != "one":
+        raise UserError(f"data.windows={cfg.data.windows}: stage clap takes one random crop per clip (data.windows=one); "
+                        "windows of one clip share its captions and would be each other's negatives")
+    if cfg.model.text_max_len < 3:
+        raise UserError(f"model.text_max_len={cfg.model.text_max_len}: needs room for BOS, a token and EOS (>= 3)")
+    if not cfg.data.tokenizer:
+        raise UserError("stage clap needs data.tokenizer: a sentencepiece tokenizer dir (`alm tokenize text`)")
+    meta = Path(cfg.data.tokenizer) / "text_tokenizer.json"
+    if not meta.is_file():
+        raise UserError(f"data.tokenizer={cfg.data.tokenizer}: no text_tokenizer.json inside (not a text tokenizer)")
+    size = json.loads(meta.read_text())["vocab_size"]
+    if cfg.model.text_vocab_size < size:
+        raise UserError(f"model.text_vocab_size={cfg.model.text_vocab_size} but the tokenizer in {cfg.data.tokenizer} "
+                        f"has {size} pieces: expected at least {size}")
+
+
+SYNTHETIC_AUDIO = "synthetic-v1"
+
+
+def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
+    """alm's synthetic captioned audio (cached) + a sentencepiece tokenizer fitted on its training
+    captions with model.text_vocab_size pieces (the tiny recipe's size is what the corpus yields)."""
+    from alm.data.cache import cached
+    from alm.data.synthetic import write_synthetic
+    from alm.tokenizers.text import train_text_tokenizer
+
+    audio = cached(root / SYNTHETIC_AUDIO, lambda d: write_synthetic(d), "the synthetic audio dataset")
+    made = {"train_shards": str(audio / "train-*.tar"), "val_shards": str(audio / "val-*.tar")}
+    if cfg.data.tokenizer not in (None, "synthetic"):  # the user's own tokenizer
+        return made
+    size = cfg.model.text_vocab_size
+
+    def make(d: Path) -> None:
+        try:
+            train_text_tokenizer(str(audio / "train-*.tar"), d, size)
+        except ValueError as exc:
+            reason = str(exc).splitlines()[0].rsplit("] ", 1)[-1]
+            raise UserError(f"model.text_vocab_size={size}: no sentencepiece model of the synthetic captions with "
+                            f"that size ({reason})") from exc
+
+    spm = cached(root / f"{SYNTHETIC_AUDIO}-spm{size}", make, f"a sentencepiece tokenizer ({size} pieces) of the synthetic captions")
+    return {**made, "tokenizer": str(spm)}
+
+
+@torch.no_grad()
+def embed_pairs(model: Clap, shards: str, tokenizer_dir: str, batch_size: int = 16) -> tuple[np.ndarray, np.ndarray, list]:
+    """Every clip of `shards` (first model.max_seconds, no random crop) and every caption of it ->
+    (audio embeddings (n_clips, D), text embeddings (n_captions, D), pairs [(text_row, clip_row)])."""
+    from alm.data.audio import load_mono
+    from alm.data.shards import expand_shards, read_shard
+    from alm.tokenizers.text import load_text_tokenizer
+
+    tok = load_text_tokenizer(tokenizer_dir)
+    cfg = model.cfg
+    model.eval()
+    clips, texts, pairs = [], [], []
+    for url in expand_shards(shards):
+        for sample in read_shard(url):
+            caps = captions_of(sample)
+            if not caps:
+                continue
+            audio, _ = load_mono(audio_member(sample), cfg.sample_rate)
+            for c in caps:
+                pairs.append((len(texts), len(clips)))
+                texts.append(text_ids(tok, c, cfg.text_max_len))
+            clips.append(crop(audio, cfg.max_samples, None))
+    a = [model.encode_audio(*pad_audio(chunk)) for chunk in _chunks(clips, batch_size)]
+    t = [model.encode_text(*pad_text(chunk)) for chunk in _chunks(texts, batch_size)]
+    return torch.cat(a).numpy(), torch.cat(t).numpy(), pairs
+
+
+def _chunks(items: list, n: int) -> list[list]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
+def heldout_retrieval(model: Clap, shards: str, tokenizer_dir: str) -> dict:
+    """alm/eval/retrieval.py metrics of `model` on `shards`, plus the clip and caption counts."""
+    from alm.eval.retrieval import retrieval_metrics
+
+    audio, text, pairs = embed_pairs(model, shards, tokenizer_dir)
+    metrics = retrieval_metrics(text @ audio.T, pairs)
+    return {"metrics": metrics, "n_audio": len(audio), "n_text": len(text)}
+
+
+STAGE = Stage(
+    name="clap",
+    description="CLAP: contrastive audio-text two-tower encoders, InfoNCE over the global batch of all ranks",
+    model_config=ClapConfig,
+    model=Clap,
+    make_example=examples,
+    collate=collate,
+    example_length=example_length,
+    loss=loss,
+    val_loss=val_loss,
+    check=check,
+    synthetic_data=synthetic_data,
+)
