@@ -7,6 +7,12 @@ Writes a synthetic set (train + held-out val clips, 4 s each) into a temporary f
 existing one with --data, e.g. the cache's synthetic-v1), fits the demo
 codec on the train clips (timed), and prints the mean reconstruction SI-SNR per kind on the val clips
 for 1, 2 and all RVQ levels. Only the fit time depends on the machine's load.
+
+    python benchmarks/demo_quality.py --demo OUT [--seeds 5] [--sampling 0.9:20,0.7:20] [--seconds 4]
+
+instead generates from the exports of a finished `alm demo --out OUT`, once per seed and sampling
+setting (temperature:top_k), and prints the generated wavs' spectral flatness within the codec's band
+(what the demo reports) per seed and their median.
 """
 
 from __future__ import annotations
@@ -38,6 +44,28 @@ def table(codec, val, levels) -> dict[str, list[float]]:
     return {k: np.mean(v, axis=0).tolist() for k, v in sorted(out.items())}
 
 
+def sampling_sweep(out: Path, seeds: int, settings: list[tuple[float, int]], seconds: float) -> None:
+    import soundfile as sf
+
+    from alm.audio_quality import spectral_flatness
+    from alm.demo import codec_band
+    from alm.generate import generate_audiolm
+
+    band = 8000 * codec_band(out / "codec")
+    exp = out / "exports"
+    with tempfile.TemporaryDirectory() as tmp:
+        for temperature, top_k in settings:
+            flat = []
+            for seed in range(seeds):
+                wav = f"{tmp}/t{temperature}-k{top_k}-s{seed}.wav"
+                generate_audiolm(str(exp / "semantic"), str(exp / "coarse"), str(exp / "fine"), seconds, wav,
+                                 temperature=temperature, top_k=top_k, seed=seed, progress=False)
+                audio, rate = sf.read(wav, dtype="float32")
+                flat.append(spectral_flatness(audio, sample_rate=rate, max_hz=band))
+            print(f"temperature {temperature} top_k {top_k}: flatness 0-{band / 1000:.0f} kHz per seed "
+                  + " ".join(f"{f:.3f}" for f in flat) + f"; median {np.median(flat):.3f}", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=240)
@@ -48,7 +76,15 @@ def main() -> int:
     p.add_argument("--beam", type=int, default=DemoCodecConfig.beam)
     p.add_argument("--refine", type=int, default=DemoCodecConfig.refine)
     p.add_argument("--data", help="an existing synthetic set (train-*.tar + val-*.tar) instead of a new one")
+    p.add_argument("--demo", help="a finished `alm demo --out` folder: measure its generated flatness instead")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--sampling", default="0.9:20", help="temperature:top_k settings, comma-separated")
+    p.add_argument("--seconds", type=float, default=4.0)
     a = p.parse_args()
+    if a.demo:
+        settings = [(float(t), int(k)) for t, k in (x.split(":") for x in a.sampling.split(","))]
+        sampling_sweep(Path(a.demo), a.seeds, settings, a.seconds)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         if a.data is None:
             write_synthetic(Path(tmp), num_clips=a.clips, val_clips=a.val)

@@ -13,8 +13,7 @@ transform plus residual vector quantisation fitted by k-means.
   (time-domain aliasing cancels everywhere, edges included). Coefficients above `bins` are not coded.
 * Conditional residual VQ: level 0 has one codebook; level q > 0 has one codebook per code of
   level q - 1 (codebook_size x codebook_size vectors), fitted by k-means on the residual left by
-  the levels before it. Encoding is greedy, level by level, so the first k levels of n_q-level codes
-  are exactly the k-level codes, and decoding any prefix of levels works, as with EnCodec's RVQ.
+  the levels before it. Decoding any prefix of levels works, as with EnCodec's RVQ.
 * Encoding is a beam search (`beam` paths per frame, level by level, all levels searched, then cut
   to the levels asked for, so fewer levels are still a prefix of more). After the greedy k-means fit,
   `refine` rounds encode the training frames with that search and set every code vector to the mean
