@@ -76,17 +76,63 @@ def test_more_levels_reconstruct_better(small):
     assert snrs[0] < snrs[1] < snrs[2], snrs
 
 
+def _tiny_codec(K: int, Q: int, D: int, seed: int) -> DemoCodec:
+    """A demo codec with random codebooks: K codes, Q levels, D coded bins."""
+    codec = DemoCodec(DemoCodecConfig(codebook_size=K, num_quantizers=Q, bins=D))
+    g = torch.Generator().manual_seed(seed)
+    codec.first.copy_(torch.randn(K, D, generator=g))
+    codec.rest.copy_(torch.randn(Q - 1, K, K, D, generator=g) * 0.5)
+    return codec
+
+
+def test_beam_search_one_path_is_greedy_and_all_paths_is_exhaustive():
+    K, Q, D = 4, 3, 6
+    codec = _tiny_codec(K, Q, D, 0)
+    x = torch.randn(50, D, generator=torch.Generator().manual_seed(1)) * 1.5
+    greedy = []
+    for row in x:  # plain loop: the nearest vector of each level's codebook to what is left
+        left, prev, path = row.clone(), 0, []
+        for q in range(Q):
+            book = codec.book(q, prev)
+            prev = int(((left - book) ** 2).sum(-1).argmin())
+            left -= book[prev]
+            path.append(prev)
+        greedy.append(path)
+    assert codec.search(x, 1).tolist() == greedy
+    every = torch.cartesian_prod(*[torch.arange(K)] * Q)  # (K^Q, Q): all paths
+    err = ((x[:, None] - codec.dequantise(every)[None]) ** 2).sum(-1)  # (M, K^Q)
+    best = every[err.argmin(-1)]
+    assert torch.equal(codec.search(x, K ** Q), best)
+    got = ((x - codec.dequantise(codec.search(x, 4))) ** 2).sum()
+    assert float(err.min(-1).values.sum()) <= float(got) <= float(((x - codec.dequantise(torch.tensor(greedy))) ** 2).sum())
+    codec.config.beam = 4
+    assert torch.equal(codec.quantise(x, 2), codec.search(x, 4)[:, :2])  # fewer levels: a prefix of the search
+
+
+def test_refine_round_never_raises_the_error_of_the_codes_it_used():
+    from alm.tokenizers.demo_codec import _refine
+
+    codec = _tiny_codec(4, 3, 6, 2)
+    codec.config.beam = 2
+    x = torch.randn(400, 6, generator=torch.Generator().manual_seed(3))
+    codes = codec.quantise(x, 3)
+    before = float(((x - codec.dequantise(codes)) ** 2).sum())
+    _refine(codec, x)
+    after = float(((x - codec.dequantise(codes)) ** 2).sum())
+    assert after < before * 0.9  # random codebooks: the means are far better
+
+
 @pytest.mark.slow
 def test_held_out_si_snr_on_the_synthetic_set():
     """The codec the synthetic data uses (fitted on the 240 train clips), on the 24 held-out clips:
-    melodies reach the 6 dB goal; chords come close; it is far better than no codebooks at all."""
+    the tonal kinds (melodies, chords, siren) reach the 6 dB goal; speech-like babble does not yet."""
     from alm.data.cache import cache_root
     from alm.demo import codec_quality
     from alm.stages.acoustic import synthetic_codec
 
     audio, codec_dir = synthetic_codec(cache_root())
     quality = codec_quality(codec_dir, audio)
-    assert quality["melody"] >= 6.0 and quality["chords"] >= 5.0 and quality["speech"] >= 2.0, quality
+    assert min(quality["melody"], quality["chords"], quality["siren"]) >= 6.0 and quality["speech"] >= 3.0, quality
 
 
 def test_codes_through_tokenize_export_and_generate(small, tmp_path):

@@ -146,7 +146,7 @@ def examples(cfg: RunConfig):
 
 
 TINY_CODEC = "tiny-codec-16k-q4-c32"  # the tiny random EnCodec the tests share (alm.tokenizers.codec.make_tiny_codec)
-DEMO_CODEC = "demo-codec-mdct-rvq-16k-q4-c32"  # the demo codec fitted on the synthetic train clips
+DEMO_CODEC = "demo-codec-v2-mdct-rvq-16k-q4-c32"  # the demo codec fitted on the synthetic train clips (v2: beam search + refinement)
 
 
 def synthetic_tokens(root: Path, semantic_vocab: int, codebook_size: int, frame_rate: float, levels: int):
