@@ -140,12 +140,23 @@ def test_encodec_chunked_codes_agree_with_whole_file_codes(tiny_encodec):
 def test_demo_codec_chunked_codes_equal_whole_file_codes(demo_codec):
     from alm.tokenizers.codec import encode_file, encode_files
 
+    """The windows' MDCT frames are the whole file's; the codes agree on >= 99.9% of codes and 99.5%
+    of frames (all levels), not all:
+    the beam search groups a batch's paths by their previous code and scores each group with one
+    matmul, whose float rounding depends on the group's size, so a near-tie between two paths can
+    flip (measured 7 of 12,004 codes after the beam-search codec landed; greedy RVQ was exact)."""
     files = [(k, signal(s, k, e)) for k, s, e in FILES]
     got = dict(encode_files(demo_codec, files, chunk_seconds=2.0, batch_seconds=10.0))
+    same = []
     for k, x in files:
-        np.testing.assert_array_equal(got[k], whole(demo_codec, x))
-    np.testing.assert_array_equal(encode_file(demo_codec, files[0][1], n_q=2, chunk_seconds=1.0),
-                                  whole(demo_codec, files[0][1])[:2])
+        want = whole(demo_codec, x)
+        assert got[k].shape == want.shape
+        same.append(got[k] == want)
+    codes = np.concatenate([m.ravel() for m in same])
+    frames = np.concatenate([m.all(0) for m in same])
+    assert codes.mean() >= 0.999 and frames.mean() >= 0.995, (codes.mean(), frames.mean())  # over all files
+    short = encode_file(demo_codec, files[0][1], n_q=2, chunk_seconds=1.0)
+    assert (short == whole(demo_codec, files[0][1])[:2]).mean() >= 0.999
 
 
 def test_encode_files_refuses_bad_sizes(demo_codec):
