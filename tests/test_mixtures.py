@@ -7,6 +7,8 @@ from alm.data.shards import ShardWriter, TarShard, join_sets, key_from_id, mixtu
 from alm.data.stream import ShardStream, make_loader, resolve_datasets, resolve_shard_sets
 from alm.errors import UserError
 
+from test_data_resume import positions_before, run
+
 
 def make_example(sample, rng):
     return {"key": sample["__key__"], "x": npy_load(sample["x.npy"]), "r": float(rng.random())}
@@ -29,24 +31,10 @@ def stream(spec, rank=0, world=1, positions=None, batch_size=4, **kw):
                        rank_world=(rank, world), positions=positions, **kw)
 
 
-def run(loader, n):
-    out = []
-    for batch in loader:
-        out.append(batch)
-        if len(out) == n:
-            break
-    return out
-
-
 def seen(batches):
     return [(b["_index"], tuple(b["keys"]), tuple(b["r"]), tuple(sorted(b["_datasets"].items()))) for b in batches]
 
 
-def positions_before(batches, b):
-    pos = {}
-    for batch in batches[:b]:
-        pos[batch["_state"].state["worker"]] = batch["_state"].state
-    return pos
 
 
 def test_grammar():

@@ -12,6 +12,8 @@ from alm.models.acoustic_lm import AcousticLMConfig, aligned_window, aligned_win
 from alm.stages import acoustic, semantic, soundstorm
 from alm.models.soundstorm import SoundStormConfig
 
+from test_data_resume import positions_before, run, seen
+
 W = 10  # tokens per window in the stream tests (semantic max_len = W + 2)
 LENGTHS = [95, 7, 40, 123, 10, 61]  # long recordings, a short clip, one of exactly one window
 
@@ -131,24 +133,6 @@ def stream(spec, rank=0, world=1, positions=None, infinite=True, batch_size=3, b
                        shuffle_buffer=buffer, infinite=infinite, rank_world=(rank, world), positions=positions, **kw)
 
 
-def run(loader, n):
-    out = []
-    for batch in loader:
-        out.append(batch)
-        if len(out) == n:
-            break
-    return out
-
-
-def seen(batches):
-    return [(b["_index"], tuple(b["keys"]), tuple(b["r"])) for b in batches]
-
-
-def positions_before(batches, b):
-    pos = {}
-    for batch in batches[:b]:
-        pos[batch["_state"].state["worker"]] = batch["_state"].state
-    return pos
 
 
 def epoch_windows(spec, epoch_batches):
