@@ -25,6 +25,18 @@ def _session_env(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: one torch thread is fastest, and immune to the other jobs sharing the CPU
+    (a module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def python() -> str:
     return sys.executable

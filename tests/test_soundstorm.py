@@ -8,13 +8,7 @@ from alm.models.soundstorm import SoundStorm, SoundStormConfig
 Q, V, K = 3, 16, 8  # levels, codebook size, semantic vocab
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest, and immune to the other jobs sharing the CPU."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(conv_kernel: int = 0, **kw) -> SoundStorm:
