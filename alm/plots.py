@@ -92,14 +92,15 @@ def read_clips(shards_spec: str, sample_rate: int = 16000, limit: int | None = N
     """(mono audio at `sample_rate`, json) of the clips of an audio shard set (flac/wav/ogg + json)."""
     import json
 
-    from alm.data.audio import load_mono
+    from alm.data.audio import load_mono, shard_audio_ext
     from alm.data.shards import expand_shards, read_shard
 
     clips = []
     for url in expand_shards(shards_spec):
         for s in read_shard(url):
-            data = next((s[e] for e in ("flac", "wav", "ogg") if e in s), None)
-            if data is not None:
+            ext = shard_audio_ext(s)
+            if ext is not None:
+                data = s[ext]
                 clips.append((load_mono(data, sample_rate)[0], json.loads(s["json"]) if "json" in s else {}))
             if limit is not None and len(clips) >= limit:
                 return clips

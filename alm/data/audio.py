@@ -277,6 +277,14 @@ def resample(audio: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     return np.ascontiguousarray(out.T if x.ndim == 2 else out, dtype=np.float32)
 
 
+SHARD_AUDIO = ("flac", "wav", "ogg", "mp3")  # members a shard sample may keep its audio in (alm prep writes flac), preferred first
+
+
+def shard_audio_ext(sample: dict) -> str | None:
+    """The member of a shard sample that holds its audio (see SHARD_AUDIO), or None."""
+    return next((e for e in SHARD_AUDIO if e in sample), None)
+
+
 def load_mono(data: bytes | str, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     """Decode bytes (or a path) to mono float32 [frames], resampled to `sample_rate` if given.
 

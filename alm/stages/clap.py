@@ -27,15 +27,14 @@ from alm.models.clap import Clap, ClapConfig
 from alm.stages.contrastive_loss import contrastive_loss
 from alm.stages.spec import Stage
 
-AUDIO_MEMBERS = ("flac", "wav", "ogg", "mp3")
-
-
 def audio_member(sample: dict[str, Any]) -> bytes:
-    for ext in AUDIO_MEMBERS:
-        if ext in sample:
-            return sample[ext]
+    from alm.data.audio import SHARD_AUDIO, shard_audio_ext
+
+    ext = shard_audio_ext(sample)
+    if ext is not None:
+        return sample[ext]
     members = ", ".join(sorted(k for k in sample if not k.startswith("__")))
-    raise KeyError(f"no audio member ({'/'.join(AUDIO_MEMBERS)}) in sample {sample.get('__key__')!r}: has {members}")
+    raise KeyError(f"no audio member ({'/'.join(SHARD_AUDIO)}) in sample {sample.get('__key__')!r}: has {members}")
 
 
 def captions_of(sample: dict[str, Any]) -> list[str]:

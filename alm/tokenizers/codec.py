@@ -50,7 +50,6 @@ CODEC_NAMES = {
     "encodec_24khz": "facebook/encodec_24khz",
     "encodec_32khz": "facebook/encodec_32khz",
 }
-AUDIO_EXTS = ("flac", "wav", "ogg")
 CODES_MEMBER = "codes.npy"
 
 
@@ -370,7 +369,7 @@ def tokenize_codec_shards(
     of `chunk_seconds` (+ `context_seconds` each side), up to `batch_seconds` of audio per forward
     (encode_files), so memory does not grow with a file's length. Returns map_shards' summary.
     """
-    from alm.data.audio import load_mono
+    from alm.data.audio import SHARD_AUDIO, load_mono, shard_audio_ext
     from alm.data.shards import expand_shards, map_shards, npy_bytes
     from alm.io import atomic_write_text
 
@@ -418,10 +417,10 @@ def tokenize_codec_shards(
     def decoded(samples: list[dict[str, Any]]):  # (index, mono audio) one at a time: one decoded file held
         for i, sample in enumerate(samples):
             where = f"{sample.get('__url__', '?')}:{sample['__key__']}"
-            ext = next((e for e in AUDIO_EXTS if e in sample), None)
+            ext = shard_audio_ext(sample)
             data = sample.pop(ext) if ext else None  # the compressed bytes go once decoded (map_shards copies only json)
             if data is None:
-                log.warning("%s: no audio member (%s)", where, "/".join(AUDIO_EXTS))
+                log.warning("%s: no audio member (%s)", where, "/".join(SHARD_AUDIO))
                 continue
             try:
                 wav, _ = load_mono(data, rate)

@@ -363,15 +363,16 @@ def _refine(codec: DemoCodec, coeffs: torch.Tensor) -> None:
 
 def read_clips(shards_spec: str, sample_rate: int, limit: int | None = None) -> list[np.ndarray]:
     """Mono float32 clips at `sample_rate` of the audio members (flac/wav/ogg) of a shard set."""
-    from alm.data.audio import load_mono
+    from alm.data.audio import load_mono, shard_audio_ext
     from alm.data.shards import expand_shards, read_shard
 
     clips = []
     for url in expand_shards(shards_spec):
         for sample in read_shard(url):
-            data = next((sample[e] for e in ("flac", "wav", "ogg") if e in sample), None)
-            if data is None:
+            ext = shard_audio_ext(sample)
+            if ext is None:
                 continue
+            data = sample[ext]
             clips.append(load_mono(data, sample_rate)[0])
             if limit is not None and len(clips) >= limit:
                 return clips

@@ -364,10 +364,12 @@ class SemanticTokenizer:
 
 
 def _sample_audio(sample: dict, sample_rate: int) -> np.ndarray:
-    for ext in ("flac", "wav", "mp3", "ogg"):
-        if ext in sample:
-            return load_mono(sample[ext], sample_rate)[0]
-    raise KeyError(f"sample {sample['__key__']} has no audio member (flac/wav)")
+    from alm.data.audio import SHARD_AUDIO, shard_audio_ext
+
+    ext = shard_audio_ext(sample)
+    if ext is None:
+        raise KeyError(f"sample {sample['__key__']} has no audio member ({'/'.join(SHARD_AUDIO)})")
+    return load_mono(sample[ext], sample_rate)[0]
 
 
 def _chosen(seed: int, shard: str, key: str, fraction: float) -> bool:
