@@ -147,10 +147,11 @@ def _export(argv: list[str]) -> int:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dtype of the stored floating weights")
     p.add_argument("--max-shard-size", default="5GB", help="larger exports are sharded (model-0000i-of-0000N.safetensors + index)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export at --out")
+    p.add_argument("--format", default="alm", help="alm (default), or a layout the stage offers (e.g. transformers)")
     a = p.parse_args(argv)
     from alm.export import export
 
-    out = export(a.src, a.out, a.dtype, a.max_shard_size, a.overwrite)
+    out = export(a.src, a.out, a.dtype, a.max_shard_size, a.overwrite, a.format)
     print(f"[alm] exported {a.src} -> {out}")
     return 0
 

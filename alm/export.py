@@ -182,8 +182,9 @@ def provenance_of(cfg: RunConfig, out: Path) -> dict:
 
 def write_export(model: torch.nn.Module, cfg: RunConfig, out: str | os.PathLike, dtype: str = "fp32",
                  max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False,
-                 extra: dict | None = None) -> Path:
-    """Write `model` (built from cfg) as an export folder at `out` (see the module docstring)."""
+                 extra: dict | None = None, fmt: str = "alm") -> Path:
+    """Write `model` (built from cfg) as an export folder at `out` (see the module docstring);
+    fmt: "alm", or a layout of the stage's export_formats (e.g. "transformers")."""
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     max_bytes = parse_size(max_shard_size)
@@ -195,7 +196,18 @@ def write_export(model: torch.nn.Module, cfg: RunConfig, out: str | os.PathLike,
     tmp.mkdir()  # the umask's mode (mkdtemp would make it 0700)
     try:
         model = model.to(DTYPES[dtype])  # floating tensors only; integer buffers keep their dtype
-        weights = write_weights(model, tmp, max_bytes, cfg.stage)
+        stage = get_stage(cfg.stage)
+        if fmt != "alm":  # another layout the stage knows (e.g. a transformers folder), written whole
+            if fmt not in stage.export_formats:
+                known = ", ".join(["alm", *stage.export_formats])
+                raise UserError(f"--format {fmt!r}: stage {cfg.stage} exports as {known}")
+            stage.export_formats[fmt](model, cfg, tmp)
+            extra = {**(extra or {}), "format": fmt}
+            weights = {}
+        else:
+            weights = write_weights(model, tmp, max_bytes, cfg.stage)
+            if stage.export_files is not None:
+                weights = {**weights, **stage.export_files(model, cfg, tmp)}
         atomic_write_text(tmp / "config.yaml", to_yaml(cfg))
         if cfg.data.tokenizer and Path(cfg.data.tokenizer).is_dir():
             shutil.copytree(cfg.data.tokenizer, tmp / "tokenizer", copy_function=shutil.copyfile)
@@ -216,7 +228,7 @@ def write_export(model: torch.nn.Module, cfg: RunConfig, out: str | os.PathLike,
 
 
 def export(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp32",
-           max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False) -> Path:
+           max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False, fmt: str = "alm") -> Path:
     """Export the newest checkpoint of a run dir (or a given checkpoint) to `out`."""
     from alm.training.trainer import config_from_checkpoint
 
@@ -230,7 +242,7 @@ def export(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp32",
     if set(missing) - aliases or unexpected:
         raise ValueError(f"{step_dir}: weights do not match the {cfg.stage} model: missing {missing}, unexpected {unexpected}")
     extra = {"source": str(step_dir), "step": int(step_dir.name.split("-")[-1])}
-    return write_export(model, cfg, out, dtype, max_shard_size, overwrite, extra)
+    return write_export(model, cfg, out, dtype, max_shard_size, overwrite, extra, fmt)
 
 
 def read_export_meta(path: str | os.PathLike) -> dict:

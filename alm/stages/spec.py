@@ -14,6 +14,12 @@ A stage file (alm/stages/<name>.py) builds one `Stage` from plain functions; the
     preflight   check(cfg): tokenizer / codec / model agreement, before anything starts
     cli         commands: `alm generate <name>`, `alm convert <name>`, `alm embed`, ...
     samples     sample_codes(model, batch, i, seed) -> (generated, reference) codes (audio stages)
+    pretrained  load_pretrained(model, cfg, gathered): public weights (e.g. a transformers LLM named by
+                model.pretrained) copied into the freshly built — possibly ZeRO-3 partitioned — model,
+                tensor by tensor (alm.training.init_from.load_weights); skipped on resume and under init_from
+    export      export_files(model, cfg, dir) -> dict: extra files every `alm export` writes into the
+                export (e.g. a transformers folder), merged into export.json; export_formats: other
+                layouts `alm export --format NAME` writes instead of alm's (e.g. "transformers")
 """
 
 from __future__ import annotations
@@ -63,3 +69,6 @@ class Stage:
     synthetic_data: Optional[Callable[[Any, Any], dict]] = None  # (cfg, cache_root) -> {"train_shards", ...}
     sample_codes: Optional[Callable[[Any, dict, int, int], tuple]] = None  # audio samples at validation
     commands: tuple[Command, ...] = field(default=())
+    load_pretrained: Optional[Callable[[Any, Any, Callable], None]] = None  # (model, cfg, gathered) at a fresh start
+    export_files: Optional[Callable[[Any, Any, Any], dict]] = None  # (model, cfg, Path) -> export.json entries
+    export_formats: dict[str, Callable[[Any, Any, Any], None]] = field(default_factory=dict)  # name -> (model, cfg, Path)

@@ -78,6 +78,8 @@ class StageModule(L.LightningModule):
             from alm.training.init_from import load_export_weights
 
             load_export_weights(model, self.cfg, gathered)
+        elif self.spec.load_pretrained is not None and not self._resuming():
+            self.spec.load_pretrained(model, self.cfg, gathered)  # public weights (e.g. model.pretrained)
         apply_freeze(model, self.cfg)
         if self.cfg.trainer.activation_checkpointing:
             checkpoint_blocks(model)
