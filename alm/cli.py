@@ -246,12 +246,6 @@ def _runs(argv: list[str]) -> int:
     return runs_main(argv)
 
 
-def _eval(argv: list[str]) -> int:
-    from alm.eval.cli import main as eval_main
-
-    return eval_main(argv)
-
-
 COMMANDS = {
     "demo": _demo,
     "recipes": _recipes,
