@@ -1,4 +1,4 @@
-"""`alm prep {audiocaps,clotho,musiccaps,librilight,librispeech_finetuning,wavcaps} --src DIR --out DIR
+"""`alm prep {audiocaps,clotho,musiccaps,librilight,librispeech_finetuning,librispeech,wavcaps} --src DIR --out DIR
 [--sample-rate HZ] [--shard-size N] [--workers N] [--overwrite]` (wavcaps also `[--exclude-ids FILE]`),
 and `alm prep synthetic --out DIR`.
 
@@ -26,6 +26,8 @@ HELP = {
                  "(also [{ytid}]-[{start}-{end}], {ytid}_{start}-{end} names)",
     "librilight": "LibriLight unlabelled: SRC is the root holding small/ medium/ large/ duplicate/",
     "librispeech_finetuning": "LibriLight labelled: SRC is librispeech_finetuning/ (holding 1h/ and 9h/)",
+    "librispeech": "LibriSpeech: SRC is LibriSpeech/ (holding train-clean-100/, dev-clean/, test-clean/, ...) "
+                   "or one subset folder",
     "wavcaps": "WavCaps: SRC holds json_files/{AudioSet_SL,BBC_Sound_Effects,FreeSound,SoundBible}/*.json "
                "and Audio/{subset}/ flac files",
 }
