@@ -133,3 +133,21 @@ def test_librispeech_without_subsets_is_one_line_error(tmp_path, capsys):
     assert main(["librispeech", "--src", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert "no LibriSpeech subset found" in err and "\n" not in err
+
+
+def test_covost_fixture_preps_with_translations(tmp_path):
+    """tests/fixtures/speech/covost2 (mp3 clips of 7 of the utterances + CoVoST TSVs) -> shards whose
+    json has the Common Voice sentence, the French translation and the pair."""
+    manifest = run("covost2", SPEECH / "covost2", tmp_path / "out", quiet=True)
+    assert manifest["skipped"] == []
+    samples = read_out(tmp_path / "out")
+    texts = {u[0]: (u[1], u[5]) for u in make_speech.utterances()}
+    assert len(samples) == len(make_speech.FRENCH)
+    for n, (utt, french) in enumerate(make_speech.FRENCH.items()):
+        s = samples[f"common_voice_en_{7000001 + n}"]
+        subset, text = texts[utt]
+        assert (s["translation"], s["source_lang"], s["target_lang"]) == (french, "en", "fr")
+        assert s["transcript"] == text.capitalize() + "." and s["speaker"].startswith("c0ffee" + utt.split("-")[0])
+        assert s["split"] == ("dev" if subset == "dev-clean" else "train")
+        flac = sf.info(str(SPEECH / "LibriSpeech" / subset / utt.split("-")[0] / utt.split("-")[1] / f"{utt}.flac"))
+        assert abs(s["duration_s"] - flac.duration) < 0.15  # the same clip, mp3 encoder padding aside
