@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Iterator
 
 from alm.data_prep.common import (
-    Candidate, PrepError, Row, Scan, Skip, audio_ext, audio_stem, check_src, list_files, resolve,
+    AUDIO_EXTS, Candidate, PrepError, Row, Scan, Skip, audio_ext, check_src, list_files, resolve,
 )
 
 NAME = "covost2"
@@ -119,9 +119,14 @@ def _pick_pair(root: Path, source_lang: str | None, target_lang: str | None) -> 
     return src, tgt, [(None, files[None])]
 
 
+_EXTS = frozenset(AUDIO_EXTS)
+
+
 def _stem(path: str) -> str:
-    """`common_voice_en_1.mp3` -> `common_voice_en_1` (a path without an audio extension as it is)."""
-    return audio_stem(path) if audio_ext(path) else path
+    """`common_voice_en_1.mp3` -> `common_voice_en_1` (a path without an audio extension as it is).
+    Called for every TSV line and clip: one rpartition, not os.path.splitext twice."""
+    head, dot, ext = path.rpartition(".")
+    return head if dot and "/" not in ext and f".{ext.lower()}" in _EXTS else path
 
 
 class _Rows:
@@ -215,7 +220,7 @@ def scan(src, source_lang: str | None = None, target_lang: str | None = None) ->
     unlisted: list[str] = []
     other = 0  # clips that only Common Voice's own TSVs name
     for n in names:
-        stem = audio_stem(n)
+        stem = _stem(n)
         if stem in used:
             by_stem.setdefault(stem, []).append(n)
         elif stem in cv_listed:
@@ -231,7 +236,7 @@ def scan(src, source_lang: str | None = None, target_lang: str | None = None) ->
         fields = {"transcript": sentence, "translation": translation, "source_lang": src_lang,
                   "target_lang": tgt_lang, "speaker": client}
         todo.append(Row(stem, split, fields, cands, f"clips/{path}", "clips/{path}, clips/{stem}.<any audio ext>"))
-    entries, skips = resolve(todo, unlisted, lambda p: (audio_stem(p.rsplit("/", 1)[-1]), None,
+    entries, skips = resolve(todo, unlisted, lambda p: (_stem(p.rsplit("/", 1)[-1]), None,
                                                         "no Common Voice or CoVoST TSV in the source folder lists it"))
     if other:
         print(f"note: {other} clip(s) in {root / 'clips'} are Common Voice's but in no covost_v2.{src_lang}_{tgt_lang} "

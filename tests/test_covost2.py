@@ -178,3 +178,10 @@ def test_read_tsv_is_unquoted_and_streams(tmp_path):
     assert header == ["path", "sentence"]
     assert not isinstance(lines, list)  # an iterator: a 1.5M-row validated.tsv is never held whole
     assert list(lines) == [(2, ['"a.mp3', '"quoted']), (3, ["b.mp3", "second"])]
+
+
+def test_stem_drops_only_an_audio_extension():
+    from alm.data_prep.covost2 import _stem
+
+    assert [_stem(p) for p in ("common_voice_en_1.mp3", "a.b.MP3", "x.flac", "no_ext", "v1.0", "d.v2/clip")] == [
+        "common_voice_en_1", "a.b", "x", "no_ext", "v1.0", "d.v2/clip"]
