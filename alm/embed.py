@@ -203,14 +203,36 @@ class AlmClapBackend:
             return self.model.encode_audio(audio.to(self.device), lengths.to(self.device)).float().cpu().numpy()
 
 
+def is_alm_export(path: str | Path) -> bool:
+    """An alm export folder (config.yaml, no transformers config.json)."""
+    p = Path(path)
+    return p.is_dir() and (p / "config.yaml").is_file() and not (p / "config.json").is_file()
+
+
+def export_stage(path: str | Path) -> str | None:
+    """The `stage:` an export's config.yaml names (read without validating the rest), or None."""
+    from omegaconf import OmegaConf
+
+    f = Path(path) / "config.yaml"
+    if not f.is_file():
+        return None
+    try:
+        stage = OmegaConf.load(f).get("stage")
+    except Exception:  # not YAML: load_config names the problem
+        return None
+    return None if stage is None else str(stage)
+
+
 def load_encoder(export_dir: str | Path, device: str = "cpu") -> Encoder:
     """An Encoder over the CLAP export `export_dir` (see the module docstring)."""
     from alm.export import load_config, load_pretrained
 
     export_dir = Path(export_dir)
+    stage = export_stage(export_dir)
+    if stage is not None and stage != "clap":
+        raise UserError(f"{export_dir}: an alm export of stage {stage!r}, not a clap export (CLAP embeddings need "
+                        "stage clap: `alm export` of a clap run, or `alm convert clap`)")
     cfg = load_config(export_dir)
-    if cfg.stage != "clap":
-        raise UserError(f"{export_dir}: an export of stage {cfg.stage!r}; alm embed needs a clap export")
     model = load_pretrained(export_dir).float()
     if getattr(cfg.model, "tower", "alm") == "hf":
         from alm.models.clap_hf import HFClapBackend

@@ -132,3 +132,15 @@ def test_convert_errors(tmp_path, capsys):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     assert main(["convert", "clap", str(tmp_path / "nope"), "--out", str(tmp_path / "busy")]) == 2
     assert "not an alm export" in capsys.readouterr().err
+
+
+def test_clap_score_embedder_on_a_converted_export(converted):
+    """alm eval audio --clap-model EXPORT: the converted model scores as the transformers folder does."""
+    from alm.eval.embedders import ClapEmbedder
+
+    ref, export = converted
+    ours, theirs = ClapEmbedder(str(export)), ClapEmbedder(str(ref))
+    assert ours.sample_rate == theirs.sample_rate and ours.window_s == theirs.window_s
+    clips = [(0.3 * np.random.default_rng(3).standard_normal(n)).astype(np.float32) for n in (16000, 7000)]
+    assert np.abs(ours.embed_windows(clips[:1]) - theirs.embed_windows(clips[:1])).max() < TOL
+    assert np.abs(ours.embed_texts(TEXTS[:2]) - theirs.embed_texts(TEXTS[:2])).max() < TOL

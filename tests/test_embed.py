@@ -147,3 +147,17 @@ def test_user_errors_are_one_line(export, tmp_path, capsys):
     assert main(["embed", str(export), "--audio", str(empty), "--out", str(tmp_path / "x.npy")]) == 2
     assert "no audio samples" in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_clap_score_embedder_takes_an_alm_clap_export(export, tmp_path):
+    """alm eval audio's ClapEmbedder (CLAP score) on an alm export: the same rows as alm embed for
+    texts and for windows no longer than the model's."""
+    from alm.embed import load_encoder
+    from alm.eval.embedders import ClapEmbedder, load_embedder
+
+    emb, enc = ClapEmbedder(str(export)), load_encoder(export)
+    assert emb.sample_rate == 8000 and emb.window_s == 0.5
+    assert np.abs(emb.embed_texts(CAPTIONS[:3]) - enc.texts(CAPTIONS[:3])).max() < 1e-6
+    clips = [np.random.default_rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate((4000, 1500))]
+    assert np.abs(emb.embed_windows(clips) - enc.audio(clips)).max() < 1e-5
+    assert isinstance(load_embedder(str(export)), ClapEmbedder)  # a folder: by its config
