@@ -144,3 +144,38 @@ def test_clap_score_embedder_on_a_converted_export(converted):
     clips = [(0.3 * np.random.default_rng(3).standard_normal(n)).astype(np.float32) for n in (16000, 7000)]
     assert np.abs(ours.embed_windows(clips[:1]) - theirs.embed_windows(clips[:1])).max() < TOL
     assert np.abs(ours.embed_texts(TEXTS[:2]) - theirs.embed_texts(TEXTS[:2])).max() < TOL
+
+
+@pytest.mark.slow
+def test_tiny_finetune_from_a_converted_clap(tmp_path):
+    """recipes/tiny/clap_finetune.yaml with init_from = a converted tiny CLAP (made with another seed
+    than the run's, so a fresh init cannot pass for it): trains under ddp, its export starts from the
+    converted weights (fine-tuned params within the few steps' reach of them, far from a fresh init),
+    and alm embed reads the fine-tuned export."""
+    from helpers import alm, losses
+
+    from alm.config import load_recipe
+    from alm.export import load_pretrained
+    from alm.models.clap import build_clap
+    from alm.models.clap_hf import make_tiny_hf_clap
+
+    src = make_tiny_hf_clap(tmp_path / "src", seed=1)
+    export, run, tuned = tmp_path / "export", tmp_path / "run", tmp_path / "tuned"
+    alm("convert", "clap", str(src), "--out", str(export))
+    recipe = REPO / "recipes" / "tiny" / "clap_finetune.yaml"
+    alm("train", str(recipe), f"run_dir={run}", f"init_from={export}", f"data.tokenizer={export / 'tokenizer'}",
+        "trainer.max_steps=3", "trainer.val_every_n_steps=0", "trainer.progress_bar=false", "trainer.accelerator=cpu",
+        "trainer.threads=1", "data.shuffle_buffer=32", "wandb.enabled=false")
+    steps = losses(run)
+    assert sorted(steps) == [0, 1, 2] and all(np.isfinite(v) for v in steps.values())
+    alm("export", str(run), "--out", str(tuned))
+    start, after = load_pretrained(export).state_dict(), load_pretrained(tuned).state_dict()
+    torch.manual_seed(0)
+    fresh = build_clap(load_recipe(recipe, [f"run_dir={run}"]).model).state_dict()
+    name = "text_model.embeddings.word_embeddings.weight"
+    moved, from_fresh = (after[name] - start[name]).abs().max(), (after[name] - fresh[name]).abs().max()
+    assert 0 < moved < 0.01 < from_fresh, (moved, from_fresh)
+    texts = tmp_path / "t.txt"
+    texts.write_text("a dog barks\nrain falls\n")
+    alm("embed", str(tuned), "--texts", str(texts), "--out", str(tmp_path / "T.npy"))
+    assert np.load(tmp_path / "T.npy").shape == (2, 32)

@@ -45,7 +45,7 @@ def hf_config_dict(config) -> dict[str, Any]:
     def clean(d: dict) -> dict:
         return {k: (clean(v) if isinstance(v, dict) else v) for k, v in d.items() if k not in VOLATILE_KEYS}
 
-    return clean(config.to_dict())
+    return clean(config.to_diff_dict())  # what save_pretrained writes to config.json: the non-default values
 
 
 def transformers_config(hf_config: dict[str, Any]):
