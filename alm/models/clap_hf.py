@@ -13,7 +13,8 @@ the tensors of a transformers ClapModel checkpoint, under the same names.
       -> text_model pooler -> text_projection -> L2-normalised (B, projection_dim)
 
 Similarities are cosine * exp(logit_scale_a) (clamped at ln 100 as in CLIP): LAION's training
-loss uses logit_scale_a for both directions (logit_scale_t only scores its MLP-feature loss).
+loss uses logit_scale_a for both directions (logit_scale_t only scores its MLP-feature loss, so it
+is kept frozen here: under DDP an unused trainable parameter stops the second step).
 Both scales are 0-dim parameters as transformers stores them, which DeepSpeed ZeRO-3 cannot
 partition: the stage refuses ZeRO-3 for tower hf (ddp and ZeRO 1/2 are fine).
 
@@ -78,6 +79,9 @@ class HFClap(nn.Module):
         self.audio_projection = clap.audio_projection
         self.logit_scale_a = clap.logit_scale_a
         self.logit_scale_t = clap.logit_scale_t
+        # no loss here uses it (LAION's logit_scale_t scales only its MLP-feature loss): frozen, so DDP's
+        # reducer does not wait for a gradient that never comes; exported unchanged
+        self.logit_scale_t.requires_grad_(False)
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale_a), clamped at 100, shape (1,)."""
