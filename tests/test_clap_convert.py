@@ -147,8 +147,34 @@ def test_every_trainable_parameter_gets_a_gradient_from_the_stage_loss(converted
     assert "logit_scale_a" in trainable and "logit_scale_t" not in trainable
 
 
+def test_stage_check_of_tower_hf(converted, tmp_path):
+    from alm.config import load_recipe
+    from alm.errors import UserError
+    from alm.stages.clap import check
+
+    _, export = converted
+    recipe = REPO / "recipes" / "tiny" / "clap_finetune.yaml"
+
+    def cfg(*overrides):
+        return load_recipe(recipe, [f"run_dir={tmp_path / 'run'}", f"data.tokenizer={export / 'tokenizer'}", *overrides])
+
+    check(cfg())
+    with pytest.raises(UserError, match="zero_stage=3: transformers' CLAP keeps its logit scales as 0-dim"):
+        check(cfg("trainer.strategy=deepspeed", "trainer.zero_stage=3"))
+    check(cfg("trainer.strategy=deepspeed", "trainer.zero_stage=2"))
+    with pytest.raises(UserError, match="needs the converted CLAP's processor folder"):
+        check(cfg("data.tokenizer=synthetic"))
+    (tmp_path / "spm").mkdir()
+    with pytest.raises(UserError, match="not a CLAP processor folder"):
+        check(cfg(f"data.tokenizer={tmp_path / 'spm'}"))
+
+
 def test_convert_errors(tmp_path, capsys):
     from alm.cli import main
+
+    assert main(["convert", "clap", "laion/clap-htsat-unfused", "--out", str(tmp_path / "e")]) == 2  # offline here
+    err = capsys.readouterr().err.strip()
+    assert "laion/clap-htsat-unfused" in err and "HF_HUB_OFFLINE=1" in err and len(err.splitlines()) == 1
 
     assert main(["convert", "clap", str(tmp_path / "nope"), "--out", str(tmp_path / "e")]) == 2
     assert "CLAP model" in capsys.readouterr().err
