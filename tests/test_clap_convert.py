@@ -147,6 +147,25 @@ def test_every_trainable_parameter_gets_a_gradient_from_the_stage_loss(converted
     assert "logit_scale_a" in trainable and "logit_scale_t" not in trainable
 
 
+def test_export_format_transformers_round_trips(converted, tmp_path):
+    """alm export --format transformers of a tower-hf model: ClapModel / ClapProcessor.from_pretrained load it,
+    with the same tensors and the same embeddings."""
+    from transformers import ClapModel, ClapProcessor
+
+    from alm.embed import load_encoder
+    from alm.export import load_config, load_pretrained, write_export
+
+    _, export = converted
+    model = load_pretrained(export)
+    out = write_export(model, load_config(export), tmp_path / "hf", fmt="transformers")
+    hf, proc = ClapModel.from_pretrained(str(out)).eval(), ClapProcessor.from_pretrained(str(out))
+    ours = model.state_dict()
+    assert set(hf.state_dict()) == set(ours) and all(torch.equal(v, ours[k]) for k, v in hf.state_dict().items())
+    with torch.no_grad():
+        t = hf.get_text_features(**proc.tokenizer(TEXTS[:2], padding=True, return_tensors="pt")).pooler_output
+    assert np.abs(torch.nn.functional.normalize(t, dim=-1).numpy() - load_encoder(export).texts(TEXTS[:2])).max() < TOL
+
+
 def test_stage_check_of_tower_hf(converted, tmp_path):
     from alm.config import load_recipe
     from alm.errors import UserError

@@ -305,6 +305,30 @@ def heldout_retrieval(model: Clap, shards: str, tokenizer_dir: str) -> dict:
     return {"metrics": metrics, "n_audio": len(audio), "n_text": len(text)}
 
 
+def export_transformers(model, cfg: RunConfig, out: Path) -> None:
+    """`alm export RUN --out DIR --format transformers` of a converted (and fine-tuned) CLAP: a transformers
+    folder — ClapModel.from_pretrained(DIR) and ClapProcessor.from_pretrained(DIR) load it."""
+    import shutil
+
+    if cfg.model.tower != "hf":
+        raise UserError("--format transformers: only for model.tower=hf (a converted CLAP); alm's own towers have no "
+                        "transformers class: use the default --format alm")
+    from transformers import ClapModel
+
+    from alm.models.clap_hf import transformers_config
+
+    dtype = next(model.parameters()).dtype
+    hf = ClapModel(transformers_config(cfg.model.hf_config)).to(dtype)
+    hf.load_state_dict(model.state_dict(), strict=True)  # the same names (alm/models/clap_hf.py)
+    hf.save_pretrained(str(out))
+    processor = Path(cfg.data.tokenizer or "")
+    if not processor.is_dir():
+        raise UserError(f"--format transformers: data.tokenizer={cfg.data.tokenizer} is not the CLAP processor folder")
+    for f in sorted(processor.iterdir()):
+        if f.is_file() and not (out / f.name).exists():
+            shutil.copyfile(f, out / f.name)
+
+
 def _convert_arguments(p) -> None:
     from alm.convert_clap import add_arguments
 
@@ -341,6 +365,7 @@ STAGE = Stage(
     val_loss=val_loss,
     check=check,
     synthetic_data=synthetic_data,
+    export_formats={"transformers": export_transformers},
     commands=(Command("embed", None, "CLAP embeddings of texts or audio files from a clap export: (N, D) float32 "
                       "L2-normalised rows in input order, as .npy", _embed_arguments, _embed),
               Command("convert", "clap", "a transformers ClapModel (save_pretrained folder with its processor, or a hub "
