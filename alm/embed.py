@@ -3,8 +3,8 @@
     alm embed EXPORT --texts FILE --out T.npy                 one text per line (blank lines kept as "")
     alm embed EXPORT --audio A.wav [B.flac ...] --out A.npy   one row per file, in the order given
 
-    from alm.embed import load_encoder
-    enc = load_encoder("exports/clap")
+    from alm.embed import load_encoder, encoder_for
+    enc = load_encoder("exports/clap")   # or encoder_for(model, tokenizer_dir) over a live model
     enc.texts(["a dog barks"])          # (N, D) float32, unit rows, input order
     enc.audio([clip])                    # clips: mono float32 at enc.sample_rate
     enc.files(["a.wav", "b.flac"])       # read, mono (channel mean), resampled to enc.sample_rate
@@ -196,12 +196,13 @@ class AlmClapBackend:
     def __init__(self, model, tokenizer_dir: Path, device: str):
         from alm.tokenizers.text import load_text_tokenizer
 
-        self.model = model.to(device).eval()
+        self.model = model  # used as it is (device, train/eval mode): see alm.embed.encoder_for
         self.device = device
         cfg = model.cfg
         self.cfg = cfg
         if not (tokenizer_dir / "spm.model").is_file():
-            raise UserError(f"{tokenizer_dir.parent}: the export has no tokenizer/spm.model (its text tokenizer)")
+            raise UserError(f"{tokenizer_dir}: no spm.model (the clap model's sentencepiece tokenizer; an export keeps "
+                            "it in EXPORT/tokenizer)")
         self.tokenizer = load_text_tokenizer(tokenizer_dir)
         self.sample_rate = cfg.sample_rate
         self.window = cfg.max_samples
@@ -255,15 +256,23 @@ def load_encoder(export_dir: str | Path, device: str = "cpu") -> Encoder:
     if stage is not None and stage != "clap":
         raise UserError(f"{export_dir}: an alm export of stage {stage!r}, not a clap export (CLAP embeddings need "
                         "stage clap: `alm export` of a clap run, or `alm convert clap`)")
-    cfg = load_config(export_dir)
-    model = load_pretrained(export_dir).float()
-    if getattr(cfg.model, "tower", "alm") == "hf":
+    load_config(export_dir)  # a clear error for what is not an export
+    model = load_pretrained(export_dir).float().to(device).eval()
+    return encoder_for(model, export_dir / "tokenizer", device, f"clap:{export_dir}")
+
+
+def encoder_for(model, tokenizer_dir: str | Path, device: str | None = None, description: str = "clap") -> Encoder:
+    """An Encoder over a live clap-stage model (alm.models.clap.build_clap: Clap or HFClap), e.g. during
+    validation: its front end from tokenizer_dir (alm towers: the sentencepiece dir; tower hf: the
+    processor folder). The model is used as it is: put it in eval mode first; inputs go to `device`
+    (None: the device of its parameters)."""
+    if device is None:
+        device = str(next(model.parameters()).device)
+    if getattr(model.cfg, "tower", "alm") == "hf":
         from alm.models.clap_hf import HFClapBackend
 
-        backend = HFClapBackend(model, export_dir / "tokenizer", device)
-    else:
-        backend = AlmClapBackend(model, export_dir / "tokenizer", device)
-    return Encoder(backend, f"clap:{export_dir}")
+        return Encoder(HFClapBackend(model, Path(tokenizer_dir), device), description)
+    return Encoder(AlmClapBackend(model, Path(tokenizer_dir), device), description)
 
 
 # ---- CLI ----------------------------------------------------------------------------------------

@@ -69,6 +69,10 @@ def test_texts_are_the_models_text_embeddings_in_order(export):
         assert np.abs(rows[i] - want).max() < 1e-5, i
     assert np.abs(enc.texts(CAPTIONS[::-1], batch_size=64) - rows[::-1]).max() < 1e-5  # order, batch size
     assert len({r.tobytes() for r in rows}) == len(CAPTIONS)  # the texts are told apart
+    from alm.embed import encoder_for
+
+    live = encoder_for(model.eval(), export / "tokenizer")  # a live model (e.g. at validation), not an export dir
+    assert np.abs(live.texts(CAPTIONS) - rows).max() < 1e-6
 
 
 def test_long_audio_is_the_length_weighted_mean_of_its_windows(export):

@@ -164,7 +164,7 @@ class HFClapBackend:
     """alm.embed's backend for a converted CLAP export (model.tower: hf)."""
 
     def __init__(self, model: HFClap, processor_dir: Path, device: str):
-        self.model = model.to(device).eval()
+        self.model = model  # used as it is (device, train/eval mode): see alm.embed.encoder_for
         self.device = device
         self.front = HFFrontEnd(processor_dir, model.cfg.hf_config)
         self.sample_rate = self.front.sample_rate
