@@ -367,7 +367,8 @@ STAGE = Stage(
     synthetic_data=synthetic_data,
     export_formats={"transformers": export_transformers},
     commands=(Command("embed", None, "CLAP embeddings of texts or audio files from a clap export: (N, D) float32 "
-                      "L2-normalised rows in input order, as .npy", _embed_arguments, _embed),
+                      "L2-normalised rows in input order, as .npy; audio longer than the model's window: the length-weighted "
+                      "mean of its non-overlapping windows' embeddings", _embed_arguments, _embed),
               Command("convert", "clap", "a transformers ClapModel (save_pretrained folder with its processor, or a hub "
                       "id such as laion/clap-htsat-unfused) -> an alm clap export (model.tower: hf)",
                       _convert_arguments, _convert)),
