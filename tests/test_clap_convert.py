@@ -73,7 +73,10 @@ def test_export_layout_and_weights(converted):
     model, (hf, _, _) = load_pretrained(export), reference(ref)
     ours, theirs = model.state_dict(), hf.state_dict()
     assert set(ours) == set(theirs)  # transformers' own names
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert ours["logit_scale_a"].shape == (1,) and theirs["logit_scale_a"].shape == ()  # (1,) for DeepSpeed
+    assert all(torch.equal(ours[k].reshape(theirs[k].shape), theirs[k]) for k in theirs)
+    back = model.to_transformers_state()
+    assert all(back[k].shape == theirs[k].shape and torch.equal(back[k], theirs[k]) for k in theirs)
 
 
 def test_text_parity(converted):
@@ -159,7 +162,7 @@ def test_export_format_transformers_round_trips(converted, tmp_path):
     model = load_pretrained(export)
     out = write_export(model, load_config(export), tmp_path / "hf", fmt="transformers")
     hf, proc = ClapModel.from_pretrained(str(out)).eval(), ClapProcessor.from_pretrained(str(out))
-    ours = model.state_dict()
+    ours = model.to_transformers_state()
     assert set(hf.state_dict()) == set(ours) and all(torch.equal(v, ours[k]) for k, v in hf.state_dict().items())
     with torch.no_grad():
         t = hf.get_text_features(**proc.tokenizer(TEXTS[:2], padding=True, return_tensors="pt")).pooler_output
@@ -178,7 +181,7 @@ def test_stage_check_of_tower_hf(converted, tmp_path):
         return load_recipe(recipe, [f"run_dir={tmp_path / 'run'}", f"data.tokenizer={export / 'tokenizer'}", *overrides])
 
     check(cfg())
-    with pytest.raises(UserError, match="zero_stage=3: transformers' CLAP keeps its logit scales as 0-dim"):
+    with pytest.raises(UserError, match="zero_stage=3: transformers' CLAP builds 0-dim logit scales"):
         check(cfg("trainer.strategy=deepspeed", "trainer.zero_stage=3"))
     check(cfg("trainer.strategy=deepspeed", "trainer.zero_stage=2"))
     with pytest.raises(UserError, match="needs the converted CLAP's processor folder"):

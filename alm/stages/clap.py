@@ -233,8 +233,8 @@ def check_hf(cfg: RunConfig) -> None:
         raise UserError(f"data.tokenizer={tok}: not a CLAP processor folder (needs tokenizer_config.json and "
                         "preprocessor_config.json or processor_config.json)")
     if cfg.trainer.strategy == "deepspeed" and cfg.trainer.zero_stage == 3:
-        raise UserError("model.tower=hf with trainer.zero_stage=3: transformers' CLAP keeps its logit scales as 0-dim "
-                        "parameters, which ZeRO-3 cannot partition; use trainer.zero_stage=2 or trainer.strategy=ddp")
+        raise UserError("model.tower=hf with trainer.zero_stage=3: transformers' CLAP builds 0-dim logit scales in its "
+                        "own constructor, which ZeRO-3 cannot partition; use trainer.zero_stage=2 or trainer.strategy=ddp")
 
 
 SYNTHETIC_AUDIO = "synthetic-v1"
@@ -319,7 +319,7 @@ def export_transformers(model, cfg: RunConfig, out: Path) -> None:
 
     dtype = next(model.parameters()).dtype
     hf = ClapModel(transformers_config(cfg.model.hf_config)).to(dtype)
-    hf.load_state_dict(model.state_dict(), strict=True)  # the same names (alm/models/clap_hf.py)
+    hf.load_state_dict(model.to_transformers_state(), strict=True)  # the same names (alm/models/clap_hf.py)
     hf.save_pretrained(str(out))
     processor = Path(cfg.data.tokenizer or "")
     if not processor.is_dir():
