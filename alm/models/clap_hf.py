@@ -17,8 +17,9 @@ parameter (`to_transformers_state` gives them back as scalars; `alm export --for
 Similarities are cosine * exp(logit_scale_a) (clamped at ln 100 as in CLIP): LAION's training
 loss uses logit_scale_a for both directions (logit_scale_t only scores its MLP-feature loss, so it
 is kept frozen here: under DDP an unused trainable parameter stops the second step).
-ZeRO-3 is refused for tower hf: transformers builds its scales 0-dim inside ClapModel's own
-constructor, which zero.Init would partition (ddp and ZeRO 1/2 train; tests/test_clap_convert.py).
+ZeRO-3 is refused for tower hf: ClapModel's constructor initialises its weights itself, and under
+zero.Init those are empty partitions (seen: IndexError in transformers' _init_weights). ddp and
+ZeRO 1/2 train (2 gloo ranks: ZeRO-2 logs DDP's losses).
 
 Front end (`HFFrontEnd`): the processor files of the export (its tokenizer/ folder: tokenizer +
 feature extractor config, written by `alm convert clap`) — the feature extractor's own rate, mel

@@ -233,8 +233,9 @@ def check_hf(cfg: RunConfig) -> None:
         raise UserError(f"data.tokenizer={tok}: not a CLAP processor folder (needs tokenizer_config.json and "
                         "preprocessor_config.json or processor_config.json)")
     if cfg.trainer.strategy == "deepspeed" and cfg.trainer.zero_stage == 3:
-        raise UserError("model.tower=hf with trainer.zero_stage=3: transformers' CLAP builds 0-dim logit scales in its "
-                        "own constructor, which ZeRO-3 cannot partition; use trainer.zero_stage=2 or trainer.strategy=ddp")
+        raise UserError("model.tower=hf with trainer.zero_stage=3: transformers' ClapModel initialises its weights in "
+                        "its own constructor, on the empty partitions ZeRO-3 builds; use trainer.zero_stage=2 or "
+                        "trainer.strategy=ddp")
 
 
 SYNTHETIC_AUDIO = "synthetic-v1"
