@@ -224,7 +224,8 @@ def test_tiny_finetune_from_a_converted_clap(tmp_path):
     than the run's, so a fresh init cannot pass for it): trains under ddp on 2 gloo ranks (a trainable
     parameter without gradient stops DDP at step 2: seen with logit_scale_t), its export starts from the
     converted weights (fine-tuned params within the few steps' reach of them, far from a fresh init),
-    and alm embed reads the fine-tuned export."""
+    alm embed reads the fine-tuned export, and DeepSpeed ZeRO-2 on 2 ranks logs the same losses (a 0-dim
+    parameter stops DeepSpeed at engine init: seen with transformers' logit scales)."""
     from helpers import alm, losses
 
     from alm.cli import main
@@ -237,11 +238,15 @@ def test_tiny_finetune_from_a_converted_clap(tmp_path):
     export, run, tuned = tmp_path / "export", tmp_path / "run", tmp_path / "tuned"
     assert main(["convert", "clap", str(src), "--out", str(export)]) == 0  # in-process: one subprocess (train) only
     recipe = REPO / "recipes" / "tiny" / "clap_finetune.yaml"
-    alm("train", str(recipe), f"run_dir={run}", f"init_from={export}", f"data.tokenizer={export / 'tokenizer'}",
-        "trainer.max_steps=3", "trainer.devices=2", "trainer.val_every_n_steps=0", "trainer.progress_bar=false", "trainer.accelerator=cpu",
-        "trainer.threads=1", "data.shuffle_buffer=32", "wandb.enabled=false")
+    common = [f"init_from={export}", f"data.tokenizer={export / 'tokenizer'}", "trainer.max_steps=3", "trainer.devices=2",
+              "trainer.val_every_n_steps=0", "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.threads=1",
+              "data.shuffle_buffer=32", "wandb.enabled=false"]
+    alm("train", str(recipe), f"run_dir={run}", *common)
     steps = losses(run)
     assert sorted(steps) == [0, 1, 2] and all(np.isfinite(v) for v in steps.values())
+    alm("train", str(recipe), f"run_dir={tmp_path / 'z2'}", *common, "trainer.strategy=deepspeed", "trainer.zero_stage=2")
+    z2 = losses(tmp_path / "z2")
+    assert sorted(z2) == sorted(steps) and all(abs(z2[k] - steps[k]) <= 1e-5 * abs(steps[k]) for k in steps), (steps, z2)
     assert main(["export", str(run), "--out", str(tuned)]) == 0
     start, after = load_pretrained(export).state_dict(), load_pretrained(tuned).state_dict()
     torch.manual_seed(0)
