@@ -258,3 +258,23 @@ def test_tiny_finetune_from_a_converted_clap(tmp_path):
     texts.write_text("a dog barks\nrain falls\n")
     assert main(["embed", str(tuned), "--texts", str(texts), "--out", str(tmp_path / "T.npy")]) == 0
     assert np.load(tmp_path / "T.npy").shape == (2, 32)
+
+
+@pytest.mark.slow
+def test_convert_a_hub_id_from_the_hf_cache_offline(tmp_path):
+    """`alm convert clap org/name` reads a model + processor the HF cache holds (faked in its layout), offline;
+    the export embeds like the cached transformers folder."""
+    from test_tokenize_hub import fake_hub_model, run_alm
+
+    from alm.embed import load_encoder
+    from alm.models.clap_hf import make_tiny_hf_clap
+
+    snap = fake_hub_model(tmp_path / "hf", "laion/tiny-clap", lambda d: make_tiny_hf_clap(d))
+    p = run_alm(["convert", "clap", "laion/tiny-clap", "--out", str(tmp_path / "export")], tmp_path / "hf")
+    assert p.returncode == 0, p.stderr[-3000:]
+    hf, tok, _ = reference(snap)
+    with torch.no_grad():
+        want = hf.get_text_features(**tok(TEXTS[:3], padding=True, return_tensors="pt")).pooler_output
+    got = load_encoder(tmp_path / "export").texts(TEXTS[:3])
+    assert np.abs(got - torch.nn.functional.normalize(want, dim=-1).numpy()).max() < TOL
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["source"] == "laion/tiny-clap"
