@@ -25,7 +25,7 @@ from alm.config import RunConfig
 from alm.errors import UserError
 from alm.models.clap import Clap, ClapConfig
 from alm.stages.contrastive_loss import contrastive_loss
-from alm.stages.spec import Stage
+from alm.stages.spec import Command, Stage
 
 def audio_member(sample: dict[str, Any]) -> bytes:
     from alm.data.audio import SHARD_AUDIO, shard_audio_ext
@@ -230,6 +230,18 @@ def heldout_retrieval(model: Clap, shards: str, tokenizer_dir: str) -> dict:
     return {"metrics": metrics, "n_audio": len(audio), "n_text": len(text)}
 
 
+def _embed_arguments(p) -> None:
+    from alm.embed import add_arguments
+
+    add_arguments(p)
+
+
+def _embed(a) -> int:
+    from alm.embed import run
+
+    return run(a)
+
+
 STAGE = Stage(
     name="clap",
     description="CLAP: contrastive audio-text two-tower encoders, InfoNCE over the global batch of all ranks",
@@ -242,4 +254,6 @@ STAGE = Stage(
     val_loss=val_loss,
     check=check,
     synthetic_data=synthetic_data,
+    commands=(Command("embed", None, "CLAP embeddings of texts or audio files from a clap export: (N, D) float32 "
+                      "L2-normalised rows in input order, as .npy", _embed_arguments, _embed),),
 )
