@@ -23,8 +23,6 @@ import os
 import shutil
 from pathlib import Path
 
-from alm.errors import UserError
-
 
 def run_config(hf_model, features, out: Path):
     """The RunConfig an export of the converted model carries (model section + a fine-tuning skeleton)."""
