@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 import torch
 
 DEFAULT_MAX_LENGTH = 256  # alm's cap on caption tokens (T5's tokenizers default to 512)
+TEXT_ENCODER_DIR = "text_encoder"  # where an export keeps its frozen T5 (save_pretrained layout)
 
 
 class T5Conditioner:
