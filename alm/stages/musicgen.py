@@ -43,10 +43,9 @@ from alm.models.acoustic_lm import aligned_windows
 from alm.models.codebook_patterns import PATTERNS, make_pattern
 from alm.models.musicgen import MusicGenConfig, MusicGenLM, drop_condition
 from alm.stages.spec import Stage, every_window
+from alm.tokenizers.text_embeddings import TEXT_EMB, TEXT_EMB_LENGTHS  # precomputed T5 states per sample
 
 CODES = "codes.npy"
-TEXT_EMB = "text_emb.npy"  # (sum of the captions' lengths, D) float16: every caption's T5 states, concatenated
-TEXT_EMB_LENGTHS = "text_emb_lengths.npy"  # (n_captions,) int32: each caption's token count
 SYNTHETIC = "synthetic"
 TINY_T5 = "tiny-t5-synthetic-v1"  # the tiny random T5 of the synthetic captions (make_tiny_t5), cached
 
