@@ -42,7 +42,8 @@ from alm.errors import UserError
 from alm.models.acoustic_lm import aligned_windows
 from alm.models.codebook_patterns import PATTERNS, make_pattern
 from alm.models.musicgen import MusicGenConfig, MusicGenLM, drop_condition
-from alm.stages.spec import Stage, every_window
+from alm.stages import musicgen_generate
+from alm.stages.spec import Command, Stage, every_window
 from alm.tokenizers.text_embeddings import TEXT_EMB, TEXT_EMB_LENGTHS  # precomputed T5 states per sample
 
 CODES = "codes.npy"
@@ -299,4 +300,6 @@ STAGE = Stage(
     check=check,
     synthetic_data=synthetic_data,
     export_files=export_files,
+    commands=(Command("generate", "musicgen", "text (and melody) -> wav with a musicgen export (KV cache, CFG)",
+                      musicgen_generate.add_arguments, musicgen_generate.run),),
 )
