@@ -144,3 +144,23 @@ def test_tiny_recipe_trains_exports_and_generates_with_t5_outside_the_lm(tmp_pat
     assert main(["generate", "musicgen", str(exp), "--text", "x", "--seconds", "0.5", "--out", str(tmp_path / "a.wav"),
                  "--melody", str(tmp_path / "one.wav")]) == 2
     assert "not a melody model" in capsys.readouterr().err
+
+
+def test_melody_examples_carry_the_chroma_of_their_crop_and_train():
+    from alm.data.audio import encode_flac
+    from alm.models.musicgen import MusicGenLM
+    from alm.stages.musicgen import loss
+
+    m = cfg(cond_mode="prefix", melody_dim=12, melody_len=16)
+    s = sample(T=100)  # 2 s of codes at 50 Hz
+    t = np.arange(32000) / 16000
+    s["flac"] = encode_flac(np.where(t < 1.0, 0.5 * np.sin(2 * np.pi * 440 * t), 0.5 * np.sin(2 * np.pi * 523.25 * t))
+                            .astype(np.float32), 16000)
+    out = make_example(s, np.random.default_rng(0), m, segment_seconds=1.0, every=True)
+    assert len(out) == 2 and all(ex["melody"].shape == (8, 12) for ex in out)  # 1 s at 32 kHz, hop 4096
+    assert [int(np.bincount(ex["melody"].argmax(-1)).argmax()) for ex in out] == [9, 0]  # A, then C
+    batch = collate(out)
+    batch["cond"], batch["cond_mask"] = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.long)
+    del batch["text"]
+    value = loss(MusicGenLM(m), batch)
+    assert value.ndim == 0 and torch.isfinite(value)
