@@ -128,19 +128,32 @@ def _source_classes(src: str):
 
 
 def load_source(src: str):
-    """(transformers model, processor) of SRC, in eval mode, fp32."""
-    from transformers import AutoProcessor
+    """(transformers model in eval mode fp32, its tokenizer, the codec's feature extractor) of SRC.
+
+    The tokenizer is the processor's (AutoTokenizer of SRC). The codec's feature extractor is a
+    MusicGen processor's; a MusicGen-Melody processor holds the chroma extractor instead (which
+    needs torchaudio), so for melody EnCodec's own is made at the codec's rate."""
+    from transformers import AutoFeatureExtractor, AutoTokenizer, EncodecFeatureExtractor
 
     from alm.hub import from_pretrained
 
-    cls, _ = _source_classes(src)
+    cls, config = _source_classes(src)
     model = from_pretrained(cls, src, what="musicgen source", dtype=torch.float32).eval()
     try:
-        processor = from_pretrained(AutoProcessor, src, what="musicgen processor")
-    except UserError as exc:
-        raise UserError(f"{src}: no processor/tokenizer next to the model ({exc}); save it with "
+        tokenizer = from_pretrained(AutoTokenizer, src, what="musicgen tokenizer")
+    except (UserError, ValueError) as exc:
+        raise UserError(f"{src}: no tokenizer next to the model ({exc}); save the processor with "
                         "processor.save_pretrained(SRC)") from exc
-    return model, processor
+    features = None
+    if config.model_type == "musicgen":
+        try:
+            features = from_pretrained(AutoFeatureExtractor, src, what="musicgen feature extractor")
+        except (UserError, ValueError, ImportError):
+            features = None
+    if not isinstance(features, EncodecFeatureExtractor):
+        audio = model.config.audio_encoder
+        features = EncodecFeatureExtractor(feature_size=audio.audio_channels, sampling_rate=audio.sampling_rate)
+    return model, tokenizer, features
 
 
 def _name_of(sub_config: Any, fallback: str) -> str:
@@ -178,7 +191,7 @@ def convert(src: str, out: str | os.PathLike, dtype: str = "fp32", overwrite: bo
         raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     out = Path(out)
     check_out(out, overwrite)
-    hf_model, processor = load_source(src)
+    hf_model, tokenizer, features = load_source(src)
     lm = lm_from_transformers(hf_model).to(DTYPES[dtype])
     # the config names the export's own copies (absolute paths); EXPORT/text_encoder and EXPORT/codec
     # are read first anyway (text_encoder_of, alm.generate.codec_of), so a moved export still loads
@@ -193,9 +206,9 @@ def convert(src: str, out: str | os.PathLike, dtype: str = "fp32", overwrite: bo
     try:
         weights = write_weights(lm, tmp, 5 * 10**9, "musicgen")
         hf_model.text_encoder.to(DTYPES[dtype]).save_pretrained(tmp / TEXT_ENCODER_DIR)
-        processor.tokenizer.save_pretrained(tmp / TEXT_ENCODER_DIR)
+        tokenizer.save_pretrained(tmp / TEXT_ENCODER_DIR)
         hf_model.audio_encoder.save_pretrained(tmp / CODEC_DIR)  # the codec stays fp32
-        processor.feature_extractor.save_pretrained(tmp / CODEC_DIR)
+        features.save_pretrained(tmp / CODEC_DIR)
         atomic_write_text(tmp / "config.yaml", to_yaml(cfg))
         meta = {"stage": "musicgen", "source": str(src), "format": "alm", "converted_from": hf_model.config.model_type,
                 "dtype": dtype, "parameters": lm.num_params(), **weights,
@@ -275,11 +288,14 @@ def write_transformers_from(model: MusicGenLM, text_encoder: str | os.PathLike, 
 
         features = EncodecFeatureExtractor(feature_size=enc.config.audio_channels,
                                            sampling_rate=enc.config.sampling_rate)
-    if melody:
-        from transformers import MusicgenMelodyFeatureExtractor, MusicgenMelodyProcessor
+    if melody:  # the chroma feature extractor of MusicGen-Melody's processor needs torchaudio
+        try:
+            from transformers import MusicgenMelodyFeatureExtractor, MusicgenMelodyProcessor
 
-        processor = MusicgenMelodyProcessor(MusicgenMelodyFeatureExtractor(sampling_rate=enc.config.sampling_rate),
-                                            tokenizer)
+            processor = MusicgenMelodyProcessor(MusicgenMelodyFeatureExtractor(sampling_rate=enc.config.sampling_rate),
+                                                tokenizer)
+        except ImportError:
+            processor = tokenizer  # the tokenizer alone; the chroma comes from alm's own extractor
     else:
         processor = MusicgenProcessor(features, tokenizer)
     processor.save_pretrained(out)

@@ -44,23 +44,26 @@ def make_source(path, melody: bool = False):
                max_position_embeddings=64, dropout=0.1)
     torch.manual_seed(0)
     if melody:
-        from transformers import (MusicgenMelodyConfig, MusicgenMelodyDecoderConfig, MusicgenMelodyFeatureExtractor,
-                                  MusicgenMelodyForConditionalGeneration, MusicgenMelodyProcessor)
+        from transformers import MusicgenMelodyConfig, MusicgenMelodyDecoderConfig, MusicgenMelodyForConditionalGeneration
 
         config = MusicgenMelodyConfig(text_encoder=t5.to_dict(), audio_encoder=codec.to_dict(),
                                       decoder=MusicgenMelodyDecoderConfig(**dec).to_dict(), chroma_length=20)
         hf = MusicgenMelodyForConditionalGeneration(config).eval()
-        processor = MusicgenMelodyProcessor(MusicgenMelodyFeatureExtractor(sampling_rate=16000), tokenizer)
+        processor = tokenizer  # its processor's chroma extractor needs torchaudio: the tokenizer alone
     else:
         config = MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=codec.to_dict(),
                                 decoder=MusicgenDecoderConfig(**dec).to_dict())
         hf = MusicgenForConditionalGeneration(config).eval()
         processor = MusicgenProcessor(EncodecFeatureExtractor(feature_size=1, sampling_rate=16000), tokenizer)
-    with torch.no_grad():  # a random init barely reads its condition: make the text matter
+    with torch.no_grad():  # a random init barely reads its condition: make the text (and melody) matter
         hf.enc_to_dec_proj.weight.mul_(20)
+        if melody:
+            hf.audio_enc_to_dec_proj.weight.mul_(20)
         for layer in hf.decoder.model.decoder.layers:
             if hasattr(layer, "encoder_attn"):
                 layer.encoder_attn.out_proj.weight.mul_(30)
+            else:  # melody: the condition is read through self-attention over the prefix
+                layer.self_attn.out_proj.weight.mul_(30)
     hf.save_pretrained(path / "src")
     processor.save_pretrained(path / "src")
     return path / "src"
@@ -190,3 +193,33 @@ def test_convert_refuses_what_is_not_musicgen(tmp_path):
         convert(str(tmp_path / "t5"), tmp_path / "out")
     with pytest.raises(UserError, match="no such local path"):
         convert(str(tmp_path / "missing dir"), tmp_path / "out")
+
+
+def test_melody_logits_and_greedy_guidance_equal_transformers(tmp_path):
+    """MusicGen-Melody: [chroma | text | codes] as one causal prefix; null = zero text + bin-0 chroma."""
+    from transformers import AutoTokenizer, MusicgenMelodyForConditionalGeneration
+
+    src = make_source(tmp_path, melody=True)
+    hf = MusicgenMelodyForConditionalGeneration.from_pretrained(src).eval()
+    lm = lm_from_transformers(hf)
+    assert lm.cfg.cond_mode == "prefix" and lm.cfg.melody_dim == 12 and lm.cfg.melody_len == 20
+    inputs = AutoTokenizer.from_pretrained(src)(PROMPTS, padding=True, return_tensors="pt")
+    chroma = torch.nn.functional.one_hot(torch.randint(0, 12, (3, 7), generator=torch.Generator().manual_seed(0)),
+                                         12).float()  # 7 frames, repeated to chroma_length 20
+    codes = step_codes(3, 12)
+    with torch.no_grad():
+        ref = hf(**inputs, input_features=chroma, decoder_input_ids=codes.reshape(3 * K, 12)).logits
+        ref = ref.reshape(3, K, -1, CARD)[:, :, -12:]  # transformers returns the prefix positions too
+        null_ref = hf(**inputs, decoder_input_ids=codes.reshape(3 * K, 12)).logits.reshape(3, K, -1, CARD)[:, :, -12:]
+        cond = hf.text_encoder(**inputs).last_hidden_state
+        diff = (lm(codes, cond, inputs["attention_mask"], melody=chroma) - ref).abs().max().item()
+        null_diff = (lm(codes, cond, inputs["attention_mask"]) - null_ref).abs().max().item()
+    print(f"melody: max |alm - transformers| logits = {diff:.2e} (null chroma {null_diff:.2e})")
+    assert diff < TOL and null_diff < TOL
+    assert (ref - null_ref).abs().max() > 1e-2  # the melody changes the logits
+    new = 14
+    want = captured_codes(hf, **inputs, input_features=chroma, do_sample=False, guidance_scale=3.0, max_new_tokens=new)
+    pat = make_pattern("delay", K, 1 + new - K)
+    got = pat.revert(lm.generate(pat.valid, cond, inputs["attention_mask"], melody=chroma, cfg_scale=3.0,
+                                 temperature=0.0))
+    assert torch.equal(got, want)
