@@ -167,7 +167,7 @@ def export_config(lm_cfg: MusicGenConfig, text_encoder: str, codec: str, frame_r
     (the LM's fields + the text encoder and frame rate where the stage's config has them)."""
     import dataclasses
 
-    from alm.config import DataConfig, RunConfig
+    from alm.config import DataConfig, RunConfig, TrainerConfig
     from alm.stages import get_stage
 
     stage = get_stage("musicgen")
@@ -178,7 +178,9 @@ def export_config(lm_cfg: MusicGenConfig, text_encoder: str, codec: str, frame_r
                                 (model, "frame_rate", float(frame_rate))):
         if hasattr(section, key):
             setattr(section, key, value)
-    return RunConfig(stage="musicgen", run_dir="none", data=data, model=model)
+    # a converted model was trained elsewhere: run_dir and trainer are placeholders a fine-tuning
+    # recipe (init_from: EXPORT) replaces
+    return RunConfig(stage="musicgen", run_dir="none", data=data, model=model, trainer=TrainerConfig(max_steps=1))
 
 
 def convert(src: str, out: str | os.PathLike, dtype: str = "fp32", overwrite: bool = False) -> Path:
