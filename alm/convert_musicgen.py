@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from alm.errors import UserError
-from alm.models.musicgen import MusicGenConfig, MusicGenLM
+from alm.models.musicgen import MusicGenConfig, MusicGenLM, merge_lora
 
 TEXT_ENCODER_DIR = "text_encoder"
 CODEC_DIR = "codec"
@@ -171,7 +171,7 @@ def export_config(lm_cfg: MusicGenConfig, text_encoder: str, codec: str, frame_r
     from alm.stages import get_stage
 
     stage = get_stage("musicgen")
-    fields = {f.name: getattr(lm_cfg, f.name) for f in dataclasses.fields(MusicGenConfig)}
+    fields = {f.name: getattr(lm_cfg, f.name) for f in dataclasses.fields(MusicGenConfig)}  # lora_rank 0
     model = stage.model_config(**fields)
     data = (stage.data_config or DataConfig)(train_shards="none", codec=codec)
     for section, key, value in ((model, "text_encoder", text_encoder), (data, "text_encoder", text_encoder),
@@ -243,13 +243,15 @@ def hf_decoder_config(cfg: MusicGenConfig, melody: bool):
 def write_transformers_from(model: MusicGenLM, text_encoder: str | os.PathLike, codec: str | os.PathLike,
                             out: str | os.PathLike) -> Path:
     """Write `model` + the T5 folder + the EnCodec folder as one transformers MusicGen folder at `out`
-    (config.json, model.safetensors, generation_config.json, the processor)."""
+    (config.json, model.safetensors, generation_config.json, the processor). A LoRA-adapted model is
+    written merged (W + (alpha / r) B A: merge_lora): transformers' MusicGen has no adapters."""
     from transformers import (AutoFeatureExtractor, AutoTokenizer, EncodecModel, GenerationConfig,
                               MusicgenConfig, MusicgenForConditionalGeneration, MusicgenMelodyConfig,
                               MusicgenMelodyForConditionalGeneration, MusicgenProcessor, T5EncoderModel)
 
     from alm.hub import from_pretrained
 
+    model = merge_lora(model)
     cfg = model.cfg
     melody = cfg.cond_mode == "prefix"
     t5 = from_pretrained(T5EncoderModel, str(text_encoder), what="text encoder", dtype=torch.float32)

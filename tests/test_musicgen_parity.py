@@ -182,6 +182,24 @@ def test_convert_export_transformers_round_trip(source, tmp_path):
     assert torch.equal(AutoProcessor.from_pretrained(out)(text=PROMPTS, padding=True, return_tensors="pt")["input_ids"],
                        inputs["input_ids"])
 
+    # LoRA: adapters on the converted weights; the transformers export is the merged model (base + delta)
+    import dataclasses
+
+    from alm.models.musicgen import MusicGenLM
+
+    cfg.model = dataclasses.replace(cfg.model, lora_rank=2, lora_targets="self_attn.q,cross_attn.v,ffn.fc")
+    lora = MusicGenLM(cfg.model)
+    lora.load_state_dict(lm.state_dict(), strict=False)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if name.endswith("lora_b"):
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+        adapted = lora.eval()(codes, cond, inputs["attention_mask"])
+    assert (adapted - ref).abs().max() > 1e-2
+    merged = write_export(lora, cfg, tmp_path / "hf-lora", fmt="transformers")
+    back = MusicgenForConditionalGeneration.from_pretrained(merged).eval()
+    assert (hf_logits(back, inputs, codes) - adapted).abs().max() < TOL
+
 
 def test_convert_refuses_what_is_not_musicgen(tmp_path):
     from alm.convert_musicgen import convert
