@@ -140,3 +140,40 @@ def test_config_errors_name_the_key():
         MusicGenConfig(cond_proj=False, cond_dim=768, dim=1024).validate()
     with pytest.raises(ValueError, match=r"\(B, 4, S\)"):
         tiny()(torch.zeros(1, 3, 5, dtype=torch.long))
+
+
+def test_lora_trains_only_adapters_and_merges_to_base_plus_delta():
+    from alm.models.musicgen import LoRALinear, is_adapter, merge_lora
+
+    base = tiny()
+    lora = tiny(lora_rank=2, lora_alpha=4.0, lora_targets="self_attn.q,cross_attn.v,ffn.fc")
+    missing, unexpected = lora.load_state_dict(base.state_dict(), strict=False)  # base weights load unchanged
+    assert not unexpected and missing and all(is_adapter(k) for k in missing)
+    codes, cond, mask = batch()
+    assert torch.allclose(lora(codes, cond, mask), base(codes, cond, mask), atol=1e-6)  # B = 0: starts as the base
+    trainable = {n for n, p in lora.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in dict(lora.named_parameters()) if is_adapter(n)}
+    assert len(trainable) == 2 * 2 * 3  # 2 layers x 3 sites x (A, B)
+    before = {n: p.detach().clone() for n, p in lora.named_parameters()}
+    opt = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
+    lora.train()
+    for _ in range(3):
+        logits = lora(codes, cond, mask)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 2), codes.clamp(max=CARD - 1).flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    lora.eval()
+    for n, p in lora.named_parameters():
+        assert torch.equal(p, before[n]) != is_adapter(n), n  # adapters moved, nothing else did
+    merged = merge_lora(lora)
+    assert merged.cfg.lora_rank == 0 and not any(isinstance(m, LoRALinear) for m in merged.modules())
+    sd = merged.state_dict()
+    for name, module in lora.named_modules():
+        if isinstance(module, LoRALinear):
+            want = base.state_dict()[f"{name}.weight"] + 2.0 * module.lora_b @ module.lora_a  # alpha / r = 2
+            assert torch.allclose(sd[f"{name}.weight"], want, atol=1e-6), name
+    with torch.no_grad():
+        assert torch.allclose(merged(codes, cond, mask), lora(codes, cond, mask), atol=1e-5)
+    with pytest.raises(ValueError, match="model.lora_targets"):
+        MusicGenConfig(lora_rank=4, lora_targets="self_attn.q,mlp").validate()

@@ -50,6 +50,7 @@ from alm.models.sampling import check_sampling, sample_next
 from alm.models.transformer import gpt2_init, no_gather
 
 COND_MODES = ("cross", "prefix")
+LORA_SITES = tuple(f"{a}.{p}" for a in ("self_attn", "cross_attn") for p in ("q", "k", "v", "proj")) + ("ffn.fc", "ffn.proj")
 
 
 @dataclass
@@ -70,6 +71,9 @@ class MusicGenConfig:
     attn_dropout: float = 0.0
     cond_dropout: float = 0.3  # fraction of training examples whose condition the stage nulls (paper: 0.3)
     norm_eps: float = 1e-5
+    lora_rank: int = 0  # > 0: low-rank adapters on lora_targets; every other weight is frozen
+    lora_alpha: float = 16.0  # adapter scale = lora_alpha / lora_rank
+    lora_targets: str = "self_attn.q,self_attn.v,cross_attn.q,cross_attn.v"  # comma-separated LORA_SITES
 
     def validate(self) -> None:
         for name in ("dim", "n_layer", "n_head", "ffn_dim", "codebooks", "card", "cond_dim", "max_seq_len"):
@@ -92,6 +96,17 @@ class MusicGenConfig:
         for name in ("dropout", "attn_dropout", "cond_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"key 'model.{name}': must be in [0, 1), got {getattr(self, name)}")
+        if self.lora_rank < 0 or self.lora_alpha <= 0:
+            raise ValueError(f"key 'model.lora_rank': must be >= 0 (0 = no adapters) with model.lora_alpha > 0, "
+                             f"got {self.lora_rank} and {self.lora_alpha}")
+        unknown = [t for t in self.lora_target_list if t not in LORA_SITES]
+        if self.lora_rank and (unknown or not self.lora_target_list):
+            raise ValueError(f"key 'model.lora_targets': {unknown or 'empty'}; expected a comma-separated subset "
+                             f"of {', '.join(LORA_SITES)}")
+
+    @property
+    def lora_target_list(self) -> list[str]:
+        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
 
     @property
     def head_dim(self) -> int:
@@ -110,6 +125,36 @@ class LayerNorm(nn.LayerNorm):
         w = self.weight.float() if self.weight is not None else None
         b = self.bias.float() if self.bias is not None else None
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+class LoRALinear(nn.Linear):
+    """nn.Linear (no bias) + a trainable low-rank update (Hu et al. 2021):
+
+        y = x W^T + (alpha / r) (x A^T) B^T      A (r, in), B (out, r); B starts at zero, so y starts as x W^T
+
+    The base weight keeps its name (`...q.weight`), so public weights, init_from and the key map
+    load into it unchanged; the adapters are `...q.lora_a` / `...q.lora_b`. `delta()` is the
+    update merge_lora adds to W."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float):
+        super().__init__(in_features, out_features, bias=False)
+        self.scale = alpha / rank
+        self.lora_a = nn.Parameter(torch.empty(rank, in_features))
+        self.lora_b = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.normal_(self.lora_a, std=1.0 / rank)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+
+    def delta(self) -> torch.Tensor:
+        return (self.lora_b.float() @ self.lora_a.float()) * self.scale  # (out, in)
+
+
+def linear(cfg: MusicGenConfig, site: str, n_in: int, n_out: int) -> nn.Linear:
+    """A bias-free projection; a LoRALinear where `site` (e.g. "self_attn.q") is a LoRA target."""
+    if cfg.lora_rank and site in cfg.lora_target_list:
+        return LoRALinear(n_in, n_out, cfg.lora_rank, cfg.lora_alpha)
+    return nn.Linear(n_in, n_out, bias=False)
 
 
 class SinusoidalPositions:
@@ -156,7 +201,7 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: MusicGenConfig):
         super().__init__()
         self.n_head, self.dropout = cfg.n_head, cfg.attn_dropout
-        self.q, self.k, self.v, self.proj = (nn.Linear(cfg.dim, cfg.dim, bias=False) for _ in range(4))
+        self.q, self.k, self.v, self.proj = (linear(cfg, f"self_attn.{p}", cfg.dim, cfg.dim) for p in ("q", "k", "v", "proj"))
 
     def forward(self, x: torch.Tensor, cache: MusicGenCache | None, layer: int) -> torch.Tensor:
         B, T, D = x.shape
@@ -183,7 +228,7 @@ class CrossAttention(nn.Module):
     def __init__(self, cfg: MusicGenConfig):
         super().__init__()
         self.n_head, self.dropout = cfg.n_head, cfg.attn_dropout
-        self.q, self.k, self.v, self.proj = (nn.Linear(cfg.dim, cfg.dim, bias=False) for _ in range(4))
+        self.q, self.k, self.v, self.proj = (linear(cfg, f"cross_attn.{p}", cfg.dim, cfg.dim) for p in ("q", "k", "v", "proj"))
 
     def forward(self, x: torch.Tensor, ctx: torch.Tensor | None, mask: torch.Tensor,
                 cache: MusicGenCache | None, layer: int) -> torch.Tensor:
@@ -203,8 +248,8 @@ class CrossAttention(nn.Module):
 class FFN(nn.Module):
     def __init__(self, cfg: MusicGenConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
-        self.proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+        self.fc = linear(cfg, "ffn.fc", cfg.dim, cfg.ffn_dim)
+        self.proj = linear(cfg, "ffn.proj", cfg.ffn_dim, cfg.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.gelu(self.fc(x)))
@@ -245,10 +290,19 @@ class MusicGenLM(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(cfg.dim, cfg.card, bias=False) for _ in range(cfg.codebooks))
         self.positions = SinusoidalPositions(cfg.dim)
         self.init_weights()
+        if cfg.lora_rank:  # only the adapters train: everything else is frozen (never in the optimizer)
+            for name, p in self.named_parameters():
+                p.requires_grad_(is_adapter(name))
 
     def init_weights(self, gathered: Callable[[list], ContextManager] = no_gather) -> None:
-        """N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 n_layer) (GPT-2)."""
+        """N(0, 0.02) weights, zero biases, residual projections scaled by 1/sqrt(2 n_layer) (GPT-2);
+        adapters: A ~ N(0, 1/r), B = 0 (the adapted model starts as the base)."""
         gpt2_init(self, self.cfg.n_layer, gathered)
+        for module in self.modules():
+            if isinstance(module, LoRALinear):
+                with gathered([module.lora_a, module.lora_b]):
+                    nn.init.normal_(module.lora_a, std=1.0 / self.cfg.lora_rank)
+                    nn.init.zeros_(module.lora_b)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -415,6 +469,28 @@ class MusicGenLM(nn.Module):
                 null_mel = torch.zeros_like(melody)
                 null_mel[:, :, 0] = 1
         return null_cond, null_mask, null_mel
+
+
+def is_adapter(name: str) -> bool:
+    """Whether a parameter name is a LoRA adapter (`...lora_a` / `...lora_b`)."""
+    return name.rsplit(".", 1)[-1] in ("lora_a", "lora_b")
+
+
+def merge_lora(model: MusicGenLM) -> MusicGenLM:
+    """A plain MusicGenLM (lora_rank 0) whose weights are W + (alpha / r) B A at every adapter:
+    the same function, no adapters (what an adapted model exports as)."""
+    import dataclasses
+
+    if not model.cfg.lora_rank:
+        return model
+    plain = MusicGenLM(dataclasses.replace(model.cfg, lora_rank=0))
+    state = {k: v for k, v in model.state_dict().items() if not is_adapter(k)}
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            w = state[f"{name}.weight"]
+            state[f"{name}.weight"] = (w.float() + module.delta()).to(w.dtype)
+    plain.load_state_dict(state, strict=True)
+    return plain.to(model.heads[0].weight.dtype).train(model.training)
 
 
 def drop_condition(cond_mask: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:

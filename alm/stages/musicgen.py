@@ -41,6 +41,7 @@ from alm.data.shards import npy_load
 from alm.errors import UserError
 from alm.models.acoustic_lm import aligned_windows
 from alm.models.codebook_patterns import PATTERNS, make_pattern
+from alm.convert_musicgen import command as convert_command, write_transformers
 from alm.models.musicgen import MusicGenConfig, MusicGenLM, drop_condition
 from alm.stages import musicgen_generate
 from alm.stages.spec import Command, Stage, every_window
@@ -301,5 +302,7 @@ STAGE = Stage(
     synthetic_data=synthetic_data,
     export_files=export_files,
     commands=(Command("generate", "musicgen", "text (and melody) -> wav with a musicgen export (KV cache, CFG)",
-                      musicgen_generate.add_arguments, musicgen_generate.run),),
+                      musicgen_generate.add_arguments, musicgen_generate.run),
+              convert_command()),  # alm convert musicgen SRC --out EXPORT (alm/convert_musicgen.py)
+    export_formats={"transformers": write_transformers},  # alm export RUN --format transformers
 )
