@@ -197,3 +197,20 @@ def test_a_tiny_model_overfit_on_two_captions_generates_each_captions_own_codes(
         for scale in (1.0, 3.0):
             seq = lm.generate(pattern.valid, cond, mask, cfg_scale=scale, temperature=0.0)
             assert torch.equal(pattern.revert(seq), codes[order]), (order, scale)
+
+
+def test_precomputed_embeddings_of_another_width_are_refused(tmp_path):
+    from alm.config import load_recipe
+    from alm.errors import UserError
+    from alm.stages.musicgen import check_text_embeddings
+    from helpers import REPO
+
+    emb, codes = tmp_path / "t5emb", tmp_path / "codes"
+    for d in (emb, codes):
+        d.mkdir()
+        (d / "train-000000.tar").write_bytes(b"")
+    (emb / "text_embeddings.json").write_text(json.dumps({"encoder": "google-t5/t5-base", "d_model": 768}))
+    c = load_recipe(REPO / "recipes" / "tiny" / "musicgen.yaml",
+                    [f"data.train_shards={codes}/train-*.tar + {emb}/train-*.tar", "data.val_shards=null"])
+    with pytest.raises(UserError, match="model.cond_dim=32 but the text embeddings in .* d_model=768"):
+        check_text_embeddings(c)

@@ -240,9 +240,27 @@ def check(cfg: RunConfig) -> None:
     dim = text_encoder_dim(m.text_encoder)
     if dim is not None and dim != m.cond_dim:
         raise UserError(f"model.cond_dim={m.cond_dim} but the text encoder {m.text_encoder} has d_model={dim}")
+    check_text_embeddings(cfg)
     from alm.stages.acoustic import check_codec
 
     check_codec(cfg, m.card, m.frame_rate, m.codebooks)
+
+
+def check_text_embeddings(cfg: RunConfig) -> None:
+    """Precomputed T5 states joined into the data (alm tokenize text-embeddings) must have model.cond_dim."""
+    from alm.data.provenance import shard_dirs
+    from alm.tokenizers.text_embeddings import META_FILE
+
+    for spec in (cfg.data.train_shards, cfg.data.val_shards):
+        if not spec or spec in (SYNTHETIC, "auto"):
+            continue
+        for d in (d for dirs in shard_dirs(spec) for d in dirs):
+            meta = Path(d) / META_FILE
+            if meta.is_file():
+                made = json.loads(meta.read_text())
+                if made.get("d_model") != cfg.model.cond_dim:
+                    raise UserError(f"model.cond_dim={cfg.model.cond_dim} but the text embeddings in {d} were made by "
+                                    f"{made.get('encoder')} with d_model={made.get('d_model')}")
 
 
 def synthetic_t5(root: Path) -> Path:
