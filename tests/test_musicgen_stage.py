@@ -214,3 +214,28 @@ def test_precomputed_embeddings_of_another_width_are_refused(tmp_path):
                     [f"data.train_shards={codes}/train-*.tar + {emb}/train-*.tar", "data.val_shards=null"])
     with pytest.raises(UserError, match="model.cond_dim=32 but the text embeddings in .* d_model=768"):
         check_text_embeddings(c)
+
+
+def test_generate_from_a_converted_export_gives_transformers_greedy_guided_codes(tmp_path, capsys):
+    """alm convert musicgen (a tiny random transformers MusicGen) -> alm generate musicgen --greedy --cfg 3:
+    the saved codes equal transformers' generate(do_sample=False, guidance_scale=3) on the same padded prompts."""
+    from test_musicgen_parity import K, PROMPTS, captured_codes, load, make_source
+
+    from alm.cli import main
+
+    src = make_source(tmp_path)
+    assert main(["convert", "musicgen", str(src), "--out", str(tmp_path / "exp")]) == 0
+    hf, processor = load(src)
+    new = 14
+    ref = captured_codes(hf, **processor(text=PROMPTS, padding=True, return_tensors="pt"), do_sample=False,
+                         guidance_scale=3.0, max_new_tokens=new)  # (3, K, 1 + new - K)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    frames = 1 + new - K
+    assert main(["generate", "musicgen", str(tmp_path / "exp"), "--prompts", str(prompts), "--seconds",
+                 str(frames / 50), "--cfg", "3.0", "--greedy", "--batch-size", "3", "--save-codes",
+                 str(tmp_path / "codes.npy"), "--out", str(tmp_path / "wavs"), "--no-progress"]) == 0
+    ours = torch.from_numpy(np.load(tmp_path / "codes.npy"))
+    assert ours.shape == ref.shape == (3, K, frames)
+    assert torch.equal(ours, ref)
+    assert sorted(p.name for p in (tmp_path / "wavs").iterdir()) == ["000.wav", "001.wav", "002.wav"]

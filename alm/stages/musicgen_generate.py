@@ -144,7 +144,7 @@ def generate_musicgen(export_dir: str, prompts: list[str], seconds: float, out: 
 
 
 def add_arguments(p) -> None:
-    p.add_argument("export", help="a musicgen export (alm export of a musicgen run, or alm convert musicgen)")
+    p.add_argument("export", metavar="EXPORT", help="a musicgen export (alm export of a musicgen run, or alm convert musicgen)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--text", help="one prompt")
     what.add_argument("--prompts", help="a file with one prompt per line")
