@@ -239,3 +239,23 @@ def test_generate_from_a_converted_export_gives_transformers_greedy_guided_codes
     assert ours.shape == ref.shape == (3, K, frames)
     assert torch.equal(ours, ref)
     assert sorted(p.name for p in (tmp_path / "wavs").iterdir()) == ["000.wav", "001.wav", "002.wav"]
+
+
+def test_audio_samples_generate_as_many_frames_as_the_crop_from_its_condition():
+    from alm.models.musicgen import MusicGenLM
+    from alm.stages.musicgen import sample_codes
+
+    m = cfg(pattern="delay")
+    exs = [make_example(sample(T=t, seed=t), np.random.default_rng(0), m, segment_seconds=1.0) for t in (30, 50)]
+    for e in exs:
+        e["cond"] = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float16)
+        del e["text"]
+    batch = collate(exs)
+    lm = MusicGenLM(m).train()
+    gen, ref = sample_codes(lm, batch, 0, seed=1)
+    assert gen.shape == ref.shape == (4, 30) and lm.training  # the mode is restored
+    assert np.array_equal(ref, npy_load(sample(T=30, seed=30)["codes.npy"])[:, :30])
+    assert gen.min() >= 0 and gen.max() < 16
+    again, _ = sample_codes(lm, batch, 0, seed=1)
+    assert np.array_equal(gen, again)  # seeded
+    assert sample_codes(lm, batch, 1, seed=1)[0].shape == (4, 50)

@@ -216,6 +216,28 @@ def loss(model: MusicGenLM, batch: dict[str, Any]) -> torch.Tensor:
     return codebook_ce(logits, batch["seq"], batch["valid"])
 
 
+SAMPLE_CFG, SAMPLE_TOP_K = 3.0, 250  # audio samples at validation: MusicGen's generation defaults
+
+
+@torch.no_grad()
+def sample_codes(model: MusicGenLM, batch: dict[str, Any], i: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Audio samples at validation: generate as many frames as example i's crop from its caption's
+    condition (guidance 3, top-k 250) -> (generated, reference) codes (K, T)."""
+    K = model.cfg.codebooks
+    frames = int(batch["valid"][i, 0].sum())  # every codebook holds each frame once, whatever the pattern
+    pattern = make_pattern(model.cfg.pattern, K, frames)
+    reference = pattern.revert(batch["seq"][i : i + 1, :, : pattern.num_steps])[0]
+    if "cond" in batch:
+        cond, mask = batch["cond"][i : i + 1], batch["cond_mask"][i : i + 1]
+    else:
+        cond, mask = text_encoder(model.cfg, batch["seq"].device)([batch["text"][i]])
+    melody = batch["melody"][i : i + 1] if "melody" in batch else None
+    g = torch.Generator(device=batch["seq"].device).manual_seed(seed)
+    seq = model.generate(pattern.valid, cond.to(model.heads[0].weight.dtype), mask, melody=melody,
+                         cfg_scale=SAMPLE_CFG, temperature=1.0, top_k=SAMPLE_TOP_K, generator=g)
+    return pattern.revert(seq)[0].cpu().numpy(), reference.cpu().numpy()
+
+
 # ---------------------------------------------------------------------------------- checks / data
 def text_encoder_dim(source: str) -> Optional[int]:
     """d_model of a local T5 folder (None for a hub id: checked when loaded)."""
@@ -318,6 +340,7 @@ STAGE = Stage(
     data_config=MusicGenDataConfig,
     check=check,
     synthetic_data=synthetic_data,
+    sample_codes=sample_codes,
     export_files=export_files,
     commands=(Command("generate", "musicgen", "text (and melody) -> wav with a musicgen export (KV cache, CFG)",
                       musicgen_generate.add_arguments, musicgen_generate.run),
