@@ -239,6 +239,20 @@ def test_generate_from_a_converted_export_gives_transformers_greedy_guided_codes
     assert ours.shape == ref.shape == (3, K, frames)
     assert torch.equal(ours, ref)
     assert sorted(p.name for p in (tmp_path / "wavs").iterdir()) == ["000.wav", "001.wav", "002.wav"]
+    # fine-tuning it (recipes/musicgen/finetune*.yaml): an empty model.text_encoder takes the export's own T5,
+    # so the architecture check of init_from agrees
+    from helpers import REPO
+
+    from alm.config import load_recipe
+    from alm.stages.musicgen import check
+    from alm.training.init_from import check_compatible
+
+    c = load_recipe(REPO / "recipes" / "tiny" / "musicgen.yaml", [
+        f"init_from={tmp_path / 'exp'}", "model.text_encoder=''", "model.dim=32", "model.n_layer=2", "model.n_head=4",
+        "model.ffn_dim=64", "model.card=16", "model.cond_dim=24", "model.max_seq_len=64", "model.text_max_len=256", "data.codec=null"])
+    check(c)
+    assert c.model.text_encoder == str((tmp_path / "exp" / "text_encoder").resolve())
+    check_compatible(c, tmp_path / "exp")
 
 
 def test_audio_samples_generate_as_many_frames_as_the_crop_from_its_condition():

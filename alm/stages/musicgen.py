@@ -56,7 +56,8 @@ TINY_T5 = "tiny-t5-synthetic-v1"  # the tiny random T5 of the synthetic captions
 class MusicGenStageConfig(MusicGenConfig):
     pattern: str = "delay"  # codebook interleaving: parallel | delay (MusicGen) | unroll | coarse_first
     frame_rate: float = 50.0  # codec frames per second (EnCodec 32 kHz: 50)
-    text_encoder: str = ""  # T5 / Flan-T5 hub id or save_pretrained folder; synthetic: the tiny T5 (tiny recipes)
+    text_encoder: str = ""  # T5 / Flan-T5 hub id or save_pretrained folder; synthetic: the tiny T5 (tiny recipes);
+    # empty with init_from: the export's own (model.text_encoder of its config)
     text_max_len: int = DEFAULT_MAX_LENGTH  # caption tokens kept (T5 truncation)
 
 
@@ -257,6 +258,8 @@ def check(cfg: RunConfig) -> None:
         from alm.data.cache import cache_root
 
         m.text_encoder = str(synthetic_t5(cache_root()))
+    if not m.text_encoder and cfg.init_from:  # fine-tuning: the export's own frozen T5
+        m.text_encoder = init_from_text_encoder(Path(cfg.init_from))
     if not m.text_encoder:
         raise UserError("stage musicgen needs model.text_encoder: a T5 / Flan-T5 hub id or save_pretrained folder")
     dim = text_encoder_dim(m.text_encoder)
@@ -266,6 +269,18 @@ def check(cfg: RunConfig) -> None:
     from alm.stages.acoustic import check_codec
 
     check_codec(cfg, m.card, m.frame_rate, m.codebooks)
+
+
+def init_from_text_encoder(export_dir: Path) -> str:
+    """The text encoder an init_from export names (model.text_encoder of its config.yaml: an `alm
+    convert musicgen` export names its own EXPORT/text_encoder copy), so the architecture check agrees."""
+    from omegaconf import OmegaConf
+
+    f = export_dir / "config.yaml"
+    name = str(OmegaConf.load(f).get("model", {}).get("text_encoder", "") or "") if f.is_file() else ""
+    if not name:
+        raise UserError(f"model.text_encoder is empty and init_from={export_dir} names no text encoder: set model.text_encoder")
+    return name
 
 
 def check_text_embeddings(cfg: RunConfig) -> None:
