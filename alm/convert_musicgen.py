@@ -255,7 +255,13 @@ def write_transformers_from(model: MusicGenLM, text_encoder: str | os.PathLike, 
     cfg = model.cfg
     melody = cfg.cond_mode == "prefix"
     t5 = from_pretrained(T5EncoderModel, str(text_encoder), what="text encoder", dtype=torch.float32)
-    enc = from_pretrained(EncodecModel, str(codec), what="codec", dtype=torch.float32)
+    from alm.tokenizers.codec import is_demo_codec, load_codec
+
+    enc = load_codec(codec)
+    if is_demo_codec(enc) or not isinstance(enc, EncodecModel):
+        raise UserError(f"codec {codec}: alm's demo codec, not an EnCodec; transformers' MusicGen decodes with "
+                        "EnCodec, so a transformers folder needs a model trained on EnCodec codes")
+    enc = enc.float()
     if cfg.cond_proj == (t5.config.hidden_size == cfg.dim):
         raise UserError(f"text encoder width {t5.config.hidden_size} vs LM width {cfg.dim}: transformers MusicGen has "
                         f"enc_to_dec_proj exactly when they differ, this LM has cond_proj={cfg.cond_proj}")
@@ -319,12 +325,10 @@ def text_encoder_of(export_dir: str | os.PathLike | None, cfg: Any) -> str:
 def write_transformers(model: MusicGenLM, cfg: Any, out: Path) -> None:
     """Stage.export_formats["transformers"]: `alm export RUN --out DIR --format transformers` (the
     run's T5 = model.text_encoder, its EnCodec = data.codec)."""
-    from alm.tokenizers.codec import CODEC_NAMES
-
     codec = cfg.data.codec
     if not codec:
         raise UserError("no codec recorded (data.codec): a transformers MusicGen folder needs its EnCodec")
-    write_transformers_from(model, text_encoder_of(None, cfg), CODEC_NAMES.get(codec, codec), out)
+    write_transformers_from(model, text_encoder_of(None, cfg), codec, out)
 
 
 # ------------------------------------------------------------------------------------------ cli
