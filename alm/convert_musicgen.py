@@ -99,17 +99,19 @@ def lm_config(hf_config: Any) -> MusicGenConfig:
 
 
 def lm_from_transformers(hf_model: torch.nn.Module) -> MusicGenLM:
-    """alm's MusicGenLM holding the decoder (+ enc_to_dec_proj) weights of a transformers MusicGen."""
+    """alm's MusicGenLM holding the decoder (+ enc_to_dec_proj) weights of a transformers MusicGen:
+    the same tensors (built on the meta device, then assigned), so converting costs no second copy."""
     cfg = lm_config(hf_model.config)
     if cfg.cond_mode == "prefix" and hf_model.config.num_chroma == cfg.dim:
         raise UserError("musicgen_melody with num_chroma == decoder hidden_size (no audio_enc_to_dec_proj) is not supported")
-    model = MusicGenLM(cfg)
     state = hf_model.state_dict()
     keys = lm_keys(cfg)
     missing = [theirs for theirs in keys.values() if theirs not in state]
     if missing:
         raise UserError(f"the source model has no {missing[0]} (and {len(missing) - 1} more): not a MusicGen checkpoint?")
-    model.load_state_dict({ours: state[theirs] for ours, theirs in keys.items()}, strict=True)
+    with torch.device("meta"):  # no second copy: the LM's parameters become the source's tensors
+        model = MusicGenLM(cfg)
+    model.load_state_dict({ours: state[theirs] for ours, theirs in keys.items()}, strict=True, assign=True)
     return model.eval()
 
 

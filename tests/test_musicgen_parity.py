@@ -290,3 +290,37 @@ def test_lora_finetune_of_a_converted_export_trains_only_adapters(tmp_path):
             assert torch.allclose(got, want, atol=1e-6)
             moved += int(b.abs().max() > 0)
     assert moved == 4  # every adapter trained
+
+
+def test_melody_convert_and_transformers_round_trip(tmp_path):
+    from transformers import AutoTokenizer, MusicgenMelodyForConditionalGeneration
+
+    from alm.config import from_yaml_text
+    from alm.convert_musicgen import convert
+    from alm.export import load_pretrained, write_export
+
+    src = make_source(tmp_path, melody=True)
+    hf = MusicgenMelodyForConditionalGeneration.from_pretrained(src).eval()
+    exp = convert(str(src), tmp_path / "exp")
+    lm = load_pretrained(exp)
+    assert lm.cfg.cond_mode == "prefix" and (exp / "codec" / "preprocessor_config.json").is_file()
+    cfg = from_yaml_text((exp / "config.yaml").read_text(), "config.yaml")
+    back = MusicgenMelodyForConditionalGeneration.from_pretrained(write_export(lm, cfg, tmp_path / "hf",
+                                                                               fmt="transformers")).eval()
+    inputs = AutoTokenizer.from_pretrained(tmp_path / "hf")(PROMPTS, padding=True, return_tensors="pt")
+    chroma = torch.nn.functional.one_hot(torch.arange(21).remainder(12).view(3, 7), 12).float()
+    codes = step_codes(3, 10)
+    with torch.no_grad():
+        a, b = (m(**inputs, input_features=chroma, decoder_input_ids=codes.reshape(3 * K, 10)).logits for m in (hf, back))
+    assert (a - b).abs().max() < TOL
+
+
+def test_convert_of_an_uncached_hub_id_offline_is_one_line(tmp_path, monkeypatch):
+    from alm.convert_musicgen import convert
+    from alm.errors import UserError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(UserError, match="HF_HUB_OFFLINE=1") as info:
+        convert("facebook/musicgen-not-cached", tmp_path / "out")
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()

@@ -163,7 +163,7 @@ class SinusoidalPositions:
 
     def __init__(self, dim: int):
         self.dim = dim
-        self.table = torch.zeros(0, dim)
+        self.table = torch.zeros(0, dim, device="cpu")  # never on the meta device
 
     def __call__(self, start: int, length: int, device: torch.device) -> torch.Tensor:
         if start + length > self.table.shape[0]:
