@@ -20,7 +20,11 @@ The weights are data, not code: LM_KEYS below is the one table of names (alm <->
 by both directions. `write_transformers(model, cfg, dir)` is the way out (the stage's
 export_formats["transformers"]): a folder that transformers loads as MusicgenForConditionalGeneration
 (MusicgenMelodyForConditionalGeneration for a melody LM), T5 and EnCodec taken from the run's
-text encoder and codec.
+text encoder and codec; a LoRA-adapted LM is written merged.
+
+Memory: convert holds the source model once (the LM is built on the meta device and takes the
+source's tensors); write_transformers holds the LM and a transformers model (two copies of the
+decoder: musicgen-large, 3.3 B parameters in fp32, ~27 GB of host memory). Both run on CPU.
 """
 
 from __future__ import annotations
