@@ -112,3 +112,37 @@ def test_chroma_short_silent_and_batched():
     assert torch.equal(chroma(batch)[0], chroma(short))
     with pytest.raises(ValueError, match="non-empty mono wav"):
         chroma(np.zeros(0, dtype=np.float32))
+
+
+def test_text_embeddings_shards_hold_every_captions_states(tiny_t5, tmp_path):
+    import json
+
+    from alm.data.shards import ShardWriter, json_bytes, npy_load, read_shard
+    from alm.stages.musicgen import caption_embeddings
+    from alm.tokenizers.text_embeddings import META_FILE, embed_caption_shards, main
+
+    src = tmp_path / "codes"
+    with ShardWriter(src, "train", max_count=2) as w:
+        for i, caps in enumerate([CAPTIONS[:2], CAPTIONS[2:3], [], CAPTIONS[3:6]]):
+            w.write({"__key__": f"k{i}", "json": json_bytes({"id": f"k{i}", "captions": caps})})
+    t5 = T5Conditioner(tiny_t5)
+    out = tmp_path / "t5emb"
+    summary = embed_caption_shards(str(src / "train-*.tar"), out, t5, batch_size=3, progress=False)
+    assert summary["samples"] == 3 and summary["errors_total"] == 1  # the caption-less sample, listed
+    assert json.loads((out / "errors.json").read_text())[0]["key"] == "k2"
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["d_model"] == 32 and meta["dtype"] == "float16"
+    got = {s["__key__"]: s for shard in sorted(out.glob("train-*.tar")) for s in read_shard(str(shard))}
+    assert sorted(got) == ["k0", "k1", "k3"]
+    for key, caps in (("k0", CAPTIONS[:2]), ("k3", CAPTIONS[3:6])):
+        per_caption = caption_embeddings(got[key])
+        assert len(per_caption) == len(caps) and per_caption[0].dtype == np.float16
+        for caption, emb in zip(caps, per_caption):
+            alone, mask = t5([caption])
+            assert emb.shape == (int(mask.sum()), 32)
+            assert np.allclose(emb.astype(np.float32), alone[0].numpy(), atol=2e-3)
+        assert json.loads(got[key]["json"])["captions"] == caps  # the json travels for the join
+    assert npy_load(got["k1"]["text_emb_lengths.npy"]).tolist() == [len(caption_embeddings(got["k1"])[0])]
+    # another encoder into the same directory is refused; the CLI says so in one line
+    other = make_tiny_t5(tmp_path / "other", CAPTIONS * 10, d_model=32, vocab_size=80, seed=1)
+    assert main(["--shards", str(src / "train-*.tar"), "--t5", str(other), "--out", str(out), "--no-progress"]) == 2

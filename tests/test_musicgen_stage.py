@@ -96,3 +96,166 @@ def test_loss_is_the_mean_over_codebooks_of_each_codebooks_mean_ce():
                  for b in range(B) for s in range(1, S) if valid[b, k, s]]
         per_k.append(torch.stack(terms).mean())
     assert torch.allclose(codebook_ce(logits, seq, valid), torch.stack(per_k).mean(), atol=1e-6)
+
+
+FAST_MUSICGEN = ["trainer.progress_bar=false", "trainer.val_every_n_steps=0", "trainer.threads=1",
+                 "trainer.accelerator=cpu", "model.dim=32", "model.n_layer=1", "model.ffn_dim=64",
+                 "data.batch_size=4", "data.num_workers=0", "data.segment_seconds=1.0"]
+
+
+def test_tiny_recipe_trains_exports_and_generates_with_t5_outside_the_lm(tmp_path, capsys):
+    from helpers import REPO, alm, losses
+
+    from alm.config import from_yaml_text
+    from alm.models.musicgen import MusicGenLM
+
+    recipe = str(REPO / "recipes" / "tiny" / "musicgen.yaml")
+    run = tmp_path / "run"
+    alm("train", recipe, f"run_dir={run}", "trainer.max_steps=4", "trainer.ckpt_every_n_steps=4", *FAST_MUSICGEN)
+    got = losses(run)
+    assert sorted(got) == [0, 1, 2, 3] and all(np.isfinite(v) for v in got.values())
+    assert got[0] == pytest.approx(np.log(32), abs=0.5)  # starts near uniform over 32 codes
+    # the frozen T5 is in neither the checkpoint nor the optimizer: exactly the LM's tensors
+    ckpt = torch.load(next(run.glob("checkpoints/step-*/checkpoint.ckpt")), map_location="cpu", weights_only=False)
+    lm = MusicGenLM(from_yaml_text((run / "config.yaml").read_text(), "run").model)
+    assert sorted(ckpt["state_dict"]) == sorted(f"model.{k}" for k in lm.state_dict())
+    assert sum(len(g["params"]) for g in ckpt["optimizer_states"][0]["param_groups"]) == len(list(lm.parameters()))
+
+    exp = tmp_path / "exp"
+    alm("export", str(run), "--out", str(exp))
+    assert (exp / "text_encoder" / "config.json").is_file() and (exp / "codec").is_dir()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("heavy rain falling steadily\n\na slow rising piano melody in C major\n3 knocks on a wooden door\n")
+    out = alm("generate", "musicgen", str(exp), "--prompts", str(prompts), "--seconds", "0.5", "--out",
+              str(tmp_path / "wavs"), "--save-codes", str(tmp_path / "codes.npy"), "--batch-size", "2",
+              "--greedy", "--no-progress")
+    assert sorted(p.name for p in (tmp_path / "wavs").iterdir()) == ["000.wav", "001.wav", "002.wav"]
+    codes = np.load(tmp_path / "codes.npy")
+    assert codes.shape == (3, 4, 25) and codes.dtype == np.int64 and codes.min() >= 0 and codes.max() < 32
+    assert "000.wav: 0.5 s at 16000 Hz (codes 4 x 25)" in out.stdout
+    # one prompt -> OUT.wav; greedy is deterministic and batching does not change a prompt's codes
+    from alm.cli import main
+
+    assert main(["generate", "musicgen", str(exp), "--text", "a slow rising piano melody in C major", "--seconds",
+                 "0.5", "--out", str(tmp_path / "one.wav"), "--save-codes", str(tmp_path / "one.npy"), "--greedy",
+                 "--no-progress"]) == 0
+    assert (tmp_path / "one.wav").is_file()
+    assert np.array_equal(np.load(tmp_path / "one.npy")[0], codes[1])
+    assert main(["generate", "musicgen", str(exp), "--text", "x", "--seconds", "0.5", "--out", str(tmp_path / "a.wav"),
+                 "--melody", str(tmp_path / "one.wav")]) == 2
+    assert "not a melody model" in capsys.readouterr().err
+
+
+def test_melody_examples_carry_the_chroma_of_their_crop_and_train():
+    from alm.data.audio import encode_flac
+    from alm.models.musicgen import MusicGenLM
+    from alm.stages.musicgen import loss
+
+    m = cfg(cond_mode="prefix", melody_dim=12, melody_len=16)
+    s = sample(T=100)  # 2 s of codes at 50 Hz
+    t = np.arange(32000) / 16000
+    s["flac"] = encode_flac(np.where(t < 1.0, 0.5 * np.sin(2 * np.pi * 440 * t), 0.5 * np.sin(2 * np.pi * 523.25 * t))
+                            .astype(np.float32), 16000)
+    out = make_example(s, np.random.default_rng(0), m, segment_seconds=1.0, every=True)
+    assert len(out) == 2 and all(ex["melody"].shape == (8, 12) for ex in out)  # 1 s at 32 kHz, hop 4096
+    assert [int(np.bincount(ex["melody"].argmax(-1)).argmax()) for ex in out] == [9, 0]  # A, then C
+    batch = collate(out)
+    batch["cond"], batch["cond_mask"] = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.long)
+    del batch["text"]
+    value = loss(MusicGenLM(m), batch)
+    assert value.ndim == 0 and torch.isfinite(value)
+
+
+def test_a_tiny_model_overfit_on_two_captions_generates_each_captions_own_codes(tmp_path, one_thread):
+    """Conditioning works: trained with the stage's loss (online T5, condition dropout 0.3) on two clips,
+    greedy generation from each caption (with and without guidance) gives that clip's codes, in either order."""
+    from alm.conditioners.t5 import make_tiny_t5
+    from alm.models.musicgen import MusicGenLM
+    from alm.stages.musicgen import _text_encoder, loss
+
+    caps = ["heavy rain falling steadily", "a slow rising piano melody in C major"]
+    t5_dir = make_tiny_t5(tmp_path / "t5", caps * 20, d_model=32, vocab_size=60)
+    K, T, C = 4, 12, 16
+    m = cfg(dim=64, n_layer=2, ffn_dim=128, card=C, cond_dim=32, dropout=0.0, cond_dropout=0.3, text_encoder=str(t5_dir))
+    torch.manual_seed(0)
+    codes = torch.randint(0, C, (2, K, T))
+    samples = [{"__key__": f"k{i}", "codes.npy": npy_bytes(codes[i].numpy().astype(np.int16)),
+                "json": json.dumps({"captions": [caps[i]]}).encode()} for i in range(2)]
+    batch = collate([make_example(s, np.random.default_rng(0), m, segment_seconds=1.0) for s in samples] * 2)
+    lm = MusicGenLM(m)
+    opt = torch.optim.AdamW(lm.parameters(), lr=3e-3, weight_decay=0.0)
+    for _ in range(120):
+        value = loss(lm, batch)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    assert float(value.detach()) < 0.1
+    t5 = _text_encoder(str(t5_dir), m.text_max_len)
+    pattern = make_pattern("delay", K, T)
+    for order in ([0, 1], [1, 0]):
+        cond, mask = t5([caps[i] for i in order])
+        for scale in (1.0, 3.0):
+            seq = lm.generate(pattern.valid, cond, mask, cfg_scale=scale, temperature=0.0)
+            assert torch.equal(pattern.revert(seq), codes[order]), (order, scale)
+
+
+def test_precomputed_embeddings_of_another_width_are_refused(tmp_path):
+    from alm.config import load_recipe
+    from alm.errors import UserError
+    from alm.stages.musicgen import check_text_embeddings
+    from helpers import REPO
+
+    emb, codes = tmp_path / "t5emb", tmp_path / "codes"
+    for d in (emb, codes):
+        d.mkdir()
+        (d / "train-000000.tar").write_bytes(b"")
+    (emb / "text_embeddings.json").write_text(json.dumps({"encoder": "google-t5/t5-base", "d_model": 768}))
+    c = load_recipe(REPO / "recipes" / "tiny" / "musicgen.yaml",
+                    [f"data.train_shards={codes}/train-*.tar + {emb}/train-*.tar", "data.val_shards=null"])
+    with pytest.raises(UserError, match="model.cond_dim=32 but the text embeddings in .* d_model=768"):
+        check_text_embeddings(c)
+
+
+def test_generate_from_a_converted_export_gives_transformers_greedy_guided_codes(tmp_path, capsys):
+    """alm convert musicgen (a tiny random transformers MusicGen) -> alm generate musicgen --greedy --cfg 3:
+    the saved codes equal transformers' generate(do_sample=False, guidance_scale=3) on the same padded prompts."""
+    from test_musicgen_parity import K, PROMPTS, captured_codes, load, make_source
+
+    from alm.cli import main
+
+    src = make_source(tmp_path)
+    assert main(["convert", "musicgen", str(src), "--out", str(tmp_path / "exp")]) == 0
+    hf, processor = load(src)
+    new = 14
+    ref = captured_codes(hf, **processor(text=PROMPTS, padding=True, return_tensors="pt"), do_sample=False,
+                         guidance_scale=3.0, max_new_tokens=new)  # (3, K, 1 + new - K)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    frames = 1 + new - K
+    assert main(["generate", "musicgen", str(tmp_path / "exp"), "--prompts", str(prompts), "--seconds",
+                 str(frames / 50), "--cfg", "3.0", "--greedy", "--batch-size", "3", "--save-codes",
+                 str(tmp_path / "codes.npy"), "--out", str(tmp_path / "wavs"), "--no-progress"]) == 0
+    ours = torch.from_numpy(np.load(tmp_path / "codes.npy"))
+    assert ours.shape == ref.shape == (3, K, frames)
+    assert torch.equal(ours, ref)
+    assert sorted(p.name for p in (tmp_path / "wavs").iterdir()) == ["000.wav", "001.wav", "002.wav"]
+
+
+def test_audio_samples_generate_as_many_frames_as_the_crop_from_its_condition():
+    from alm.models.musicgen import MusicGenLM
+    from alm.stages.musicgen import sample_codes
+
+    m = cfg(pattern="delay")
+    exs = [make_example(sample(T=t, seed=t), np.random.default_rng(0), m, segment_seconds=1.0) for t in (30, 50)]
+    for e in exs:
+        e["cond"] = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float16)
+        del e["text"]
+    batch = collate(exs)
+    lm = MusicGenLM(m).train()
+    gen, ref = sample_codes(lm, batch, 0, seed=1)
+    assert gen.shape == ref.shape == (4, 30) and lm.training  # the mode is restored
+    assert np.array_equal(ref, npy_load(sample(T=30, seed=30)["codes.npy"])[:, :30])
+    assert gen.min() >= 0 and gen.max() < 16
+    again, _ = sample_codes(lm, batch, 0, seed=1)
+    assert np.array_equal(gen, again)  # seeded
+    assert sample_codes(lm, batch, 1, seed=1)[0].shape == (4, 50)

@@ -43,11 +43,11 @@ from alm.models.acoustic_lm import aligned_windows
 from alm.models.codebook_patterns import PATTERNS, make_pattern
 from alm.convert_musicgen import command as convert_command, write_transformers
 from alm.models.musicgen import MusicGenConfig, MusicGenLM, drop_condition
-from alm.stages.spec import Stage, every_window
+from alm.stages import musicgen_generate
+from alm.stages.spec import Command, Stage, every_window
+from alm.tokenizers.text_embeddings import TEXT_EMB, TEXT_EMB_LENGTHS  # precomputed T5 states per sample
 
 CODES = "codes.npy"
-TEXT_EMB = "text_emb.npy"  # (sum of the captions' lengths, D) float16: every caption's T5 states, concatenated
-TEXT_EMB_LENGTHS = "text_emb_lengths.npy"  # (n_captions,) int32: each caption's token count
 SYNTHETIC = "synthetic"
 TINY_T5 = "tiny-t5-synthetic-v1"  # the tiny random T5 of the synthetic captions (make_tiny_t5), cached
 
@@ -216,6 +216,28 @@ def loss(model: MusicGenLM, batch: dict[str, Any]) -> torch.Tensor:
     return codebook_ce(logits, batch["seq"], batch["valid"])
 
 
+SAMPLE_CFG, SAMPLE_TOP_K = 3.0, 250  # audio samples at validation: MusicGen's generation defaults
+
+
+@torch.no_grad()
+def sample_codes(model: MusicGenLM, batch: dict[str, Any], i: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Audio samples at validation: generate as many frames as example i's crop from its caption's
+    condition (guidance 3, top-k 250) -> (generated, reference) codes (K, T)."""
+    K = model.cfg.codebooks
+    frames = int(batch["valid"][i, 0].sum())  # every codebook holds each frame once, whatever the pattern
+    pattern = make_pattern(model.cfg.pattern, K, frames)
+    reference = pattern.revert(batch["seq"][i : i + 1, :, : pattern.num_steps])[0]
+    if "cond" in batch:
+        cond, mask = batch["cond"][i : i + 1], batch["cond_mask"][i : i + 1]
+    else:
+        cond, mask = text_encoder(model.cfg, batch["seq"].device)([batch["text"][i]])
+    melody = batch["melody"][i : i + 1] if "melody" in batch else None
+    g = torch.Generator(device=batch["seq"].device).manual_seed(seed)
+    seq = model.generate(pattern.valid, cond.to(model.heads[0].weight.dtype), mask, melody=melody,
+                         cfg_scale=SAMPLE_CFG, temperature=1.0, top_k=SAMPLE_TOP_K, generator=g)
+    return pattern.revert(seq)[0].cpu().numpy(), reference.cpu().numpy()
+
+
 # ---------------------------------------------------------------------------------- checks / data
 def text_encoder_dim(source: str) -> Optional[int]:
     """d_model of a local T5 folder (None for a hub id: checked when loaded)."""
@@ -240,9 +262,27 @@ def check(cfg: RunConfig) -> None:
     dim = text_encoder_dim(m.text_encoder)
     if dim is not None and dim != m.cond_dim:
         raise UserError(f"model.cond_dim={m.cond_dim} but the text encoder {m.text_encoder} has d_model={dim}")
+    check_text_embeddings(cfg)
     from alm.stages.acoustic import check_codec
 
     check_codec(cfg, m.card, m.frame_rate, m.codebooks)
+
+
+def check_text_embeddings(cfg: RunConfig) -> None:
+    """Precomputed T5 states joined into the data (alm tokenize text-embeddings) must have model.cond_dim."""
+    from alm.data.provenance import shard_dirs
+    from alm.tokenizers.text_embeddings import META_FILE
+
+    for spec in (cfg.data.train_shards, cfg.data.val_shards):
+        if not spec or spec in (SYNTHETIC, "auto"):
+            continue
+        for d in (d for dirs in shard_dirs(spec) for d in dirs):
+            meta = Path(d) / META_FILE
+            if meta.is_file():
+                made = json.loads(meta.read_text())
+                if made.get("d_model") != cfg.model.cond_dim:
+                    raise UserError(f"model.cond_dim={cfg.model.cond_dim} but the text embeddings in {d} were made by "
+                                    f"{made.get('encoder')} with d_model={made.get('d_model')}")
 
 
 def synthetic_t5(root: Path) -> Path:
@@ -300,7 +340,10 @@ STAGE = Stage(
     data_config=MusicGenDataConfig,
     check=check,
     synthetic_data=synthetic_data,
+    sample_codes=sample_codes,
     export_files=export_files,
-    commands=(convert_command(),),  # alm convert musicgen SRC --out EXPORT (alm/convert_musicgen.py)
+    commands=(Command("generate", "musicgen", "text (and melody) -> wav with a musicgen export (KV cache, CFG)",
+                      musicgen_generate.add_arguments, musicgen_generate.run),
+              convert_command()),  # alm convert musicgen SRC --out EXPORT (alm/convert_musicgen.py)
     export_formats={"transformers": write_transformers},  # alm export RUN --format transformers
 )
