@@ -6,6 +6,8 @@ import torch
 from alm.models.codebook_patterns import make_pattern
 from alm.models.musicgen import MusicGenConfig, MusicGenLM, drop_condition, guided_logits
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 K, CARD = 4, 16
 
 

@@ -15,6 +15,8 @@ transformers = pytest.importorskip("transformers")
 from alm.convert_musicgen import lm_from_transformers  # noqa: E402
 from alm.models.codebook_patterns import make_pattern  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 K, CARD, T5_DIM, DIM = 4, 16, 24, 32
 PROMPTS = ["happy rock song with loud guitars and heavy drums", "calm piano", "jazz"]
 TOL = 1e-4
@@ -315,12 +317,18 @@ def test_melody_convert_and_transformers_round_trip(tmp_path):
     assert (a - b).abs().max() < TOL
 
 
-def test_convert_of_an_uncached_hub_id_offline_is_one_line(tmp_path, monkeypatch):
-    from alm.convert_musicgen import convert
-    from alm.errors import UserError
+@pytest.mark.slow
+def test_alm_convert_musicgen_of_an_uncached_hub_id_offline_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(UserError, match="HF_HUB_OFFLINE=1") as info:
-        convert("facebook/musicgen-not-cached", tmp_path / "out")
-    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+    from helpers import REPO, env
+
+    e = dict(env(), HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
+    p = subprocess.run([sys.executable, "-m", "alm", "convert", "musicgen", "facebook/musicgen-not-cached", "--out",
+                        str(tmp_path / "out")], cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert "'facebook/musicgen-not-cached'" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
+    assert not os.path.exists(tmp_path / "out")
