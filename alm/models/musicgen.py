@@ -416,7 +416,8 @@ class MusicGenLM(nn.Module):
         start column). prompt (B, K, S0): steps already known (an audio prompt in step layout,
         column 0 included); generation starts at step S0 (default 1). cfg_scale != 1: classifier-free
         guidance against the nulled condition, batched with the conditional rows (cfg_batched=False:
-        two forwards per step, for comparison). temperature 0 = greedy. use_cache=False recomputes
+        two forwards per step, for comparison); transformers guides only for scale > 1, audiocraft's
+        formula (used here) holds at every scale, and at scale 1 it is the conditional logits. temperature 0 = greedy. use_cache=False recomputes
         the whole prefix and the condition every step (for comparison). `on_step(s)` after each step.
         """
         check_sampling(temperature, top_k, top_p)
@@ -424,7 +425,10 @@ class MusicGenLM(nn.Module):
         K, S = valid.shape
         if K != cfg.codebooks:
             raise ValueError(f"valid must be ({cfg.codebooks}, S) (model.codebooks), got {tuple(valid.shape)}")
-        B = next(t.shape[0] for t in (cond, melody, prompt) if t is not None) if batch_size is None else batch_size
+        sized = [t.shape[0] for t in (cond, melody, prompt) if t is not None]
+        if batch_size is None and not sized:
+            raise ValueError("generate: give cond, melody, prompt or batch_size (how many to sample)")
+        B = sized[0] if batch_size is None else batch_size
         device = self.heads[0].weight.device
         valid = valid.to(device)
         seq = torch.full((B, K, S), cfg.special, dtype=torch.long, device=device)
