@@ -20,7 +20,11 @@ The weights are data, not code: LM_KEYS below is the one table of names (alm <->
 by both directions. `write_transformers(model, cfg, dir)` is the way out (the stage's
 export_formats["transformers"]): a folder that transformers loads as MusicgenForConditionalGeneration
 (MusicgenMelodyForConditionalGeneration for a melody LM), T5 and EnCodec taken from the run's
-text encoder and codec.
+text encoder and codec; a LoRA-adapted LM is written merged.
+
+Memory: convert holds the source model once (the LM is built on the meta device and takes the
+source's tensors); write_transformers holds the LM and a transformers model (two copies of the
+decoder: musicgen-large, 3.3 B parameters in fp32, ~27 GB of host memory). Both run on CPU.
 """
 
 from __future__ import annotations
@@ -99,17 +103,19 @@ def lm_config(hf_config: Any) -> MusicGenConfig:
 
 
 def lm_from_transformers(hf_model: torch.nn.Module) -> MusicGenLM:
-    """alm's MusicGenLM holding the decoder (+ enc_to_dec_proj) weights of a transformers MusicGen."""
+    """alm's MusicGenLM holding the decoder (+ enc_to_dec_proj) weights of a transformers MusicGen:
+    the same tensors (built on the meta device, then assigned), so converting costs no second copy."""
     cfg = lm_config(hf_model.config)
     if cfg.cond_mode == "prefix" and hf_model.config.num_chroma == cfg.dim:
         raise UserError("musicgen_melody with num_chroma == decoder hidden_size (no audio_enc_to_dec_proj) is not supported")
-    model = MusicGenLM(cfg)
     state = hf_model.state_dict()
     keys = lm_keys(cfg)
     missing = [theirs for theirs in keys.values() if theirs not in state]
     if missing:
         raise UserError(f"the source model has no {missing[0]} (and {len(missing) - 1} more): not a MusicGen checkpoint?")
-    model.load_state_dict({ours: state[theirs] for ours, theirs in keys.items()}, strict=True)
+    with torch.device("meta"):  # no second copy: the LM's parameters become the source's tensors
+        model = MusicGenLM(cfg)
+    model.load_state_dict({ours: state[theirs] for ours, theirs in keys.items()}, strict=True, assign=True)
     return model.eval()
 
 
@@ -255,7 +261,13 @@ def write_transformers_from(model: MusicGenLM, text_encoder: str | os.PathLike, 
     cfg = model.cfg
     melody = cfg.cond_mode == "prefix"
     t5 = from_pretrained(T5EncoderModel, str(text_encoder), what="text encoder", dtype=torch.float32)
-    enc = from_pretrained(EncodecModel, str(codec), what="codec", dtype=torch.float32)
+    from alm.tokenizers.codec import is_demo_codec, load_codec
+
+    enc = load_codec(codec)
+    if is_demo_codec(enc) or not isinstance(enc, EncodecModel):
+        raise UserError(f"codec {codec}: alm's demo codec, not an EnCodec; transformers' MusicGen decodes with "
+                        "EnCodec, so a transformers folder needs a model trained on EnCodec codes")
+    enc = enc.float()
     if cfg.cond_proj == (t5.config.hidden_size == cfg.dim):
         raise UserError(f"text encoder width {t5.config.hidden_size} vs LM width {cfg.dim}: transformers MusicGen has "
                         f"enc_to_dec_proj exactly when they differ, this LM has cond_proj={cfg.cond_proj}")
@@ -319,12 +331,10 @@ def text_encoder_of(export_dir: str | os.PathLike | None, cfg: Any) -> str:
 def write_transformers(model: MusicGenLM, cfg: Any, out: Path) -> None:
     """Stage.export_formats["transformers"]: `alm export RUN --out DIR --format transformers` (the
     run's T5 = model.text_encoder, its EnCodec = data.codec)."""
-    from alm.tokenizers.codec import CODEC_NAMES
-
     codec = cfg.data.codec
     if not codec:
         raise UserError("no codec recorded (data.codec): a transformers MusicGen folder needs its EnCodec")
-    write_transformers_from(model, text_encoder_of(None, cfg), CODEC_NAMES.get(codec, codec), out)
+    write_transformers_from(model, text_encoder_of(None, cfg), codec, out)
 
 
 # ------------------------------------------------------------------------------------------ cli

@@ -6,6 +6,8 @@ import torch
 from alm.models.codebook_patterns import make_pattern
 from alm.models.musicgen import MusicGenConfig, MusicGenLM, drop_condition, guided_logits
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 K, CARD = 4, 16
 
 
@@ -177,3 +179,12 @@ def test_lora_trains_only_adapters_and_merges_to_base_plus_delta():
         assert torch.allclose(merged(codes, cond, mask), lora(codes, cond, mask), atol=1e-5)
     with pytest.raises(ValueError, match="model.lora_targets"):
         MusicGenConfig(lora_rank=4, lora_targets="self_attn.q,mlp").validate()
+
+
+def test_unconditional_generation_needs_a_batch_size():
+    model = tiny()
+    valid = make_pattern("delay", K, 3).valid
+    with pytest.raises(ValueError, match="batch_size"):
+        model.generate(valid)
+    out = model.generate(valid, batch_size=2, temperature=0.0, cfg_scale=3.0)  # null vs null: guidance is a no-op
+    assert out.shape == (2, K, 3 + K) and torch.equal(out[0], out[1])

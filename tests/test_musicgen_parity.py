@@ -15,13 +15,17 @@ transformers = pytest.importorskip("transformers")
 from alm.convert_musicgen import lm_from_transformers  # noqa: E402
 from alm.models.codebook_patterns import make_pattern  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 K, CARD, T5_DIM, DIM = 4, 16, 24, 32
 PROMPTS = ["happy rock song with loud guitars and heavy drums", "calm piano", "jazz"]
 TOL = 1e-4
 
 
-def make_source(path, melody: bool = False):
+def make_source(path, melody: bool = False, card: int = CARD, positions: int = 64):
     """A tiny random transformers MusicGen (or MusicGen-Melody) + processor, save_pretrained into `path`."""
+    import math
+
     import sentencepiece as spm
     from transformers import (EncodecConfig, EncodecFeatureExtractor, MusicgenConfig, MusicgenDecoderConfig,
                               MusicgenForConditionalGeneration, MusicgenProcessor, T5Config, T5Tokenizer)
@@ -36,12 +40,13 @@ def make_source(path, melody: bool = False):
     t5 = T5Config(vocab_size=len(tokenizer), d_model=T5_DIM, d_kv=6, d_ff=48, num_layers=2, num_heads=4,
                   pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     codec = EncodecConfig(sampling_rate=16000, audio_channels=1, num_filters=4, upsampling_ratios=[8, 8, 5],
-                          codebook_size=CARD, codebook_dim=8, hidden_size=8, target_bandwidths=[0.8],
+                          codebook_size=card, codebook_dim=8, hidden_size=8,
+                          target_bandwidths=[K * 50 * math.log2(card) / 1000],  # K codebooks at 50 Hz
                           num_residual_layers=1, chunk_length_s=None)
     assert codec.num_quantizers == K
-    dec = dict(vocab_size=CARD, hidden_size=DIM, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
-               num_codebooks=K, pad_token_id=CARD, bos_token_id=CARD, decoder_start_token_id=CARD,
-               max_position_embeddings=64, dropout=0.1)
+    dec = dict(vocab_size=card, hidden_size=DIM, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+               num_codebooks=K, pad_token_id=card, bos_token_id=card, decoder_start_token_id=card,
+               max_position_embeddings=positions, dropout=0.1)
     torch.manual_seed(0)
     if melody:
         from transformers import MusicgenMelodyConfig, MusicgenMelodyDecoderConfig, MusicgenMelodyForConditionalGeneration
@@ -241,3 +246,89 @@ def test_melody_logits_and_greedy_guidance_equal_transformers(tmp_path):
     got = pat.revert(lm.generate(pat.valid, cond, inputs["attention_mask"], melody=chroma, cfg_scale=3.0,
                                  temperature=0.0))
     assert torch.equal(got, want)
+
+
+@pytest.mark.slow
+def test_lora_finetune_of_a_converted_export_trains_only_adapters(tmp_path):
+    """alm train init_from=<converted export> with model.lora_rank: the optimizer holds the adapters
+    only (T5 and codec are outside the LM, the base is frozen); the run's export keeps the converted
+    base weights bit for bit, and its --format transformers export is base + (alpha / r) B A."""
+    from safetensors.torch import load_file
+
+    from alm.convert_musicgen import convert, write_transformers_from
+    from alm.export import load_pretrained
+    from alm.models.musicgen import is_adapter
+    from helpers import REPO, alm
+
+    exp = convert(str(make_source(tmp_path, card=32, positions=128)), tmp_path / "exp")  # the demo codec's 32 codes
+    run = tmp_path / "run"
+    alm("train", str(REPO / "recipes" / "tiny" / "musicgen.yaml"), f"run_dir={run}", f"init_from={exp}",
+        f"model.text_encoder={exp / 'text_encoder'}", "model.text_max_len=256", "model.dim=32", "model.n_layer=2",
+        "model.n_head=4", "model.ffn_dim=64", "model.cond_dim=24", "model.max_seq_len=128", "model.dropout=0.0",
+        "model.lora_rank=2", "model.lora_alpha=4.0", "model.lora_targets=self_attn.q,cross_attn.v",
+        "trainer.max_steps=3", "trainer.ckpt_every_n_steps=3", "trainer.val_every_n_steps=0",
+        "trainer.progress_bar=false", "trainer.threads=1", "trainer.accelerator=cpu", "data.batch_size=4",
+        "data.segment_seconds=0.5", "data.num_workers=0", "data.shuffle_buffer=8", "wandb.enabled=false")
+    ckpt = torch.load(next(run.glob("checkpoints/step-*/checkpoint.ckpt")), map_location="cpu", weights_only=True)
+    state = ckpt["optimizer_states"][0]["state"]
+    assert len(state) == 2 * 2 * 2  # 2 layers x 2 sites x (A, B): nothing else is optimised
+    alm("export", str(run), "--out", str(tmp_path / "ft"))
+    # the run trained on the synthetic set's demo-codec codes, so `--format transformers` refuses it (no
+    # EnCodec); the merged transformers folder is written with the converted EnCodec instead
+    p = alm("export", str(run), "--out", str(tmp_path / "no"), "--format", "transformers", check=False)
+    assert p.returncode == 2 and "not an EnCodec" in p.stderr
+    write_transformers_from(load_pretrained(tmp_path / "ft"), exp / "text_encoder", exp / "codec", tmp_path / "ft-hf")
+    base, ft = load_file(exp / "model.safetensors"), load_file(tmp_path / "ft" / "model.safetensors")
+    assert set(ft) - set(base) == {k for k in ft if is_adapter(k)} and len(set(ft) - set(base)) == 8
+    for k, v in base.items():
+        assert torch.equal(ft[k], v), k  # the base did not move
+    merged = load_file(tmp_path / "ft-hf" / "model.safetensors")
+    moved = 0
+    for i in range(2):
+        for site, hf_site in (("self_attn.q", "self_attn.q_proj"), ("cross_attn.v", "encoder_attn.v_proj")):
+            a, b = ft[f"blocks.{i}.{site}.lora_a"], ft[f"blocks.{i}.{site}.lora_b"]
+            want = base[f"blocks.{i}.{site}.weight"] + 2.0 * b @ a  # alpha / r = 2
+            got = merged[f"decoder.model.decoder.layers.{i}.{hf_site}.weight"]
+            assert torch.allclose(got, want, atol=1e-6)
+            moved += int(b.abs().max() > 0)
+    assert moved == 4  # every adapter trained
+
+
+def test_melody_convert_and_transformers_round_trip(tmp_path):
+    from transformers import AutoTokenizer, MusicgenMelodyForConditionalGeneration
+
+    from alm.config import from_yaml_text
+    from alm.convert_musicgen import convert
+    from alm.export import load_pretrained, write_export
+
+    src = make_source(tmp_path, melody=True)
+    hf = MusicgenMelodyForConditionalGeneration.from_pretrained(src).eval()
+    exp = convert(str(src), tmp_path / "exp")
+    lm = load_pretrained(exp)
+    assert lm.cfg.cond_mode == "prefix" and (exp / "codec" / "preprocessor_config.json").is_file()
+    cfg = from_yaml_text((exp / "config.yaml").read_text(), "config.yaml")
+    back = MusicgenMelodyForConditionalGeneration.from_pretrained(write_export(lm, cfg, tmp_path / "hf",
+                                                                               fmt="transformers")).eval()
+    inputs = AutoTokenizer.from_pretrained(tmp_path / "hf")(PROMPTS, padding=True, return_tensors="pt")
+    chroma = torch.nn.functional.one_hot(torch.arange(21).remainder(12).view(3, 7), 12).float()
+    codes = step_codes(3, 10)
+    with torch.no_grad():
+        a, b = (m(**inputs, input_features=chroma, decoder_input_ids=codes.reshape(3 * K, 10)).logits for m in (hf, back))
+    assert (a - b).abs().max() < TOL
+
+
+@pytest.mark.slow
+def test_alm_convert_musicgen_of_an_uncached_hub_id_offline_is_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO, env
+
+    e = dict(env(), HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"))
+    p = subprocess.run([sys.executable, "-m", "alm", "convert", "musicgen", "facebook/musicgen-not-cached", "--out",
+                        str(tmp_path / "out")], cwd=REPO, env=e, capture_output=True, text=True, timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert "'facebook/musicgen-not-cached'" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
+    assert not os.path.exists(tmp_path / "out")

@@ -33,7 +33,16 @@ uniform over values that are all zero (the states are zeroed and the projections
 
 Generation keeps each block's self-attention keys/values in a preallocated cache and the
 cross-attention keys/values of the condition, computed once (MusicGenCache): each step costs one
-position per block instead of the whole prefix and the whole condition.
+position per block instead of the whole prefix and the whole condition. The cache holds
+2 x n_layer x rows x (prefix + steps) x dim values (rows = 2B with guidance): musicgen-large
+(48 x 2048), 30 s (1504 steps), 4 prompts with CFG in bf16 is 2 x 48 x 8 x 1504 x 2048 x 2 B = 4.7 GB.
+
+Fine-tuning with LoRA (model.lora_rank > 0): alm's own LoRALinear (not peft) on the sites named by
+model.lora_targets, every other weight frozen. Own layer because the base weights keep their
+names (`blocks.3.self_attn.q.weight`), so public weights, init_from and the key map load into an
+adapted model unchanged, and the model is built in one piece inside configure_model (ZeRO-3
+partitions it at construction) instead of being wrapped afterwards. merge_lora folds the adapters
+into plain weights (what `alm export --format transformers` writes).
 """
 
 from __future__ import annotations
@@ -163,7 +172,7 @@ class SinusoidalPositions:
 
     def __init__(self, dim: int):
         self.dim = dim
-        self.table = torch.zeros(0, dim)
+        self.table = torch.zeros(0, dim, device="cpu")  # never on the meta device
 
     def __call__(self, start: int, length: int, device: torch.device) -> torch.Tensor:
         if start + length > self.table.shape[0]:
@@ -407,7 +416,8 @@ class MusicGenLM(nn.Module):
         start column). prompt (B, K, S0): steps already known (an audio prompt in step layout,
         column 0 included); generation starts at step S0 (default 1). cfg_scale != 1: classifier-free
         guidance against the nulled condition, batched with the conditional rows (cfg_batched=False:
-        two forwards per step, for comparison). temperature 0 = greedy. use_cache=False recomputes
+        two forwards per step, for comparison); transformers guides only for scale > 1, audiocraft's
+        formula (used here) holds at every scale, and at scale 1 it is the conditional logits. temperature 0 = greedy. use_cache=False recomputes
         the whole prefix and the condition every step (for comparison). `on_step(s)` after each step.
         """
         check_sampling(temperature, top_k, top_p)
@@ -415,7 +425,10 @@ class MusicGenLM(nn.Module):
         K, S = valid.shape
         if K != cfg.codebooks:
             raise ValueError(f"valid must be ({cfg.codebooks}, S) (model.codebooks), got {tuple(valid.shape)}")
-        B = next(t.shape[0] for t in (cond, melody, prompt) if t is not None) if batch_size is None else batch_size
+        sized = [t.shape[0] for t in (cond, melody, prompt) if t is not None]
+        if batch_size is None and not sized:
+            raise ValueError("generate: give cond, melody, prompt or batch_size (how many to sample)")
+        B = sized[0] if batch_size is None else batch_size
         device = self.heads[0].weight.device
         valid = valid.to(device)
         seq = torch.full((B, K, S), cfg.special, dtype=torch.long, device=device)
