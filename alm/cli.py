@@ -180,7 +180,7 @@ def _stage_verb(verb: str):
     return run
 
 
-TOKENIZE_HELP = """usage: alm tokenize {semantic,codec,text,mulan} [-h] ...
+TOKENIZE_HELP = """usage: alm tokenize {semantic,codec,text,mulan,text-embeddings} [-h] ...
 
 Turn prepared audio shards (alm prep) into what the stages train on.
 
@@ -197,6 +197,9 @@ Turn prepared audio shards (alm prep) into what the stages train on.
   mulan     MusicLM's conditioning: a CLAP/MuLan export's audio embedding of each clip, residual-VQ
             quantised (12 levels x 1024 by default, fitted by k-means on the training clips). Writes
             OUT/<the audio shards' names>.tar with mulan.npy (levels,) per sample and OUT/mulan_tokenizer/.
+  text-embeddings  every caption through a frozen T5 encoder (--t5 hub id or folder), once: writes
+            OUT/<the shards' names>.tar with text_emb.npy (tokens, D) float16 + text_emb_lengths.npy per
+            sample, and OUT/text_embeddings.json; the musicgen stage joins them with the codes by key.
 
 Token shards keep the audio shards' file names, sample keys and json member, so the loader joins parallel
 sets by key: data.train_shards='SEMANTIC/train-*.tar + CODES/train-*.tar'. Samples a tokenizer could not
@@ -212,7 +215,7 @@ def _tokenize(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(TOKENIZE_HELP, end="")
         return 0
-    if not argv or argv[0] not in ("semantic", "codec", "text", "mulan"):
+    if not argv or argv[0] not in ("semantic", "codec", "text", "mulan", "text-embeddings"):
         what = f"unknown tokenizer {argv[0]!r}\n\n" if argv else ""
         print(what + TOKENIZE_HELP, end="", file=sys.stderr)
         return 2
@@ -223,6 +226,8 @@ def _tokenize(argv: list[str]) -> int:
         from alm.tokenizers.codec import main
     elif kind == "mulan":
         from alm.tokenizers.mulan import main
+    elif kind == "text-embeddings":
+        from alm.tokenizers.text_embeddings import main
     else:
         from alm.tokenizers.text import main
     return main(rest)

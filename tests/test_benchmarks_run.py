@@ -21,6 +21,8 @@ pytestmark = pytest.mark.slow
      "resume time ratio"),
     ("demo_quality.py", ["--clips", "8", "--val", "4", "--iters", "2"], "held-out SI-SNR (dB) per kind"),
     ("tokenize_memory.py", ["--minutes", "0.1", "0.5", "--batch-seconds", "3"], "peak RSS ratio"),
+    ("musicgen_sampling.py", ["--frames", "6", "--dim", "32", "--layers", "1", "--heads", "2", "--text-len", "4",
+                              "--repeats", "1"], "batched / two passes"),
 ])
 def test_benchmark_runs(script, args, expect):
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, env=env(),

@@ -44,12 +44,19 @@ def _clap() -> Stage:
     return STAGE
 
 
+def _musicgen() -> Stage:
+    from alm.stages.musicgen import STAGE
+
+    return STAGE
+
+
 STAGES: dict[str, Callable[[], Stage]] = {
     "semantic": _semantic,  # AudioLM stage 1: LM over semantic (k-means of SSL features) tokens
     "coarse": _coarse,  # AudioLM stage 2: semantic -> first Q' RVQ levels
     "fine": _fine,  # AudioLM stage 3: coarse -> remaining RVQ levels
     "soundstorm": _soundstorm,  # semantic -> all RVQ levels, parallel decoding
     "clap": _clap,  # contrastive audio-text two-tower encoders (global-batch InfoNCE)
+    "musicgen": _musicgen,  # MusicGen / AudioGen: text-conditioned LM over interleaved codec codebooks
 }
 STAGE_NAMES = tuple(STAGES)
 

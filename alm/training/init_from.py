@@ -56,7 +56,8 @@ def check_compatible(cfg: RunConfig, export_dir: Path) -> None:
         raise UserError(f"init_from={export_dir}: an export of stage {theirs.get('stage')!r}, this run trains {cfg.stage!r}")
     mine = OmegaConf.to_container(OmegaConf.structured(cfg.model))
     other = OmegaConf.to_container(theirs.get("model", {}))
-    shape_keys = [k for k in mine if k not in ("dropout",)]  # dropout may change when fine-tuning
+    # dropout may change when fine-tuning, and adapters (lora_*) may be added to an export's weights
+    shape_keys = [k for k in mine if k not in ("dropout",) and not k.startswith("lora_")]
     changed = [f"model.{k} {other.get(k)!r} -> {mine[k]!r}" for k in shape_keys if other.get(k) != mine[k]]
     if changed:
         raise UserError(f"init_from={export_dir}: architecture differs from this recipe: {'; '.join(changed)}")
@@ -102,8 +103,9 @@ def load_weights(model: torch.nn.Module, folder: Path, gathered: Callable[[list]
                  rank: int | None = None, key_map: Callable[[str], str | None] | None = None,
                  what: str = "weights") -> int:
     """Copy the safetensors tensors of `folder` into `model`, one parameter at a time -> tensors
-    loaded. Every parameter must receive a value (tied names count once); an unknown or
-    mis-shaped tensor is an error naming it."""
+    loaded. Every parameter must receive a value (tied names count once) except LoRA adapters the
+    folder lacks (fine-tuning a plain export with adapters); an unknown or mis-shaped tensor is an
+    error naming it."""
     if rank is None:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     targets = dict(model.named_parameters(remove_duplicate=False))
@@ -130,7 +132,8 @@ def load_weights(model: torch.nn.Module, folder: Path, gathered: Callable[[list]
                     target.copy_(tensor.to(target.dtype))
         n += 1
     params = dict(model.named_parameters(remove_duplicate=False))
-    missing = [k for k, p in params.items() if id(p) not in loaded]
+    # LoRA adapters (`...lora_a` / `...lora_b`) absent from the weights keep their initialisation
+    missing = [k for k, p in params.items() if id(p) not in loaded and k.rsplit(".", 1)[-1] not in ("lora_a", "lora_b")]
     if missing:
         raise UserError(f"{what}: no weights for {', '.join(missing[:5])}"
                         + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
