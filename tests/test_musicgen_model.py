@@ -188,3 +188,27 @@ def test_unconditional_generation_needs_a_batch_size():
         model.generate(valid)
     out = model.generate(valid, batch_size=2, temperature=0.0, cfg_scale=3.0)  # null vs null: guidance is a no-op
     assert out.shape == (2, K, 3 + K) and torch.equal(out[0], out[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [0, 2])
+def test_two_ranks_ddp_and_zero3_train_the_same_losses(tmp_path, lora):
+    """`alm train` of the tiny musicgen recipe on 2 gloo ranks: DDP and DeepSpeed ZeRO-3 (parameters
+    partitioned from construction) log the same per-step losses, with LoRA (a frozen, partitioned
+    base) too."""
+    import math
+
+    from helpers import REPO, alm, losses
+
+    common = [f"model.lora_rank={lora}", "model.dim=32", "model.n_layer=2", "model.n_head=2", "model.ffn_dim=64",
+              "trainer.devices=2", "trainer.max_steps=3", "trainer.ckpt_every_n_steps=3", "trainer.val_every_n_steps=0",
+              "trainer.progress_bar=false", "trainer.threads=1", "trainer.accelerator=cpu", "data.batch_size=4",
+              "data.segment_seconds=0.5", "data.num_workers=0", "data.shuffle_buffer=8", "wandb.enabled=false"]
+    recipe = str(REPO / "recipes" / "tiny" / "musicgen.yaml")
+    alm("train", recipe, f"run_dir={tmp_path / 'ddp'}", *common, "trainer.strategy=ddp")
+    alm("train", recipe, f"run_dir={tmp_path / 'z3'}", *common, "trainer.strategy=deepspeed", "trainer.zero_stage=3")
+    ddp, z3 = losses(tmp_path / "ddp"), losses(tmp_path / "z3")
+    assert sorted(ddp) == sorted(z3) == [0, 1, 2]
+    for step in ddp:
+        assert math.isclose(ddp[step], z3[step], rel_tol=1e-5), (step, ddp, z3)
+    assert ddp[2] < ddp[0]
