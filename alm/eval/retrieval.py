@@ -54,7 +54,8 @@ def correct_ranks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
     return np.arange(1, len(good) + 1) + ahead
 
 
-def _direction(sim: np.ndarray, correct: list[np.ndarray]) -> dict[str, float]:
+def _per_query(sim: np.ndarray, correct: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """sim: (n_query, n_item) -> (best rank (n_query,) int64, AP@10 (n_query,) float64) of each query."""
     best = np.empty(len(correct), np.int64)
     ap = np.empty(len(correct), np.float64)
     for q, items in enumerate(correct):
@@ -62,11 +63,19 @@ def _direction(sim: np.ndarray, correct: list[np.ndarray]) -> dict[str, float]:
         best[q] = ranks[0]
         top = ranks <= 10
         ap[q] = float((np.arange(1, len(ranks) + 1)[top] / ranks[top]).sum() / len(ranks))
+    return best, ap
+
+
+def _summary(best: np.ndarray, ap: np.ndarray) -> dict[str, float]:
     out = {f"R@{k}": float(np.mean(best <= k)) for k in KS}
     out["mAP@10"] = float(ap.mean())
     out["median_rank"] = float(np.floor(np.median(best)))
     out["mean_rank"] = float(best.mean())
     return out
+
+
+def _direction(sim: np.ndarray, correct: list[np.ndarray]) -> dict[str, float]:
+    return _summary(*_per_query(sim, correct))
 
 
 def _groups(pairs: Iterable[tuple[int, int]], n_text: int, n_audio: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -92,6 +101,22 @@ def retrieval_metrics(sim: np.ndarray, pairs: Iterable[tuple[int, int]]) -> dict
         raise ValueError(f"similarity matrix must be (n_text, n_audio), got shape {sim.shape}")
     by_text, by_audio = _groups(pairs, *sim.shape)
     return {"text_to_audio": _direction(sim, by_text), "audio_to_text": _direction(sim.T, by_audio)}
+
+
+def embedding_retrieval(text: np.ndarray, audio: np.ndarray, pairs: Iterable[tuple[int, int]],
+                        block: int = 1024) -> dict[str, dict[str, float]]:
+    """retrieval_metrics(text @ audio.T, pairs) for unit-norm embeddings text (n_text, D) and audio
+    (n_audio, D), computed `block` queries at a time: memory O(block x max(n_text, n_audio)), never
+    the whole similarity matrix. Equal to the whole-matrix result up to the float32 rounding of the products."""
+    text, audio = np.asarray(text, np.float32), np.asarray(audio, np.float32)
+    if text.ndim != 2 or audio.ndim != 2 or text.shape[1] != audio.shape[1]:
+        raise ValueError(f"embeddings must be (n, D) with one D: text {text.shape}, audio {audio.shape}")
+    by_text, by_audio = _groups(pairs, len(text), len(audio))
+    out = {}
+    for name, queries, items, correct in (("text_to_audio", text, audio, by_text), ("audio_to_text", audio, text, by_audio)):
+        parts = [_per_query(queries[i : i + block] @ items.T, correct[i : i + block]) for i in range(0, len(queries), block)]
+        out[name] = _summary(np.concatenate([b for b, _ in parts]), np.concatenate([a for _, a in parts]))
+    return out
 
 
 def zeroshot_accuracy(scores: np.ndarray, labels: Iterable[int]) -> dict[str, float]:

@@ -107,6 +107,13 @@ class StageModule(L.LightningModule):
             loss = self.spec.loss(self.model, batch)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=1)
 
+    def on_validation_epoch_end(self) -> None:
+        """The stage's whole-validation metrics (Stage.val_epoch_end), equal on every rank: no sync."""
+        if self.spec.val_epoch_end is None:
+            return
+        for name, value in self.spec.val_epoch_end(self.model, self.cfg).items():
+            self.log(f"val/{name}", float(value), on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
+
     def sample_codes(self, batch: dict[str, Any], i: int):
         """(generated, reference) codes of example i, for audio samples at validation."""
         return self.spec.sample_codes(self.model, batch, i, self.cfg.seed + self.global_step)

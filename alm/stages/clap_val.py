@@ -1,0 +1,162 @@
+"""CLAP validation over the WHOLE held-out set, gathered across ranks (Stage.val_epoch_end of stage clap).
+
+At every validation, after the in-batch val/loss batches, every rank embeds its share of the clips
+of data.val_shards (global positions rank, rank + W, ...; alm/eval/heldout.py) and all of their
+captions, the embeddings of all ranks are all-gathered (sizes may differ) and put back in the
+clips' global order, and every rank computes the same retrieval metrics (alm/eval/retrieval.py, as
+LAION CLAP computes them: every caption is a text->audio query; audio->text by the best-ranked
+caption, mAP@10 over all of the clip's captions). Logged as val/text_to_audio/R@1, R@5, R@10,
+mAP@10, median_rank, mean_rank, the same under val/audio_to_text/, and val/heldout_clips,
+val/heldout_captions (counts). A clip without captions is left out and counted in
+val/heldout_no_caption.
+
+Audio: the first model.max_seconds of each clip (no random crop), as `embed_pairs` does.
+ZeRO-3: every rank runs the same sequence of forwards (all audio batches, then all text batches;
+a rank with fewer batches runs dummy ones whose output is dropped), as partitioned parameters are
+gathered collectively by each forward. Memory: one rank holds its share of audio one batch at a
+time, the token ids of its captions, and after the gather all embeddings ((n_clips + n_captions) x
+embed_dim floats); the metrics are computed 1024 queries at a time (never the whole matrix).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from alm.stages.contrastive_loss import world
+
+log = logging.getLogger(__name__)
+
+
+def gather_varsize(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of x (n_r, ...) concatenated in rank order, n_r may differ (no gradient)."""
+    _, size = world()
+    if size == 1:
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(size)]
+    dist.all_gather(sizes, n)
+    sizes = [int(s) for s in sizes]
+    padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def _most(n: int, device: torch.device) -> int:
+    """The largest n over ranks."""
+    if world()[1] == 1:
+        return n
+    t = torch.tensor([n], device=device, dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _embed_audio(model, cfg, urls: list[str], rank: int, size: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, list, int]:
+    """-> (this rank's audio embeddings (n_r, D), their global positions (n_r,), [(position, token ids)]
+    of their captions, clips without captions)."""
+    from alm.data.audio import load_mono
+    from alm.eval.heldout import clips
+    from alm.stages.clap import crop, pad_audio, text_ids
+    from alm.tokenizers.text import load_text_tokenizer
+
+    m, device, batch = cfg.model, _device(model), max(1, cfg.data.batch_size)
+    tok = load_text_tokenizer(cfg.data.tokenizer)
+    embs, positions, captions, pending, forwards, no_caption = [], [], [], [], 0, 0
+
+    def flush():
+        audio, lengths = pad_audio(pending)
+        embs.append(model.encode_audio(audio.to(device), lengths.to(device)).float())
+        pending.clear()
+
+    for clip in clips(urls, rank, size):
+        if not clip.texts:
+            no_caption += 1
+            continue
+        audio, _ = load_mono(clip.audio, m.sample_rate)
+        if audio.size == 0:
+            raise ValueError(f"{clip.url}: sample {clip.key!r} has no audio frames")
+        pending.append(crop(audio.astype(np.float32), m.max_samples, None))
+        positions.append(clip.index)
+        captions += [(clip.index, text_ids(tok, t, m.text_max_len)) for t in clip.texts]
+        if len(pending) == batch:
+            flush()
+            forwards += 1
+    if pending:
+        flush()
+        forwards += 1
+    for _ in range(_most(forwards, device) - forwards):  # ZeRO-3: the same forwards on every rank
+        model.encode_audio(torch.zeros(1, m.hop_length, device=device))
+    emb = torch.cat(embs) if embs else torch.zeros(0, dim, device=device)
+    return emb, torch.tensor(positions, dtype=torch.long, device=device), captions, no_caption
+
+
+def _embed_texts(model, cfg, captions: list, device, dim: int) -> torch.Tensor:
+    from alm.stages.clap import pad_text
+
+    batch = max(1, cfg.data.batch_size)
+    chunks = [captions[i : i + batch] for i in range(0, len(captions), batch)]
+    embs = []
+    for chunk in chunks:
+        ids, mask = pad_text([t for _, t in chunk])
+        embs.append(model.encode_text(ids.to(device), mask.to(device)).float())
+    for _ in range(_most(len(chunks), device) - len(chunks)):  # ZeRO-3: the same forwards on every rank
+        model.encode_text(torch.ones(1, 2, dtype=torch.long, device=device))
+    return torch.cat(embs) if embs else torch.zeros(0, dim, device=device)
+
+
+def heldout_embeddings(model, cfg, urls: list[str]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], int]:
+    """Every clip of `urls` with captions and every caption, embedded on the ranks' shares and
+    gathered -> (audio (n_clips, D), text (n_captions, D), pairs [(text row, clip row)], clips without
+    captions), in the clips' global order; the same on every rank."""
+    rank, size = world()
+    device = _device(model)
+    with torch.no_grad():
+        # the shared space's width, from one dummy text forward on every rank (ZeRO-3: same forwards)
+        dim = model.encode_text(torch.ones(1, 2, dtype=torch.long, device=device)).shape[1]
+        audio, positions, captions, no_caption = _embed_audio(model, cfg, urls, rank, size, dim)
+        text = _embed_texts(model, cfg, captions, device, dim)
+    text_pos = torch.tensor([p for p, _ in captions], dtype=torch.long, device=device)
+    audio, positions = gather_varsize(audio), gather_varsize(positions)
+    text, text_pos = gather_varsize(text), gather_varsize(text_pos)
+    no_caption = sum_over_ranks(no_caption, device)
+    order = torch.argsort(positions)
+    t_order = torch.argsort(text_pos, stable=True)  # a clip's captions come from one rank, in its order
+    audio, positions = audio[order].cpu().numpy(), positions[order].cpu().numpy()
+    text, text_pos = text[t_order].cpu().numpy(), text_pos[t_order].cpu().numpy()
+    pairs = list(zip(range(len(text)), np.searchsorted(positions, text_pos).tolist()))
+    return audio, text, pairs, no_caption
+
+
+def sum_over_ranks(n: int, device) -> int:
+    if world()[1] == 1:
+        return n
+    t = torch.tensor([n], device=device, dtype=torch.long)
+    dist.all_reduce(t)
+    return int(t)
+
+
+def val_epoch_end(model, cfg) -> dict[str, float]:
+    """Stage.val_epoch_end of clap: retrieval metrics of the whole data.val_shards (module docstring)."""
+    from alm.eval.heldout import heldout_shards
+    from alm.eval.retrieval import embedding_retrieval
+    from alm.eval.results import flat_metrics
+
+    urls = heldout_shards(cfg.data.val_shards)
+    audio, text, pairs, no_caption = heldout_embeddings(model, cfg, urls)
+    if no_caption:
+        log.warning("validation: %d held-out clip(s) of %s have no captions: left out of the retrieval metrics",
+                    no_caption, cfg.data.val_shards)
+    out = {"heldout_clips": float(len(audio)), "heldout_captions": float(len(text)), "heldout_no_caption": float(no_caption)}
+    if len(audio) == 0:
+        log.warning("validation: no held-out clip of %s has a caption: no retrieval metrics", cfg.data.val_shards)
+        return out
+    return {**flat_metrics(embedding_retrieval(text, audio, pairs)), **out}
