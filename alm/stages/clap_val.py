@@ -11,9 +11,9 @@ val/heldout_captions (counts). A clip without captions is left out and counted i
 val/heldout_no_caption.
 
 Audio: the first model.max_seconds of each clip (no random crop), as `embed_pairs` does.
-ZeRO-3: every rank runs the same sequence of forwards (all audio batches, then all text batches;
-a rank with fewer batches runs dummy ones whose output is dropped), as partitioned parameters are
-gathered collectively by each forward. Memory: one rank holds its share of audio one batch at a
+ZeRO-3: every rank runs the same sequence of forwards in lockstep (all audio batches, then all
+text batches; a rank out of batches runs dummy ones whose output is dropped, `lockstep`), as
+partitioned parameters are gathered collectively by each forward. Memory: one rank holds its share of audio one batch at a
 time, the token ids of its captions, and after the gather all embeddings ((n_clips + n_captions) x
 embed_dim floats); the metrics are computed 1024 queries at a time (never the whole matrix).
 """
@@ -47,69 +47,94 @@ def gather_varsize(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
 
-def _most(n: int, device: torch.device) -> int:
-    """The largest n over ranks."""
+def _any_rank(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is true on any rank (one tiny all-reduce)."""
     if world()[1] == 1:
-        return n
-    t = torch.tensor([n], device=device, dtype=torch.long)
+        return flag
+    t = torch.tensor([int(flag)], device=device, dtype=torch.long)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t)
+    return bool(t)
+
+
+def lockstep(batches, forward, dummy, device: torch.device) -> None:
+    """forward(batch) for each of this rank's batches, in lockstep with the other ranks: while any rank
+    still has a batch, every rank runs one forward (its next batch, or dummy() when it has none left).
+    ZeRO-3 gathers partitioned parameters collectively inside each forward, so every rank must run
+    the same sequence of forwards, and no rank may reach another collective while one still runs."""
+    it = iter(batches)
+    while True:
+        batch = next(it, None)
+        if not _any_rank(batch is not None, device):
+            return
+        if batch is None:
+            dummy()
+        else:
+            forward(batch)
 
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _embed_audio(model, cfg, urls: list[str], rank: int, size: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, list, int]:
-    """-> (this rank's audio embeddings (n_r, D), their global positions (n_r,), [(position, token ids)]
-    of their captions, clips without captions)."""
+def _audio_batches(cfg, urls: list[str], rank: int, size: int, stats: dict):
+    """This rank's clips with captions, decoded one batch at a time -> lists of (position, audio);
+    their captions' (position, token ids) go to stats["captions"], clips without captions are counted."""
     from alm.data.audio import load_mono
     from alm.eval.heldout import clips
-    from alm.stages.clap import crop, pad_audio, text_ids
+    from alm.stages.clap import crop, text_ids
     from alm.tokenizers.text import load_text_tokenizer
 
-    m, device, batch = cfg.model, _device(model), max(1, cfg.data.batch_size)
+    m, batch = cfg.model, max(1, cfg.data.batch_size)
     tok = load_text_tokenizer(cfg.data.tokenizer)
-    embs, positions, captions, pending, forwards, no_caption = [], [], [], [], 0, 0
-
-    def flush():
-        audio, lengths = pad_audio(pending)
-        embs.append(model.encode_audio(audio.to(device), lengths.to(device)).float())
-        pending.clear()
-
+    pending = []
     for clip in clips(urls, rank, size):
         if not clip.texts:
-            no_caption += 1
+            stats["no_caption"] += 1
             continue
         audio, _ = load_mono(clip.audio, m.sample_rate)
         if audio.size == 0:
             raise ValueError(f"{clip.url}: sample {clip.key!r} has no audio frames")
-        pending.append(crop(audio.astype(np.float32), m.max_samples, None))
-        positions.append(clip.index)
-        captions += [(clip.index, text_ids(tok, t, m.text_max_len)) for t in clip.texts]
+        pending.append((clip.index, crop(audio.astype(np.float32), m.max_samples, None)))
+        stats["captions"] += [(clip.index, text_ids(tok, t, m.text_max_len)) for t in clip.texts]
         if len(pending) == batch:
-            flush()
-            forwards += 1
+            yield pending
+            pending = []
     if pending:
-        flush()
-        forwards += 1
-    for _ in range(_most(forwards, device) - forwards):  # ZeRO-3: the same forwards on every rank
-        model.encode_audio(torch.zeros(1, m.hop_length, device=device))
+        yield pending
+
+
+def _embed_audio(model, cfg, urls: list[str], rank: int, size: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, list, int]:
+    """-> (this rank's audio embeddings (n_r, D), their global positions (n_r,), [(position, token ids)]
+    of their captions, clips without captions)."""
+    from alm.stages.clap import pad_audio
+
+    device = _device(model)
+    stats = {"captions": [], "no_caption": 0}
+    embs, positions = [], []
+
+    def forward(batch):
+        audio, lengths = pad_audio([a for _, a in batch])
+        embs.append(model.encode_audio(audio.to(device), lengths.to(device)).float())
+        positions.extend(p for p, _ in batch)
+
+    lockstep(_audio_batches(cfg, urls, rank, size, stats), forward,
+             lambda: model.encode_audio(torch.zeros(1, cfg.model.hop_length, device=device)), device)
     emb = torch.cat(embs) if embs else torch.zeros(0, dim, device=device)
-    return emb, torch.tensor(positions, dtype=torch.long, device=device), captions, no_caption
+    return emb, torch.tensor(positions, dtype=torch.long, device=device), stats["captions"], stats["no_caption"]
 
 
 def _embed_texts(model, cfg, captions: list, device, dim: int) -> torch.Tensor:
     from alm.stages.clap import pad_text
 
     batch = max(1, cfg.data.batch_size)
-    chunks = [captions[i : i + batch] for i in range(0, len(captions), batch)]
     embs = []
-    for chunk in chunks:
+
+    def forward(chunk):
         ids, mask = pad_text([t for _, t in chunk])
         embs.append(model.encode_text(ids.to(device), mask.to(device)).float())
-    for _ in range(_most(len(chunks), device) - len(chunks)):  # ZeRO-3: the same forwards on every rank
-        model.encode_text(torch.ones(1, 2, dtype=torch.long, device=device))
+
+    lockstep((captions[i : i + batch] for i in range(0, len(captions), batch)), forward,
+             lambda: model.encode_text(torch.ones(1, 2, dtype=torch.long, device=device)), device)
     return torch.cat(embs) if embs else torch.zeros(0, dim, device=device)
 
 

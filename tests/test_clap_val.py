@@ -1,0 +1,159 @@
+"""CLAP validation over the whole held-out set (alm/stages/clap_val.py, alm/eval/heldout.py): every clip
+and caption, each rank its share, gathered; 2 gloo ranks (ZeRO-3) log the metrics of 1 rank."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+VARIANTS = ("", " loudly", " in the distance", " twice", " at night")
+
+
+def write_captioned(out: Path, n_clips: int = 23, per_shard: int = 5, seconds: float = 0.6) -> list[int]:
+    """Synthetic clips as prep shards `val-*.tar`, clip i with 1 + i % 5 captions (the clip's own
+    caption and variants of it) -> the caption counts."""
+    from alm.data.audio import encode_flac
+    from alm.data.shards import ShardWriter, json_bytes, key_from_id
+    from alm.data.synthetic import make_clip
+
+    counts = []
+    with ShardWriter(out, "val", max_count=per_shard) as w:
+        for i in range(n_clips):
+            audio, caption, _ = make_clip(7, i, 16000, seconds)
+            caps = [caption + v for v in VARIANTS[: 1 + i % 5]]
+            counts.append(len(caps))
+            sid = f"clip-{i:03d}"
+            w.write({"__key__": key_from_id(sid), "flac": encode_flac(audio, 16000),
+                     "json": json_bytes({"id": sid, "captions": caps})})
+    return counts
+
+
+def test_rank_shares_cover_every_clip_once_and_read_only_their_bytes(tmp_path):
+    from alm.data.index import Reads
+    from alm.eval.heldout import clips, heldout_shards
+
+    write_captioned(tmp_path, n_clips=11, per_shard=4)
+    urls = heldout_shards(str(tmp_path))  # a directory: its validation split
+    assert [Path(u).name for u in urls] == ["val-000000.tar", "val-000001.tar", "val-000002.tar"]
+    whole = [(c.index, c.key, len(c.texts)) for c in clips(urls)]
+    assert [i for i, _, _ in whole] == list(range(11))
+    shares, read = [], []
+    for rank in range(3):
+        before = Reads.bytes
+        shares.append([(c.index, c.key, len(c.texts)) for c in clips(urls, rank, 3)])
+        read.append(Reads.bytes - before)
+        assert all(i % 3 == rank for i, _, _ in shares[-1])
+    assert sorted(sum(shares, [])) == whole
+    total = sum(read)
+    assert all(0.2 < r / total < 0.45 for r in read), read  # each rank reads about its third, not everything
+
+
+def test_a_sample_without_audio_is_an_error_naming_it(tmp_path):
+    from alm.data.shards import ShardWriter, json_bytes
+    from alm.errors import UserError
+    from alm.eval.heldout import clips
+
+    with ShardWriter(tmp_path, "val") as w:
+        w.write({"__key__": "x1", "json": json_bytes({"captions": ["a"]})})
+    with pytest.raises(UserError, match="sample 'x1' has no audio member"):
+        list(clips([str(tmp_path / "val-000000.tar")]))
+
+
+def test_chunked_metrics_equal_the_whole_matrix():
+    from alm.eval.retrieval import embedding_retrieval, retrieval_metrics
+
+    rng = np.random.default_rng(3)
+    audio = rng.normal(size=(37, 16)).astype(np.float32)
+    audio /= np.linalg.norm(audio, axis=1, keepdims=True)
+    pairs = [(t, t % 37) for t in range(37 * 3)]  # 3 captions per clip
+    text = audio[[a for _, a in pairs]] + 0.6 * rng.normal(size=(len(pairs), 16)).astype(np.float32)
+    text /= np.linalg.norm(text, axis=1, keepdims=True)
+    whole = retrieval_metrics(text @ audio.T, pairs)
+    for block in (1, 7, 1024):
+        assert embedding_retrieval(text, audio, pairs, block=block) == whole
+    assert 0.1 < whole["text_to_audio"]["R@1"] < 0.9
+
+
+def tiny_cfg(tokenizer: str):
+    from alm.models.clap import ClapConfig
+
+    model = ClapConfig(sample_rate=16000, n_fft=256, hop_length=160, n_mels=16, patch_frames=4, max_seconds=0.5,
+                       audio_layers=1, audio_heads=2, audio_dim=32, text_vocab_size=64, text_max_len=24,
+                       text_layers=1, text_heads=2, text_dim=32, embed_dim=16)
+    return SimpleNamespace(model=model, data=SimpleNamespace(tokenizer=tokenizer, batch_size=4))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from alm.tokenizers.text import train_text_tokenizer
+
+    root = tmp_path_factory.mktemp("captions")
+    write_captioned(root / "shards", n_clips=40)
+    train_text_tokenizer(str(root / "shards" / "val-*.tar"), root / "spm", 64)
+    return str(root / "spm")
+
+
+def test_one_rank_embeddings_are_every_clip_and_caption(tmp_path, tokenizer):
+    """heldout_embeddings on one process == embed_pairs (the export-side path): the same rows, the
+    same pairs, every caption of every clip."""
+    from alm.eval.heldout import heldout_shards
+    from alm.models.clap import Clap
+    from alm.stages.clap import embed_pairs
+    from alm.stages.clap_val import heldout_embeddings, val_epoch_end
+
+    counts = write_captioned(tmp_path, n_clips=13)
+    cfg = tiny_cfg(tokenizer)
+    torch.manual_seed(0)
+    model = Clap(cfg.model).eval()
+    audio, text, pairs, no_caption = heldout_embeddings(model, cfg, heldout_shards(str(tmp_path)))
+    ref_audio, ref_text, ref_pairs = embed_pairs(model, str(tmp_path / "val-*.tar"), tokenizer, batch_size=5)
+    assert audio.shape == (13, 16) and text.shape == (sum(counts), 16) and no_caption == 0
+    assert pairs == ref_pairs
+    assert np.allclose(audio, ref_audio, atol=1e-5) and np.allclose(text, ref_text, atol=1e-5)
+    cfg.data.val_shards = str(tmp_path)
+    m = val_epoch_end(model, cfg)
+    assert m["heldout_clips"] == 13 and m["heldout_captions"] == sum(counts)
+    assert {"text_to_audio/R@1", "text_to_audio/mAP@10", "audio_to_text/R@10", "audio_to_text/mAP@10"} <= set(m)
+
+
+@pytest.mark.slow
+def test_two_ranks_zero3_log_the_metrics_of_one_rank(tmp_path):
+    """`alm train` of the tiny recipe with validation on 23 clips of 1-5 captions (unequal shares and
+    batch counts per rank): 1 DDP rank and 2 DeepSpeed ZeRO-3 ranks log the same val/ retrieval
+    metrics over all 23 clips and 66 captions. lr 0: both runs validate the same initial weights."""
+    from helpers import alm
+
+    from alm.training.loggers import read_metrics
+
+    val = tmp_path / "val"
+    counts = write_captioned(val)
+    common = ["trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.threads=1", "trainer.max_steps=1",
+              "trainer.val_every_n_steps=1", "trainer.val_batches=1", "model.audio_layers=1", "model.text_layers=1",
+              "model.max_seconds=0.5", "data.batch_size=4", "data.shuffle_buffer=16", "optim.lr=0",
+              "wandb.enabled=false", f"data.val_shards={val}"]
+    recipe = str(REPO / "recipes" / "tiny" / "clap.yaml")
+    alm("train", recipe, f"run_dir={tmp_path / 'one'}", *common)
+    alm("train", recipe, f"run_dir={tmp_path / 'two'}", *common, "trainer.devices=2", "trainer.strategy=deepspeed",
+        "trainer.zero_stage=3")
+
+    def val_metrics(run):
+        rows = [m for m in read_metrics(run).values() if "val/heldout_clips" in m]
+        assert len(rows) == 1, rows
+        return {k: v for k, v in rows[0].items() if k.startswith("val/") and k != "val/loss"}
+
+    one, two = val_metrics(tmp_path / "one"), val_metrics(tmp_path / "two")
+    assert one["val/heldout_clips"] == 23 and one["val/heldout_captions"] == sum(counts) == 66
+    assert len(one) == 15 and one == two, (one, two)
+    assert 0 < one["val/text_to_audio/mean_rank"] <= 23
+    json.dumps(one)  # plain numbers
