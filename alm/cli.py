@@ -9,7 +9,7 @@
     alm prep DATASET --src DIR --out DIR       dataset on disk -> WebDataset shards (alm prep synthetic --out DIR: no download)
     alm launch {slurm,local} RECIPE|PIPELINE   submit to SLURM (multi-node, preemption, pipelines) or run locally
     alm runs [DIR ...]                         list run dirs: state, last step, last checkpoint, W&B id
-    alm eval {text,audio,retrieval} ...        score outputs as the papers' libraries do (WER, BLEU, CIDEr-D, FAD, KLD, R@k)
+    alm eval {text,audio,retrieval,run} ...    score outputs as the papers' libraries do (WER, BLEU, CIDEr-D, FAD, KLD, R@k)
 
 `alm COMMAND --help` shows each command's options.
 """
@@ -244,12 +244,6 @@ def _runs(argv: list[str]) -> int:
     from alm.launch.cli import runs_main
 
     return runs_main(argv)
-
-
-def _eval(argv: list[str]) -> int:
-    from alm.eval.cli import main as eval_main
-
-    return eval_main(argv)
 
 
 COMMANDS = {

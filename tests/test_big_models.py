@@ -90,7 +90,6 @@ def _unequal_val_set(out):
     lengths (0.40 to 0.82 s), so ranks' first validation examples differ in length."""
     import glob
 
-    import numpy as np
     import webdataset as wds
 
     from alm.config import load_recipe

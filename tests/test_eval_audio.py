@@ -446,3 +446,19 @@ def test_a_torchscript_embedder_file(audio_dirs, tmp_path):
     r = json.loads(out.read_text())
     assert r["metrics"]["fad"] > 0 and r["config"]["embedder"] == f"panns:{path}"
     assert r["config"]["generated_frames"] == 3 * (3200 // 400)  # 0.8 s at 4 kHz, one window
+
+
+def test_captions_file_errors_name_the_file_and_line(tmp_path):
+    from alm.eval.audio import read_captions
+
+    f = tmp_path / "captions.jsonl"
+    f.write_text('{"id": "a", "text": "rain"}\n\n{"id": 7, "text": "wind"}\n')
+    assert read_captions(str(f)) == {"a": "rain", "7": "wind"}
+    f.write_text('{"id": "a", "text": "rain"}\n{"id": "b"}\n')
+    with pytest.raises(UserError, match=r'captions.jsonl:2: a caption needs a "text" string \(id \'b\'\)'):
+        read_captions(str(f))
+    f.write_text('{"id": "a", "text": "rain"}\n{"id": "a", "text": "again"}\n')
+    with pytest.raises(UserError, match="duplicate ids 'a'"):
+        read_captions(str(f))
+    with pytest.raises(UserError, match="--captions .*missing.jsonl: no such file"):
+        read_captions(str(tmp_path / "missing.jsonl"))

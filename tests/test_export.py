@@ -140,3 +140,33 @@ def test_parse_size():
     for bad in ("", "5XB", "-1GB", "0"):
         with pytest.raises(UserError, match="max-shard-size"):
             parse_size(bad)
+
+
+def test_stage_export_hooks_extra_files_and_other_formats(tmp_path, monkeypatch):
+    """Stage.export_files adds files to every export (entries merged into export.json);
+    Stage.export_formats serves `alm export --format NAME`; an unknown format names the known ones."""
+    import dataclasses
+
+    import alm.export as export_mod
+    from alm.stages import get_stage
+
+    def extra(model, cfg, folder):
+        (folder / "transformers").mkdir()
+        (folder / "transformers" / "config.json").write_text("{}")
+        return {"transformers": "transformers"}
+
+    def other(model, cfg, folder):
+        torch.save(model.state_dict(), folder / "other.pt")
+
+    stage = dataclasses.replace(get_stage("semantic"), export_files=extra, export_formats={"other": other})
+    monkeypatch.setattr(export_mod, "get_stage", lambda name: stage)
+    run, _ = fake_run(tmp_path)
+    out = export(run, tmp_path / "export")
+    assert (out / "transformers" / "config.json").is_file() and (out / WEIGHTS).is_file()
+    assert json.loads((out / "export.json").read_text())["transformers"] == "transformers"
+    other_out = export(run, tmp_path / "other", fmt="other")
+    assert (other_out / "other.pt").is_file() and not (other_out / WEIGHTS).exists()
+    assert json.loads((other_out / "export.json").read_text())["format"] == "other"
+    with pytest.raises(UserError, match=r"--format 'nope': stage semantic exports as alm, other"):
+        export(run, tmp_path / "nope", fmt="nope")
+    assert not (tmp_path / "nope").exists()

@@ -109,3 +109,36 @@ def test_activation_checkpointing_gives_the_same_gradients():
     for (n, a), (_, b) in zip(model.named_parameters(), model2.named_parameters()):
         assert torch.equal(a.grad, b.grad), n
     assert [n for n, _ in model.named_parameters()] == [n for n, _ in model2.named_parameters()]
+
+
+def test_load_pretrained_runs_at_a_fresh_start_but_not_under_init_from(tmp_path, monkeypatch):
+    """Stage.load_pretrained fills public weights into the freshly built model (before optimizer and
+    freezing); init_from (an alm export) takes precedence, and a resume never reloads them."""
+    import dataclasses
+
+    from alm.training.module import StageModule
+
+    calls = []
+
+    def pretrained(model, cfg, gathered):
+        calls.append(cfg.stage)
+        with gathered(list(model.parameters())), torch.no_grad():
+            for p in model.parameters():
+                p.fill_(0.5)
+
+    cfg, _ = _tiny()
+    stage = dataclasses.replace(get_stage("semantic"), load_pretrained=pretrained)
+    module = StageModule(cfg, stage)
+    module.configure_model()
+    assert calls == ["semantic"]
+    assert all(bool((p == 0.5).all()) for p in module.model.parameters())
+    from omegaconf import OmegaConf
+
+    with_init = OmegaConf.merge(OmegaConf.structured(cfg), {"init_from": str(tmp_path / "export")})
+    module = StageModule(OmegaConf.to_object(with_init), stage)
+    import alm.training.init_from as init_from
+
+    loaded = []
+    monkeypatch.setattr(init_from, "load_export_weights", lambda model, c, gathered: loaded.append(c.init_from))
+    module.configure_model()
+    assert calls == ["semantic"] and loaded == [str(tmp_path / "export")]

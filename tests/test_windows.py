@@ -1,6 +1,5 @@
 """Every window of a long recording per epoch: coverage, offsets, spread over batches, exact O(1) resume."""
 
-import functools
 
 import numpy as np
 import pytest

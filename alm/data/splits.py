@@ -135,3 +135,38 @@ def auto_val_spec(train_spec: str) -> str | None:
     except UserError as exc:
         log.info("data.val_shards=auto: no validation split (%s): validation off", exc)
         return None
+
+
+def held_out_role(path: str | os.PathLike) -> str:
+    """The split a directory's evaluation reads: its test split, else its validation split."""
+    dataset, splits = directory_splits(path)
+    roles = {_role_of(s, dataset) for s in splits}
+    if "test" in roles:
+        return "test"
+    if "val" in roles:
+        return "val"
+    have = ", ".join(f"{s} ({_role_of(s, dataset)})" for s in sorted(splits)) or "no shards"
+    raise UserError(f"shard directory {path} has no test or validation split to evaluate on (it has: {have}); "
+                    f"name the shards with an explicit glob, e.g. {path}/NAME-*.tar")
+
+
+def resolve_eval_spec(spec: str) -> str:
+    """A shard spec for evaluation: each directory in it replaced by its held-out shards (its test
+    split — AudioCaps test, Clotho evaluation, MusicCaps eval — or, without one, its validation
+    split); globs, files and URLs mean exactly the files they match; ' + ' and '::' are kept.
+    Weighted mixtures are refused: an evaluation reads every held-out sample once."""
+    parts = mixture_parts(spec)
+    if parts[0][1] is not None:
+        raise UserError(f"--shards {spec!r}: a weighted mixture (@w) samples; an evaluation reads every sample once: "
+                        "join the sets with '::' instead")
+    sets = []
+    for one in join_sets(spec):
+        pieces = []
+        for piece in (p.strip() for p in one.split("::") if p.strip()):
+            local = os.path.expanduser(piece)
+            if not is_remote(piece) and os.path.isdir(local):
+                pieces.append(_resolve_dir(local, held_out_role(local)))
+            else:
+                pieces.append(piece)
+        sets.append("::".join(pieces))
+    return " + ".join(sets)

@@ -22,7 +22,6 @@ HF_HUB_OFFLINE=1, and a model that is not available says so.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -62,25 +61,13 @@ def add_arguments(p) -> None:
 
 
 def read_captions(path: str) -> dict[str, str]:
+    """{file name: caption} of a --captions file: the JSON-lines reader of `alm eval text` (one
+    {"id": NAME, "text": CAPTION} a line; errors name the file and line; an id twice is an error)."""
+    from alm.eval.jsonl import read_hypotheses
+
     if not Path(path).is_file():
         raise UserError(f"--captions {path}: no such file")
-    captions: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                key, text = str(row["id"]), row["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise UserError(f'--captions {path} line {i}: expected {{"id": NAME, "text": CAPTION}}, '
-                                f"got {line.strip()[:80]!r}") from None
-            if not isinstance(text, str):
-                raise UserError(f"--captions {path} line {i}: text must be one string, got {type(text).__name__}")
-            if key in captions:
-                raise UserError(f"--captions {path} line {i}: id {key!r} appears twice")
-            captions[key] = text
-    return captions
+    return {str(key): text for key, text in read_hypotheses(path, "caption").items()}
 
 
 def _check_same_names(files: dict, captions: dict, path: str) -> None:

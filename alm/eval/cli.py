@@ -6,6 +6,8 @@ Each subcommand is one module listed in SUBCOMMANDS. A module gives:
     HELP                 one line for `alm eval --help`
     add_arguments(p)     adds its options to an argparse parser
     run(a) -> int        scores, reports through alm.eval.results.report, returns the exit status
+                         (run(a, extra) when the module sets TAKES_TASK_OPTIONS: `alm eval run` passes
+                         the options it does not know to the export's task)
 
 A user's mistake is raised as alm.errors.UserError (one line, exit status 2).
 """
@@ -14,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 
-from alm.eval import audio, retrieval, text
+from alm.eval import audio, retrieval, run, text
 
-SUBCOMMANDS = (text, audio, retrieval)
+SUBCOMMANDS = (text, audio, retrieval, run)
 
 
 def main(argv: list[str]) -> int:
@@ -28,5 +30,10 @@ def main(argv: list[str]) -> int:
     for module in SUBCOMMANDS:
         module.add_arguments(sub.add_parser(module.NAME, help=module.HELP, description=module.HELP,
                                             formatter_class=DefaultsFormatter))
-    a = p.parse_args(argv)
-    return next(m for m in SUBCOMMANDS if m.NAME == a.subcommand).run(a)
+    a, extra = p.parse_known_args(argv)
+    module = next(m for m in SUBCOMMANDS if m.NAME == a.subcommand)
+    if getattr(module, "TAKES_TASK_OPTIONS", False):
+        return module.run(a, extra)
+    if extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    return module.run(a)

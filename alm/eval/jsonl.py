@@ -60,15 +60,15 @@ def _no_duplicates(duplicates: list, path: Path) -> None:
         raise UserError(f"{path}: duplicate ids {name_ids(duplicates)}: each id must appear once")
 
 
-def read_hypotheses(path: str | Path) -> dict:
-    """{id: text} of a hypothesis file, in file order."""
+def read_hypotheses(path: str | Path, what: str = "hypothesis") -> dict:
+    """{id: text} of a hypothesis file (or another {"id", "text"} file: `what` names its lines), in file order."""
     path = Path(path)
     out: dict = {}
     duplicates: list = []
     for number, obj in _lines(path):
         key = _id(obj, path, number)
         if "text" not in obj:
-            raise UserError(f"{path}:{number}: a hypothesis needs a \"text\" string (id {key!r})")
+            raise UserError(f"{path}:{number}: a {what} needs a \"text\" string (id {key!r})")
         if key in out:
             duplicates.append(key)
         out[key] = _text(obj["text"], path, number, "text")

@@ -16,6 +16,8 @@ A stage file (alm/stages/<name>.py) builds one `Stage` from plain functions; the
     validation  val_epoch_end(model, cfg) -> {name: float}: called on EVERY rank at the end of each
                 validation (it may use collectives; the values must agree across ranks), logged as
                 val/<name>, e.g. retrieval metrics over the whole held-out set (stage clap)
+    eval        eval_tasks: what `alm eval run EXPORT --task NAME --shards SPEC` does for an export of
+                this stage (generate from it on held-out samples, then score through alm.eval)
     samples     sample_codes(model, batch, i, seed) -> (generated, reference) codes (audio stages)
     pretrained  load_pretrained(model, cfg, gathered): public weights (e.g. a transformers LLM named by
                 model.pretrained) copied into the freshly built — possibly ZeRO-3 partitioned — model,
@@ -56,6 +58,19 @@ class Command:
 
 
 @dataclass(frozen=True)
+class EvalTask:
+    """`alm eval run EXPORT --task NAME --shards SPEC ...` for an export of the stage that declares it:
+    run(export_dir, shard_spec, args) -> (metrics, n, config), shard_spec already resolved to the
+    held-out files (alm.data.splits.resolve_eval_spec), args holding the options add_arguments added
+    (and `limit`: score the first N samples only, 0 = all)."""
+
+    name: str  # asr | caption | text_to_audio | retrieval | zeroshot | ...
+    help: str
+    run: Callable[[str, str, Any], tuple[dict, int, dict]]
+    add_arguments: Callable[[Any], None] = lambda p: None
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     description: str
@@ -76,3 +91,4 @@ class Stage:
     load_pretrained: Optional[Callable[[Any, Any, Callable], None]] = None  # (model, cfg, gathered) at a fresh start
     export_files: Optional[Callable[[Any, Any, Any], dict]] = None  # (model, cfg, Path) -> export.json entries
     export_formats: dict[str, Callable[[Any, Any, Any], None]] = field(default_factory=dict)  # name -> (model, cfg, Path)
+    eval_tasks: tuple[EvalTask, ...] = field(default=())  # `alm eval run EXPORT --task NAME`
