@@ -6,6 +6,8 @@
     alm export RUN_DIR|CHECKPOINT --out DIR    consolidated safetensors + config + tokenizer
     alm generate {semantic,audiolm,soundstorm} ...   generate from exports (commands declared by the stages)
     alm tokenize {semantic,codec,text} ...     write token shards / fit tokenizers
+    alm embed EXPORT --texts FILE|--audio A.wav ... --out X.npy   CLAP embeddings (L2-normalised rows)
+    alm convert clap SRC --out EXPORT          a transformers ClapModel (folder or hub id) -> an alm export
     alm prep DATASET --src DIR --out DIR       dataset on disk -> WebDataset shards (alm prep synthetic --out DIR: no download)
     alm launch {slurm,local} RECIPE|PIPELINE   submit to SLURM (multi-node, preemption, pipelines) or run locally
     alm runs [DIR ...]                         list run dirs: state, last step, last checkpoint, W&B id
@@ -163,6 +165,11 @@ def _stage_verb(verb: str):
         from alm.stages import all_commands
 
         commands = [c for c in all_commands() if c.verb == verb]
+        whole = [c for c in commands if c.name is None]  # `alm VERB ...` itself (e.g. alm embed EXPORT ...)
+        if whole:
+            p = argparse.ArgumentParser(prog=f"alm {verb}", description=whole[0].help)
+            whole[0].add_arguments(p)
+            return whole[0].run(p.parse_args(argv))
         p = argparse.ArgumentParser(prog=f"alm {verb}", description=f"alm {verb}: commands of the stages")
         sub = p.add_subparsers(dest="name", required=True)
         for c in commands:

@@ -326,13 +326,13 @@ def test_the_default_clap_model_offline_says_it_is_not_available(audio_dirs, cap
     assert "'laion/clap-htsat-unfused'" in err and "HF_HUB_OFFLINE=1" in err and len(err.splitlines()) == 1
 
 
-def test_an_alm_export_as_clap_model_says_alm_clap_exports_come_later(audio_dirs, tmp_path, capsys):
+def test_an_alm_export_of_another_stage_as_clap_model_is_refused(audio_dirs, tmp_path, capsys):
     export = tmp_path / "export"
     export.mkdir()
     (export / "config.yaml").write_text("stage: semantic\n")
     assert _eval("--generated", str(audio_dirs / "gen"), "--captions", str(audio_dirs / "captions.jsonl"),
                  "--clap-model", str(export), "--device", "cpu") == 2
-    assert "an alm export; alm's own CLAP exports are not built yet" in capsys.readouterr().err
+    assert "an alm export of stage 'semantic', not a clap export" in capsys.readouterr().err
 
 
 def test_captions_must_match_the_generated_files(clap_dir, audio_dirs, tmp_path, capsys):

@@ -6,7 +6,8 @@ last one shorter; a tail of 0.15 s or less is dropped (audiocraft drops such seg
 
 --embedder            frames per window                                    loads from
   clap                1: the projected, L2-normalised audio embedding,     transformers ClapModel folder or hub id
-                      windows of the feature extractor's max_length_s       (--embedder-model; default laion/clap-htsat-unfused)
+                      windows of the feature extractor's max_length_s       (--embedder-model; default laion/clap-htsat-unfused),
+                      (an alm clap export: of the model's window)            or an alm clap export (alm export, alm convert clap)
   encodec             the encoder's output frames (D = hidden_size)        transformers EncodecModel folder or hub id
                                                                             (--embedder-model; default facebook/encodec_24khz)
   vggish, panns       what the file returns                                 a TorchScript file (--embedder-model FILE):
@@ -129,11 +130,21 @@ class ClapEmbedder:
     """transformers ClapModel: audio windows -> one normalised embedding each; texts -> normalised embeddings."""
 
     def __init__(self, source: str, device: str = "cpu") -> None:
+        from alm.embed import is_alm_export
+
+        self.encoder = None
+        if is_alm_export(source):  # alm's own towers or a converted CLAP: alm/embed.py embeds its windows
+            from alm.embed import load_encoder
+
+            self.encoder = load_encoder(source, device)
+            self.sample_rate = self.encoder.sample_rate
+            self.window_s = self.encoder.window / self.sample_rate
+            self.description = f"clap:{source}"
+            return
         from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
 
         from alm import hub
 
-        _refuse_alm_export(source)
         self.model = hub.from_pretrained(ClapModel, source, what="CLAP model").eval().to(device)
         self.features = hub.from_pretrained(ClapFeatureExtractor, source, what="CLAP feature extractor")
         self.tokenizer = hub.from_pretrained(AutoTokenizer, source, what="CLAP tokenizer")
@@ -148,6 +159,8 @@ class ClapEmbedder:
         """B windows of (samples,) at sample_rate, each at most window_s long -> (B, D), L2-normalised."""
         import torch
 
+        if self.encoder is not None:
+            return self.encoder.backend.embed_windows([w[: self.encoder.window] for w in windows])
         longest = self.features.nb_max_samples  # resampling can round a full window one sample over: never crop randomly
         inputs = self.features([w[:longest] for w in windows], sampling_rate=self.sample_rate, return_tensors="pt")
         with torch.no_grad():
@@ -161,6 +174,8 @@ class ClapEmbedder:
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         import torch
 
+        if self.encoder is not None:
+            return self.encoder.texts(texts)
         inputs = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         with torch.no_grad():
             out = self.model.get_text_features(**{k: v.to(self.device) for k, v in inputs.items()})
@@ -178,13 +193,6 @@ def _normalised(out):
 
     emb = out.pooler_output if hasattr(out, "pooler_output") else out  # transformers 5 returns an output object
     return torch.nn.functional.normalize(emb.float(), dim=-1)
-
-
-def _refuse_alm_export(source: str) -> None:
-    p = Path(source)
-    if p.is_dir() and not (p / "config.json").is_file() and (p / "config.yaml").is_file():
-        raise UserError(f"CLAP model {source}: an alm export; alm's own CLAP exports are not built yet ([contrastive]): "
-                        "give a transformers ClapModel folder (save_pretrained with its processor) or a hub id")
 
 
 class EncodecEmbedder:
@@ -294,8 +302,14 @@ def load_embedder(spec: str, model: str | None = None, device: str = "cpu", wind
 
 
 def _model_type(path: Path, flag: str) -> str:
-    if (path / "config.yaml").is_file() and not (path / "config.json").is_file():
-        _refuse_alm_export(str(path))
+    from alm.embed import export_stage, is_alm_export
+
+    if is_alm_export(path):  # alm's CLAP exports embed through alm/embed.py
+        stage = export_stage(path)
+        if stage != "clap":
+            raise UserError(f"{flag} {path}: an alm export of stage {stage!r}; a model folder must hold a clap or "
+                            "encodec model (an alm clap export, or a transformers folder)")
+        return "clap"
     try:
         return str(json.loads((path / "config.json").read_text())["model_type"])
     except (OSError, ValueError, KeyError) as exc:

@@ -15,13 +15,16 @@ Pure PyTorch: no Lightning, no DeepSpeed.
 Similarities are cosine * exp(logit_scale); logit_scale starts at ln(1/0.07) and is clamped to
 at most ln(100), as in CLIP. The blocks reuse alm/models/transformer.py's RMSNorm and MLP; the
 attention here is bidirectional with a key-padding mask (the LM's is causal).
+
+`model.tower: hf` replaces both towers by a transformers CLAP (LAION's HTS-AT + RoBERTa) rebuilt
+from `model.hf_config`: alm/models/clap_hf.py (`build_clap` picks one).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 import torch.nn as nn
@@ -32,8 +35,15 @@ from alm.models.transformer import MLP, RMSNorm, TransformerConfig, gpt2_init, n
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
+TOWERS = ("alm", "hf")
+
+
 @dataclass
 class ClapConfig:
+    # which towers: alm = the two below; hf = a transformers ClapModel (converted LAION CLAP) rebuilt from
+    # hf_config, its front end (tokenizer, feature extractor) from data.tokenizer; the alm tower keys are then unused
+    tower: str = "alm"
+    hf_config: Optional[dict[str, Any]] = None  # tower=hf: the transformers ClapConfig as a dict (alm convert clap)
     # audio front end
     sample_rate: int = 16000
     n_fft: int = 512
@@ -59,6 +69,15 @@ class ClapConfig:
     local_loss: bool = False  # each rank's rows against all columns (memory O(B_local x B_global))
 
     def validate(self) -> None:
+        if self.tower not in TOWERS:
+            raise ValueError(f"key 'model.tower': expected one of {list(TOWERS)}, got {self.tower!r}")
+        if self.tower == "hf":
+            if not self.hf_config:
+                raise ValueError("key 'model.hf_config': model.tower=hf needs the transformers ClapConfig as a dict "
+                                 "(`alm convert clap` writes it into the export's config.yaml)")
+            return
+        if self.hf_config:
+            raise ValueError("key 'model.hf_config': set, but model.tower=alm (set model.tower=hf, or hf_config: null)")
         if self.text_vocab_size <= 0:
             raise ValueError(f"key 'model.text_vocab_size': must be > 0, got {self.text_vocab_size}")
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "patch_frames", "audio_layers", "audio_heads",
@@ -215,3 +234,13 @@ class Clap(nn.Module):
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
         """-> (audio embeddings (B, D), text embeddings (B, D), exp(logit_scale)), embeddings unit norm."""
         return self.encode_audio(audio, lengths), self.encode_text(ids, mask), self.scale()
+
+
+def build_clap(cfg: ClapConfig) -> nn.Module:
+    """The stage's model: alm's towers (Clap) or, for model.tower=hf, the transformers CLAP (HFClap)."""
+    cfg.validate()
+    if cfg.tower == "hf":
+        from alm.models.clap_hf import HFClap
+
+        return HFClap(cfg)
+    return Clap(cfg)

@@ -11,6 +11,13 @@ Dynamic batching (data.max_tokens > 0) counts audio samples: example_length is t
 Validation: the same examples (their crop and caption are fixed by the sample's key and seed) and the
 in-batch loss of each rank's batch (no cross-rank gather: ranks may hold different batch counts);
 then retrieval metrics over the whole data.val_shards, gathered across ranks (alm/stages/clap_val.py).
+
+model.tower=hf (a converted LAION CLAP, alm/models/clap_hf.py; fine-tune with init_from=EXPORT): the
+front end is the converted model's own processor in data.tokenizer (EXPORT/tokenizer): captions go
+through its RoBERTa tokenizer, and each clip, cropped at random to the feature extractor's
+max_length_s, through its ClapFeatureExtractor (rate, mel filters, padding mode) into log-mel
+features; the model.sample_rate / n_fft / ... keys of alm's towers are unused.
+Commands: `alm embed` (alm/embed.py), `alm convert clap` (alm/convert_clap.py).
 """
 
 from __future__ import annotations
@@ -24,10 +31,10 @@ import torch
 
 from alm.config import RunConfig
 from alm.errors import UserError
-from alm.models.clap import Clap, ClapConfig
+from alm.models.clap import Clap, ClapConfig, build_clap
 from alm.stages import clap_val
 from alm.stages.contrastive_loss import contrastive_loss
-from alm.stages.spec import Stage
+from alm.stages.spec import Command, Stage
 
 def audio_member(sample: dict[str, Any]) -> bytes:
     from alm.data.audio import SHARD_AUDIO, shard_audio_ext
@@ -98,12 +105,48 @@ class _Examples:
                 "text": text_ids(self.tokenizer(), caption, self.model.text_max_len)}
 
 
+class _HFExamples:
+    """model.tower=hf: sample -> {"features": (C, frames, mels), "is_longer", "text": ids, "samples", "pad"}
+    through the converted model's processor (data.tokenizer), loaded once per process."""
+
+    def __init__(self, cfg: RunConfig):
+        self.processor_dir = cfg.data.tokenizer
+        self.hf_config = cfg.model.hf_config
+        self._front = None
+
+    def front(self):
+        if self._front is None:
+            from alm.models.clap_hf import HFFrontEnd
+
+            self._front = HFFrontEnd(self.processor_dir, self.hf_config)
+        return self._front
+
+    def __getstate__(self):
+        return {**self.__dict__, "_front": None}
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict | None:
+        from alm.data.audio import load_mono
+
+        captions = captions_of(sample)
+        if not captions:
+            return None
+        front = self.front()
+        audio, _ = load_mono(audio_member(sample), front.sample_rate)
+        if audio.size == 0:
+            return None
+        caption = captions[int(rng.integers(len(captions)))]
+        clip = crop(audio.astype(np.float32), front.window, rng)
+        features, longer = front.audio_features(clip)
+        return {"features": features, "is_longer": longer, "text": front.text_ids(caption), "samples": len(clip),
+                "pad": int(front.tokenizer.pad_token_id)}
+
+
 def examples(cfg: RunConfig):
-    return _Examples(cfg)
+    return _HFExamples(cfg) if cfg.model.tower == "hf" else _Examples(cfg)
 
 
 def example_length(example: dict) -> int:
-    return len(example["audio"])
+    return example["samples"] if "features" in example else len(example["audio"])
 
 
 def pad_audio(clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,14 +168,28 @@ def pad_text(ids: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def collate(examples: list[dict]) -> dict[str, Any]:
-    """audio (B, N) + lengths (B,); text (B, L) + mask (B, L)."""
+    """audio (B, N) + lengths (B,); text (B, L) + mask (B, L). model.tower=hf: features (B, C, frames, mels)
+    + is_longer (B, 1) instead of audio + lengths, text padded with the tokenizer's pad id."""
+    if "features" in examples[0]:
+        text, mask = pad_text([e["text"] for e in examples])
+        text[~mask] = examples[0]["pad"]
+        return {"features": torch.from_numpy(np.stack([e["features"] for e in examples])),
+                "is_longer": torch.tensor([[e["is_longer"]] for e in examples], dtype=torch.bool),
+                "text": text, "mask": mask, "_tokens": sum(e["samples"] for e in examples)}
     audio, lengths = pad_audio([e["audio"] for e in examples])
     text, mask = pad_text([e["text"] for e in examples])
     return {"audio": audio, "lengths": lengths, "text": text, "mask": mask, "_tokens": int(lengths.sum())}
 
 
+def embeddings(model, batch: dict[str, Any]):
+    """-> (audio (B, D), text (B, D), scale) of either tower kind."""
+    if "features" in batch:
+        return model(batch["features"], batch["is_longer"], batch["text"], batch["mask"])
+    return model(batch["audio"], batch["lengths"], batch["text"], batch["mask"])
+
+
 def loss(model: Clap, batch: dict[str, Any]) -> torch.Tensor:
-    a, t, scale = model(batch["audio"], batch["lengths"], batch["text"], batch["mask"])
+    a, t, scale = embeddings(model, batch)
     return contrastive_loss(a, t, scale, local_loss=model.cfg.local_loss)
 
 
@@ -141,7 +198,7 @@ def val_loss(model: Clap, batch: dict[str, Any], batch_idx: int, seed: int) -> t
     validation batches cannot deadlock."""
     from alm.stages.contrastive_loss import in_batch_loss
 
-    a, t, scale = model(batch["audio"], batch["lengths"], batch["text"], batch["mask"])
+    a, t, scale = embeddings(model, batch)
     return in_batch_loss(a, t, scale)
 
 
@@ -151,6 +208,8 @@ def check(cfg: RunConfig) -> None:
     if cfg.data.windows != "one":
         raise UserError(f"data.windows={cfg.data.windows}: stage clap takes one random crop per clip (data.windows=one); "
                         "windows of one clip share its captions and would be each other's negatives")
+    if cfg.model.tower == "hf":
+        return check_hf(cfg)
     if cfg.model.text_max_len < 3:
         raise UserError(f"model.text_max_len={cfg.model.text_max_len}: needs room for BOS, a token and EOS (>= 3)")
     if not cfg.data.tokenizer:
@@ -162,6 +221,22 @@ def check(cfg: RunConfig) -> None:
     if cfg.model.text_vocab_size < size:
         raise UserError(f"model.text_vocab_size={cfg.model.text_vocab_size} but the tokenizer in {cfg.data.tokenizer} "
                         f"has {size} pieces: expected at least {size}")
+
+
+def check_hf(cfg: RunConfig) -> None:
+    """model.tower=hf: data.tokenizer is the converted model's processor folder; no ZeRO-3 (0-dim logit scales)."""
+    cfg.model.validate()
+    tok = cfg.data.tokenizer
+    if not tok or tok == "synthetic" or not Path(tok).is_dir():
+        raise UserError(f"data.tokenizer={tok}: model.tower=hf needs the converted CLAP's processor folder "
+                        "(EXPORT/tokenizer of `alm convert clap`)")
+    if not (Path(tok) / "tokenizer_config.json").is_file() or not any(
+            (Path(tok) / f).is_file() for f in ("preprocessor_config.json", "processor_config.json")):
+        raise UserError(f"data.tokenizer={tok}: not a CLAP processor folder (needs tokenizer_config.json and "
+                        "preprocessor_config.json or processor_config.json)")
+    if cfg.trainer.strategy == "deepspeed" and cfg.trainer.zero_stage == 3:
+        raise UserError("model.tower=hf with trainer.zero_stage=3: transformers' CLAP keeps its logit scales as 0-dim "
+                        "parameters, which ZeRO-3 cannot partition; use trainer.zero_stage=2 or trainer.strategy=ddp")
 
 
 SYNTHETIC_AUDIO = "synthetic-v1"
@@ -232,11 +307,35 @@ def heldout_retrieval(model: Clap, shards: str, tokenizer_dir: str) -> dict:
     return {"metrics": metrics, "n_audio": len(audio), "n_text": len(text)}
 
 
+def _convert_arguments(p) -> None:
+    from alm.convert_clap import add_arguments
+
+    add_arguments(p)
+
+
+def _convert(a) -> int:
+    from alm.convert_clap import run
+
+    return run(a)
+
+
+def _embed_arguments(p) -> None:
+    from alm.embed import add_arguments
+
+    add_arguments(p)
+
+
+def _embed(a) -> int:
+    from alm.embed import run
+
+    return run(a)
+
+
 STAGE = Stage(
     name="clap",
     description="CLAP: contrastive audio-text two-tower encoders, InfoNCE over the global batch of all ranks",
     model_config=ClapConfig,
-    model=Clap,
+    model=build_clap,
     make_example=examples,
     collate=collate,
     example_length=example_length,
@@ -245,4 +344,9 @@ STAGE = Stage(
     val_epoch_end=clap_val.val_epoch_end,
     check=check,
     synthetic_data=synthetic_data,
+    commands=(Command("embed", None, "CLAP embeddings of texts or audio files from a clap export: (N, D) float32 "
+                      "L2-normalised rows in input order, as .npy", _embed_arguments, _embed),
+              Command("convert", "clap", "a transformers ClapModel (save_pretrained folder with its processor, or a hub "
+                      "id such as laion/clap-htsat-unfused) -> an alm clap export (model.tower: hf)",
+                      _convert_arguments, _convert)),
 )

@@ -10,7 +10,9 @@ mAP@10, median_rank, mean_rank, the same under val/audio_to_text/, and val/heldo
 val/heldout_captions (counts). A clip without captions is left out and counted in
 val/heldout_no_caption.
 
-Audio: the first model.max_seconds of each clip (no random crop), as `embed_pairs` does.
+Audio: the first model.max_seconds of each clip (no random crop), as `embed_pairs` does; for
+model.tower=hf (a converted CLAP) the first max_length_s of its feature extractor, featurised by it,
+and the captions through its tokenizer.
 ZeRO-3: every rank runs the same sequence of forwards in lockstep (all audio batches, then all
 text batches; a rank out of batches runs dummy ones whose output is dropped, `lockstep`), as
 partitioned parameters are gathered collectively by each forward. Memory: one rank holds its share of audio one batch at a
@@ -76,26 +78,78 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _audio_batches(cfg, urls: list[str], rank: int, size: int, stats: dict):
+class _AlmFront:
+    """alm's towers: the sentencepiece tokenizer of data.tokenizer, raw audio at model.sample_rate."""
+
+    def __init__(self, cfg):
+        from alm.tokenizers.text import load_text_tokenizer
+
+        self.m = cfg.model
+        self.tok = load_text_tokenizer(cfg.data.tokenizer)
+        self.sample_rate, self.window = self.m.sample_rate, self.m.max_samples
+
+    def text_ids(self, text: str) -> np.ndarray:
+        from alm.stages.clap import text_ids
+
+        return text_ids(self.tok, text, self.m.text_max_len)
+
+    def embed_texts(self, model, ids: list[np.ndarray], device) -> torch.Tensor:
+        from alm.stages.clap import pad_text
+
+        text, mask = pad_text(ids)
+        return model.encode_text(text.to(device), mask.to(device))
+
+    def embed_audio(self, model, clips: list[np.ndarray], device) -> torch.Tensor:
+        from alm.stages.clap import pad_audio
+
+        audio, lengths = pad_audio(clips)
+        return model.encode_audio(audio.to(device), lengths.to(device))
+
+
+class _HFFront:
+    """model.tower=hf: the converted CLAP's processor (its tokenizer and ClapFeatureExtractor)."""
+
+    def __init__(self, cfg):
+        from alm.models.clap_hf import HFFrontEnd
+
+        self.front = HFFrontEnd(cfg.data.tokenizer, cfg.model.hf_config)
+        self.sample_rate, self.window = self.front.sample_rate, self.front.window
+
+    def text_ids(self, text: str) -> np.ndarray:
+        return self.front.text_ids(text)
+
+    def embed_texts(self, model, ids: list[np.ndarray], device) -> torch.Tensor:
+        text, mask = self.front.text_batch(ids)
+        return model.encode_text(text.to(device), mask.to(device))
+
+    def embed_audio(self, model, clips: list[np.ndarray], device) -> torch.Tensor:
+        features, is_longer = self.front.audio_batch(clips)
+        return model.encode_features(features.to(device), is_longer.to(device))
+
+
+def front_end(cfg):
+    """How clips and captions enter the stage's model (model.tower alm or hf)."""
+    return _HFFront(cfg) if getattr(cfg.model, "tower", "alm") == "hf" else _AlmFront(cfg)
+
+
+def _audio_batches(front, cfg, urls: list[str], rank: int, size: int, stats: dict):
     """This rank's clips with captions, decoded one batch at a time -> lists of (position, audio);
     their captions' (position, token ids) go to stats["captions"], clips without captions are counted."""
     from alm.data.audio import load_mono
     from alm.eval.heldout import clips
-    from alm.stages.clap import crop, text_ids
-    from alm.tokenizers.text import load_text_tokenizer
+    from alm.stages.clap import crop
 
-    m, batch = cfg.model, max(1, cfg.data.batch_size)
-    tok = load_text_tokenizer(cfg.data.tokenizer)
+    batch = max(1, cfg.data.batch_size)
     pending = []
     for clip in clips(urls, rank, size):
         if not clip.texts:
             stats["no_caption"] += 1
             continue
-        audio, _ = load_mono(clip.audio, m.sample_rate)
+        audio, _ = load_mono(clip.audio, front.sample_rate)
         if audio.size == 0:
             raise ValueError(f"{clip.url}: sample {clip.key!r} has no audio frames")
-        pending.append((clip.index, crop(audio.astype(np.float32), m.max_samples, None)))
-        stats["captions"] += [(clip.index, text_ids(tok, t, m.text_max_len)) for t in clip.texts]
+        pending.append((clip.index, crop(audio.astype(np.float32), front.window, None)))
+        stats["captions"] += [(clip.index, front.text_ids(t)) for t in clip.texts]
         if len(pending) == batch:
             yield pending
             pending = []
@@ -103,38 +157,30 @@ def _audio_batches(cfg, urls: list[str], rank: int, size: int, stats: dict):
         yield pending
 
 
-def _embed_audio(model, cfg, urls: list[str], rank: int, size: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, list, int]:
+def _embed_audio(model, front, cfg, urls: list[str], rank: int, size: int, dim: int) -> tuple:
     """-> (this rank's audio embeddings (n_r, D), their global positions (n_r,), [(position, token ids)]
     of their captions, clips without captions)."""
-    from alm.stages.clap import pad_audio
-
     device = _device(model)
     stats = {"captions": [], "no_caption": 0}
     embs, positions = [], []
+    quiet = np.zeros(max(1, front.window // 10), np.float32)
 
     def forward(batch):
-        audio, lengths = pad_audio([a for _, a in batch])
-        embs.append(model.encode_audio(audio.to(device), lengths.to(device)).float())
+        embs.append(front.embed_audio(model, [a for _, a in batch], device).float())
         positions.extend(p for p, _ in batch)
 
-    lockstep(_audio_batches(cfg, urls, rank, size, stats), forward,
-             lambda: model.encode_audio(torch.zeros(1, cfg.model.hop_length, device=device)), device)
+    lockstep(_audio_batches(front, cfg, urls, rank, size, stats), forward,
+             lambda: front.embed_audio(model, [quiet], device), device)
     emb = torch.cat(embs) if embs else torch.zeros(0, dim, device=device)
     return emb, torch.tensor(positions, dtype=torch.long, device=device), stats["captions"], stats["no_caption"]
 
 
-def _embed_texts(model, cfg, captions: list, device, dim: int) -> torch.Tensor:
-    from alm.stages.clap import pad_text
-
+def _embed_texts(model, front, cfg, captions: list, device, dim: int) -> torch.Tensor:
     batch = max(1, cfg.data.batch_size)
     embs = []
-
-    def forward(chunk):
-        ids, mask = pad_text([t for _, t in chunk])
-        embs.append(model.encode_text(ids.to(device), mask.to(device)).float())
-
-    lockstep((captions[i : i + batch] for i in range(0, len(captions), batch)), forward,
-             lambda: model.encode_text(torch.ones(1, 2, dtype=torch.long, device=device)), device)
+    lockstep((captions[i : i + batch] for i in range(0, len(captions), batch)),
+             lambda chunk: embs.append(front.embed_texts(model, [t for _, t in chunk], device).float()),
+             lambda: front.embed_texts(model, [front.text_ids("")], device), device)
     return torch.cat(embs) if embs else torch.zeros(0, dim, device=device)
 
 
@@ -144,11 +190,12 @@ def heldout_embeddings(model, cfg, urls: list[str]) -> tuple[np.ndarray, np.ndar
     captions), in the clips' global order; the same on every rank."""
     rank, size = world()
     device = _device(model)
+    front = front_end(cfg)
     with torch.no_grad():
         # the shared space's width, from one dummy text forward on every rank (ZeRO-3: same forwards)
-        dim = model.encode_text(torch.ones(1, 2, dtype=torch.long, device=device)).shape[1]
-        audio, positions, captions, no_caption = _embed_audio(model, cfg, urls, rank, size, dim)
-        text = _embed_texts(model, cfg, captions, device, dim)
+        dim = front.embed_texts(model, [front.text_ids("")], device).shape[1]
+        audio, positions, captions, no_caption = _embed_audio(model, front, cfg, urls, rank, size, dim)
+        text = _embed_texts(model, front, cfg, captions, device, dim)
     text_pos = torch.tensor([p for p, _ in captions], dtype=torch.long, device=device)
     audio, positions = gather_varsize(audio), gather_varsize(positions)
     text, text_pos = gather_varsize(text), gather_varsize(text_pos)
