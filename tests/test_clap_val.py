@@ -85,13 +85,22 @@ def test_chunked_metrics_equal_the_whole_matrix():
     assert 0.1 < whole["text_to_audio"]["R@1"] < 0.9
 
 
-def tiny_cfg(tokenizer: str):
-    from alm.models.clap import ClapConfig
+TINY_MODEL = ["model.sample_rate=8000", "model.n_fft=128", "model.hop_length=64", "model.n_mels=16",
+              "model.patch_frames=3", "model.max_seconds=0.25", "model.audio_layers=1", "model.audio_heads=2",
+              "model.audio_dim=32", "model.text_vocab_size=64", "model.text_max_len=24", "model.text_layers=1",
+              "model.text_heads=2", "model.text_dim=32", "model.embed_dim=16"]
 
-    model = ClapConfig(sample_rate=16000, n_fft=256, hop_length=160, n_mels=16, patch_frames=4, max_seconds=0.5,
-                       audio_layers=1, audio_heads=2, audio_dim=32, text_vocab_size=64, text_max_len=24,
-                       text_layers=1, text_heads=2, text_dim=32, embed_dim=16)
-    return SimpleNamespace(model=model, data=SimpleNamespace(tokenizer=tokenizer, batch_size=4))
+
+def tiny_run(tmp: Path, tokenizer: str, val: Path):
+    """(config, random tiny Clap) of the tiny recipe at 8 kHz (the shards are 16 kHz: resampled)
+    with a 0.25 s window (the 0.6 s clips are 3 windows)."""
+    from alm.config import load_recipe
+    from alm.models.clap import Clap
+
+    cfg = load_recipe(REPO / "recipes" / "tiny" / "clap.yaml", [f"run_dir={tmp / 'run'}", f"data.tokenizer={tokenizer}",
+                                                              f"data.val_shards={val}", "data.batch_size=4", *TINY_MODEL])
+    torch.manual_seed(0)
+    return cfg, Clap(cfg.model).eval()
 
 
 @pytest.fixture(scope="module")
@@ -104,27 +113,37 @@ def tokenizer(tmp_path_factory):
     return str(root / "spm")
 
 
-def test_one_rank_embeddings_are_every_clip_and_caption(tmp_path, tokenizer):
-    """heldout_embeddings on one process == embed_pairs (the export-side path): the same rows, the
-    same pairs, every caption of every clip."""
-    from alm.eval.heldout import heldout_shards
-    from alm.models.clap import Clap
-    from alm.stages.clap import embed_pairs
+def test_validation_embeds_as_alm_embed_and_scores_as_alm_eval_retrieval(tmp_path, tokenizer):
+    """One process: the validation pass's embeddings == alm/embed.py's on an export of the same model
+    (every clip resampled and pooled over its windows, every caption), and its metrics == those
+    `alm eval retrieval EXPORT --shards` writes."""
+    from alm.cli import main
+    from alm.data.audio import load_mono
+    from alm.embed import load_encoder
+    from alm.eval.heldout import clips, heldout_shards
+    from alm.export import write_export
     from alm.stages.clap_val import heldout_embeddings, val_epoch_end
 
-    counts = write_captioned(tmp_path, n_clips=13)
-    cfg = tiny_cfg(tokenizer)
-    torch.manual_seed(0)
-    model = Clap(cfg.model).eval()
-    audio, text, pairs, no_caption = heldout_embeddings(model, cfg, heldout_shards(str(tmp_path)))
-    ref_audio, ref_text, ref_pairs = embed_pairs(model, str(tmp_path / "val-*.tar"), tokenizer, batch_size=5)
+    val = tmp_path / "val"
+    counts = write_captioned(val, n_clips=13)
+    cfg, model = tiny_run(tmp_path, tokenizer, val)
+    urls = heldout_shards(str(val))
+    audio, text, pairs, no_caption = heldout_embeddings(model, cfg, urls)
     assert audio.shape == (13, 16) and text.shape == (sum(counts), 16) and no_caption == 0
-    assert pairs == ref_pairs
-    assert np.allclose(audio, ref_audio, atol=1e-5) and np.allclose(text, ref_text, atol=1e-5)
-    cfg.data.val_shards = str(tmp_path)
+    assert pairs == [(t, a) for t, a in enumerate(a for a, n in enumerate(counts) for _ in range(n))]
+    enc = load_encoder(write_export(model, cfg, tmp_path / "export"))
+    every = list(clips(urls))
+    assert np.abs(audio - enc.audio([load_mono(c.audio, 8000)[0] for c in every])).max() < 1e-5
+    assert np.abs(text - enc.texts([t for c in every for t in c.texts])).max() < 1e-5
     m = val_epoch_end(model, cfg)
-    assert m["heldout_clips"] == 13 and m["heldout_captions"] == sum(counts)
-    assert {"text_to_audio/R@1", "text_to_audio/mAP@10", "audio_to_text/R@10", "audio_to_text/mAP@10"} <= set(m)
+    assert m["heldout_clips"] == 13 and m["heldout_captions"] == sum(counts) and m["heldout_no_caption"] == 0
+    assert main(["eval", "retrieval", str(tmp_path / "export"), "--shards", str(val), "--out", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["n"] == 13 and r["config"]["n_text"] == sum(counts)
+    for name, value in m.items():
+        if "/" in name:
+            direction, metric = name.split("/")
+            assert r["metrics"][direction][metric] == pytest.approx(value, abs=1e-9), name
 
 
 @pytest.mark.slow

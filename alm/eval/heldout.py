@@ -1,9 +1,13 @@
 """The clips of a held-out shard set, in one global order, read a rank's share at a time.
 
-    heldout_shards(spec) -> [shard paths]     a directory resolves by its split roles (its validation
-                                              split; a test split only through an explicit glob such as
-                                              data/audiocaps/test-*.tar), a glob = every shard it matches
+    heldout_shards(spec, evaluation=False)    -> [shard paths]: a directory resolves by its split roles
+                                              (training's validation: its validation split; evaluation
+                                              (`alm eval`): its test split, else validation,
+                                              alm.data.splits.resolve_eval_spec), a glob = every shard it
+                                              matches (e.g. data/audiocaps/test-*.tar)
     clips(urls, rank=0, world=1) -> Clip ...  this rank's clips: global positions rank, rank + world, ...
+    embed_clips(encoder, urls, ...)           alm/embed.py audio embeddings of the clips, one batch decoded
+                                              at a time
 
 The global position of a clip is its place in (shard order, sample order): the same on any number of
 ranks, so metrics gathered from W ranks equal one rank's. Local shards are read through their header
@@ -32,14 +36,15 @@ class Clip:
     texts: list[str]  # every caption (alm.tokenizers.text.sample_texts), in the json's order
 
 
-def heldout_shards(spec: str) -> list[str]:
-    """The shards of a held-out spec: directories by their validation split, globs / files as written.
-    Parallel sets (' + ') are not used here: the clips and captions live in prep shards."""
-    from alm.data.splits import resolve_split_spec
+def heldout_shards(spec: str, evaluation: bool = False) -> list[str]:
+    """The shards of a held-out spec: directories by their validation split (evaluation: test, else
+    validation), globs / files as written. Parallel sets (' + ') are refused: the clips and captions
+    live in prep shards."""
+    from alm.data.splits import resolve_eval_spec, resolve_split_spec
     from alm.data.stream import resolve_datasets
 
     try:
-        datasets = resolve_datasets(resolve_split_spec(spec, "val"))
+        datasets = resolve_datasets(resolve_eval_spec(spec) if evaluation else resolve_split_spec(spec, "val"))
     except FileNotFoundError as exc:
         raise UserError(f"shards {spec}: {exc}") from None
     if any(len(d.shard_sets) > 1 for d in datasets):
@@ -91,3 +96,34 @@ def clips(urls: list[str], rank: int = 0, world: int = 1) -> Iterator[Clip]:
             if (offset + i) % world == rank:
                 yield _clip(offset + i, url, read())
         offset += n
+
+
+def embed_clips(encoder, urls: list[str], keep=lambda clip: True, batch_size: int = 16,
+                limit: int = 0) -> tuple["np.ndarray", list[Clip], int]:
+    """The clips of `urls` that `keep` accepts (the first `limit`, 0 = all), embedded by an
+    alm.embed.Encoder (resampled to its rate; longer clips: its mean of windows) -> (audio (n, D),
+    the kept clips (their audio bytes dropped), clips not kept). One batch is decoded at a time."""
+    import numpy as np
+
+    from alm.data.audio import load_mono
+
+    rows, kept, pending, left_out = [], [], [], 0
+    for clip in clips(urls):
+        if not keep(clip):
+            left_out += 1
+            continue
+        audio, _ = load_mono(clip.audio, encoder.sample_rate)
+        if audio.size == 0:
+            raise UserError(f"{clip.url}: sample {clip.key!r} has no audio frames")
+        pending.append(audio)
+        clip.audio = b""
+        kept.append(clip)
+        if len(pending) == batch_size:
+            rows.append(encoder.audio(pending, batch_size=batch_size))
+            pending = []
+        if limit and len(kept) >= limit:
+            break
+    if pending:
+        rows.append(encoder.audio(pending, batch_size=batch_size))
+    audio = np.concatenate(rows) if rows else np.zeros((0, encoder.dim), np.float32)
+    return audio, kept, left_out

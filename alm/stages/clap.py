@@ -342,6 +342,7 @@ STAGE = Stage(
     loss=loss,
     val_loss=val_loss,
     val_epoch_end=clap_val.val_epoch_end,
+    eval_tasks=clap_val.EVAL_TASKS,
     check=check,
     synthetic_data=synthetic_data,
     commands=(Command("embed", None, "CLAP embeddings of texts or audio files from a clap export: (N, D) float32 "

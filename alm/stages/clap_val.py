@@ -10,9 +10,11 @@ mAP@10, median_rank, mean_rank, the same under val/audio_to_text/, and val/heldo
 val/heldout_captions (counts). A clip without captions is left out and counted in
 val/heldout_no_caption.
 
-Audio: the first model.max_seconds of each clip (no random crop), as `embed_pairs` does; for
-model.tower=hf (a converted CLAP) the first max_length_s of its feature extractor, featurised by it,
-and the captions through its tokenizer.
+Audio as `alm embed` / `alm eval retrieval EXPORT` embed it (alm/embed.py), so validation and
+evaluation agree: a clip no longer than the model's window (model.max_seconds; model.tower=hf: its
+feature extractor's max_length_s, featurised by it) is embedded whole, a longer one as the
+length-weighted mean of its non-overlapping windows, renormalised (no random crop). Captions go
+through data.tokenizer (model.tower=hf: the converted CLAP's tokenizer).
 ZeRO-3: every rank runs the same sequence of forwards in lockstep (all audio batches, then all
 text batches; a rank out of batches runs dummy ones whose output is dropped, `lockstep`), as
 partitioned parameters are gathered collectively by each forward. Memory: one rank holds its share of audio one batch at a
@@ -29,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from alm.stages.contrastive_loss import world
+from alm.stages.spec import EvalTask
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +136,12 @@ def front_end(cfg):
 
 
 def _audio_batches(front, cfg, urls: list[str], rank: int, size: int, stats: dict):
-    """This rank's clips with captions, decoded one batch at a time -> lists of (position, audio);
-    their captions' (position, token ids) go to stats["captions"], clips without captions are counted."""
+    """This rank's clips with captions, decoded one at a time and cut into the windows alm/embed.py
+    uses -> batches of (position, window); their captions' (position, token ids) go to
+    stats["captions"], clips without captions are counted in stats["no_caption"]."""
     from alm.data.audio import load_mono
+    from alm.embed import windows
     from alm.eval.heldout import clips
-    from alm.stages.clap import crop
 
     batch = max(1, cfg.data.batch_size)
     pending = []
@@ -148,31 +152,37 @@ def _audio_batches(front, cfg, urls: list[str], rank: int, size: int, stats: dic
         audio, _ = load_mono(clip.audio, front.sample_rate)
         if audio.size == 0:
             raise ValueError(f"{clip.url}: sample {clip.key!r} has no audio frames")
-        pending.append((clip.index, crop(audio.astype(np.float32), front.window, None)))
         stats["captions"] += [(clip.index, front.text_ids(t)) for t in clip.texts]
-        if len(pending) == batch:
-            yield pending
-            pending = []
+        for window in windows(audio, front.window):
+            pending.append((clip.index, window))
+            if len(pending) == batch:
+                yield pending
+                pending = []
     if pending:
         yield pending
 
 
 def _embed_audio(model, front, cfg, urls: list[str], rank: int, size: int, dim: int) -> tuple:
     """-> (this rank's audio embeddings (n_r, D), their global positions (n_r,), [(position, token ids)]
-    of their captions, clips without captions)."""
+    of their captions, clips without captions). A clip's embedding: the length-weighted mean of its
+    windows' embeddings, renormalised (alm/embed.py's rule)."""
     device = _device(model)
     stats = {"captions": [], "no_caption": 0}
-    embs, positions = [], []
+    sums: dict[int, torch.Tensor] = {}  # position -> weighted sum of its windows' embeddings (insertion order)
     quiet = np.zeros(max(1, front.window // 10), np.float32)
 
     def forward(batch):
-        embs.append(front.embed_audio(model, [a for _, a in batch], device).float())
-        positions.extend(p for p, _ in batch)
+        emb = front.embed_audio(model, [w for _, w in batch], device).double()
+        for (p, w), e in zip(batch, emb):
+            sums[p] = sums[p] + len(w) * e if p in sums else len(w) * e
 
     lockstep(_audio_batches(front, cfg, urls, rank, size, stats), forward,
              lambda: front.embed_audio(model, [quiet], device), device)
-    emb = torch.cat(embs) if embs else torch.zeros(0, dim, device=device)
-    return emb, torch.tensor(positions, dtype=torch.long, device=device), stats["captions"], stats["no_caption"]
+    if sums:
+        emb = torch.nn.functional.normalize(torch.stack(list(sums.values())), dim=-1).float()
+    else:
+        emb = torch.zeros(0, dim, device=device)
+    return emb, torch.tensor(list(sums), dtype=torch.long, device=device), stats["captions"], stats["no_caption"]
 
 
 def _embed_texts(model, front, cfg, captions: list, device, dim: int) -> torch.Tensor:
@@ -232,3 +242,36 @@ def val_epoch_end(model, cfg) -> dict[str, float]:
         log.warning("validation: no held-out clip of %s has a caption: no retrieval metrics", cfg.data.val_shards)
         return out
     return {**flat_metrics(embedding_retrieval(text, audio, pairs)), **out}
+
+
+def _retrieval_task(export: str, spec: str, args):
+    from alm.eval.retrieval import task_run
+
+    return task_run(export, spec, args)
+
+
+def _zeroshot_task(export: str, spec: str, args):
+    from alm.eval.zeroshot import task_run
+
+    return task_run(export, spec, args)
+
+
+def _retrieval_arguments(p) -> None:
+    from alm.eval.retrieval import task_arguments
+
+    task_arguments(p)
+
+
+def _zeroshot_arguments(p) -> None:
+    from alm.eval.zeroshot import task_arguments
+
+    task_arguments(p)
+
+
+# `alm eval run EXPORT --task retrieval|zeroshot --shards SPEC` of a clap export (alm eval retrieval / zeroshot)
+EVAL_TASKS = (
+    EvalTask("retrieval", "text->audio and audio->text R@1/5/10, mAP@10 over every clip and caption of the shards",
+             _retrieval_task, _retrieval_arguments),
+    EvalTask("zeroshot", "zero-shot classification by label prompts (--labels FILE [--template ...] [--label-key KEY])",
+             _zeroshot_task, _zeroshot_arguments),
+)
