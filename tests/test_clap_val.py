@@ -176,3 +176,17 @@ def test_two_ranks_zero3_log_the_metrics_of_one_rank(tmp_path):
     assert len(one) == 15 and one == two, (one, two)
     assert 0 < one["val/text_to_audio/mean_rank"] <= 23
     json.dumps(one)  # plain numbers
+
+
+@pytest.mark.slow
+def test_contrastive_scaling_benchmark_runs():
+    """benchmarks/contrastive_scaling.py with tiny settings prints its ratio lines (nothing is timed here)."""
+    import subprocess
+
+    from helpers import env
+
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "contrastive_scaling.py"), "--batch", "32",
+                        "--dim", "32", "--steps", "2", "--warmup", "1"], cwd=REPO, env=env(), capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "ratio (local / global): step time" in p.stdout and "gather share of the global-loss step" in p.stdout
