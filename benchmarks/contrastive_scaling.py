@@ -87,14 +87,15 @@ def worker(rank: int, world: int, port: int, variant: str, a: argparse.Namespace
         if step >= a.warmup:
             times.append(time.perf_counter() - t0)
     alone = []
-    for _ in range(a.steps if variant == "global" else 0):  # the step's two gathers alone, forward + backward
+    for i in range(a.warmup + a.steps if variant == "global" else 0):  # the step's two gathers alone, fwd + bwd
         x = torch.nn.functional.normalize(audio_x, dim=-1).requires_grad_()
         dist.barrier()
         t0 = time.perf_counter()
         for _ in range(2):
             rows, _ = real(x)
             rows.backward(torch.ones_like(rows))
-        alone.append(time.perf_counter() - t0)
+        if i >= a.warmup:
+            alone.append(time.perf_counter() - t0)
     if rank == 0:
         share = statistics.median(alone) / statistics.median(times) if alone else 0.0
         Path(out).write_text(f"{statistics.median(times)} {peak_rss_mb() - base} {gather_s[0] / sum(times)} {share} "
