@@ -190,3 +190,62 @@ def test_contrastive_scaling_benchmark_runs():
                        text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "ratio (local / global): step time" in p.stdout and "gather share of the global-loss step" in p.stdout
+
+
+def test_activation_checkpointing_wraps_both_towers_and_keeps_gradients():
+    """trainer.activation_checkpointing on a CLAP: every block of both towers is recomputed in the
+    backward pass (each block's forward runs twice), with the loss and gradients of the plain model."""
+    from alm.models.clap import Clap, ClapConfig
+    from alm.stages.contrastive_loss import contrastive_loss
+    from alm.training.module import checkpoint_blocks
+
+    cfg = ClapConfig(sample_rate=8000, n_fft=128, hop_length=64, n_mels=16, patch_frames=3, max_seconds=0.5,
+                     audio_layers=2, audio_heads=2, audio_dim=32, text_vocab_size=40, text_max_len=12, text_layers=3,
+                     text_heads=2, text_dim=32, embed_dim=16)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(4, 3000, generator=g), torch.tensor([3000, 2000, 2500, 1000]),
+             torch.randint(1, 40, (4, 12), generator=g), torch.ones(4, 12, dtype=torch.bool))
+
+    def run(checkpointed: bool):
+        torch.manual_seed(0)
+        model = Clap(cfg)
+        calls = []
+        for name, m in model.named_modules():
+            if name.startswith(("audio.blocks.", "text.blocks.")) and name.endswith(".attn"):  # runs inside a block
+                m.register_forward_hook(lambda *_, n=name: calls.append(n))
+        wrapped = checkpoint_blocks(model) if checkpointed else 0
+        loss = contrastive_loss(*model(*batch))
+        loss.backward()
+        return wrapped, calls, loss.item(), {k: p.grad for k, p in model.named_parameters()}
+
+    n_plain, plain_calls, plain_loss, plain_grads = run(False)
+    n, calls, loss, grads = run(True)
+    assert n == 5 and len(plain_calls) == 5 and len(calls) == 10  # 2 audio + 3 text blocks, each recomputed once
+    assert loss == plain_loss
+    assert all(torch.allclose(grads[k], plain_grads[k], atol=1e-6) for k in grads)
+
+
+def test_full_recipes_state_the_papers_values_and_pass_the_stage_check(tmp_path):
+    """recipes/clap.yaml and recipes/mulan.yaml load, build (meta device), and pass stage clap's
+    check with a tokenizer of the size they state; the values their headers cite are the ones set."""
+    from alm.config import load_recipe
+    from alm.recipes_index import count_parameters
+    from alm.stages.clap import check
+
+    for name, vocab in (("clap", 4000), ("mulan", 8000)):
+        tok = tmp_path / name
+        tok.mkdir()
+        (tok / "text_tokenizer.json").write_text(json.dumps({"vocab_size": vocab}))
+        path = REPO / "recipes" / f"{name}.yaml"
+        cfg = load_recipe(path, [f"data.tokenizer={tok}"])
+        check(cfg)
+        assert 100e6 < count_parameters(path) < 250e6
+        assert cfg.model.max_seconds == 10.0 and cfg.model.init_temperature == 0.07 and cfg.data.windows == "one"
+    clap = load_recipe(REPO / "recipes" / "clap.yaml")
+    assert clap.data.batch_size * clap.trainer.devices * clap.trainer.num_nodes == 768  # the paper's global batch
+    assert (clap.optim.lr, clap.optim.weight_decay, clap.optim.warmup_steps) == (1e-4, 0.0, 3200)
+    assert (clap.model.sample_rate, clap.model.n_fft, clap.model.hop_length, clap.model.n_mels) == (48000, 1024, 480, 64)
+    assert (clap.model.embed_dim, clap.model.text_max_len) == (512, 77)
+    mulan = load_recipe(REPO / "recipes" / "mulan.yaml")
+    assert mulan.model.embed_dim == 128 and (mulan.model.n_fft, mulan.model.hop_length) == (400, 160)
+    assert (mulan.model.audio_layers, mulan.model.audio_dim, mulan.model.text_layers, mulan.model.text_dim) == (12, 768, 12, 768)
