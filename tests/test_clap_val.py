@@ -249,3 +249,30 @@ def test_full_recipes_state_the_papers_values_and_pass_the_stage_check(tmp_path)
     mulan = load_recipe(REPO / "recipes" / "mulan.yaml")
     assert mulan.model.embed_dim == 128 and (mulan.model.n_fft, mulan.model.hop_length) == (400, 160)
     assert (mulan.model.audio_layers, mulan.model.audio_dim, mulan.model.text_layers, mulan.model.text_dim) == (12, 768, 12, 768)
+
+
+@pytest.mark.slow
+def test_validation_of_a_converted_clap_embeds_as_alm_embed(tmp_path):
+    """model.tower=hf (a converted transformers CLAP): the validation pass goes through its tokenizer
+    and feature extractor, as alm embed does (1.5 s clips, a 1 s window: two windows each)."""
+    from alm.cli import main
+    from alm.data.audio import load_mono
+    from alm.embed import load_encoder
+    from alm.eval.heldout import clips, heldout_shards
+    from alm.export import load_config, load_pretrained
+    from alm.models.clap_hf import make_tiny_hf_clap
+    from alm.stages.clap_val import heldout_embeddings
+
+    assert main(["convert", "clap", str(make_tiny_hf_clap(tmp_path / "src")), "--out", str(tmp_path / "export")]) == 0
+    counts = write_captioned(tmp_path / "val", n_clips=7, seconds=1.5)
+    cfg = load_config(tmp_path / "export")
+    cfg.data.tokenizer, cfg.data.batch_size = str(tmp_path / "export" / "tokenizer"), 3
+    model = load_pretrained(tmp_path / "export").float().eval()
+    urls = heldout_shards(str(tmp_path / "val"))
+    audio, text, pairs, _ = heldout_embeddings(model, cfg, urls)
+    enc = load_encoder(tmp_path / "export")
+    assert enc.window < 1.5 * enc.sample_rate
+    every = list(clips(urls))
+    assert audio.shape[0] == 7 and text.shape[0] == sum(counts) == len(pairs)
+    assert np.abs(audio - enc.audio([load_mono(c.audio, enc.sample_rate)[0] for c in every])).max() < 1e-5
+    assert np.abs(text - enc.texts([t for c in every for t in c.texts])).max() < 1e-5
