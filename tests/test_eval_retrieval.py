@@ -204,6 +204,7 @@ def clap_export(tmp_path_factory):
     return write_export(Clap(cfg.model), cfg, root / "export"), shards
 
 
+@pytest.mark.slow
 def test_eval_retrieval_of_an_export_equals_the_precomputed_path(clap_export, tmp_path):
     """`alm eval retrieval EXPORT --shards DIR` (the directory: its test split) == `alm embed` of the
     same clips and captions scored by `alm eval retrieval --audio-embeddings ...`."""
