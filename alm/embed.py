@@ -3,8 +3,8 @@
     alm embed EXPORT --texts FILE --out T.npy                 one text per line (blank lines kept as "")
     alm embed EXPORT --audio A.wav [B.flac ...] --out A.npy   one row per file, in the order given
 
-    from alm.embed import load_encoder
-    enc = load_encoder("exports/clap")
+    from alm.embed import load_encoder, encoder_for
+    enc = load_encoder("exports/clap")   # or encoder_for(model, tokenizer_dir) over a live model
     enc.texts(["a dog barks"])          # (N, D) float32, unit rows, input order
     enc.audio([clip])                    # clips: mono float32 at enc.sample_rate
     enc.files(["a.wav", "b.flac"])       # read, mono (channel mean), resampled to enc.sample_rate
@@ -22,7 +22,9 @@ no dependence on batch size or on the other clips of a batch.
 
 Memory: `files` streams each file block by block (decode, downmix, streamed soxr resampling, equal
 to resampling the whole file), so an hour-long file is held as one window at a time, never whole;
-at most `batch_size` windows wait for the model.
+at most `batch_size` windows wait for the model, and only the clips with a window in that batch
+keep a running sum. The rows go into `out` when given (the CLI writes them into a memory-mapped
+.npy), so a million files cost their (N, D) float32 rows on disk, not in memory.
 """
 
 from __future__ import annotations
@@ -49,57 +51,78 @@ class Encoder:
         self.dim = int(backend.dim)
         self.description = description
 
-    def texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    def texts(self, texts: Sequence[str], batch_size: int = 64, out: np.ndarray | None = None) -> np.ndarray:
+        """out: an (N, D) float32 array to fill (e.g. a np.lib.format.open_memmap), else one is made."""
         _check_batch(batch_size)
-        texts = [str(t) for t in texts]
-        rows = [self.backend.embed_texts(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
-        return _rows(rows, self.dim)
+        rows = self._output(len(texts), out)
+        for i in range(0, len(texts), batch_size):
+            rows[i : i + batch_size] = self.backend.embed_texts([str(t) for t in texts[i : i + batch_size]])
+        return rows
 
-    def audio(self, clips: Sequence[np.ndarray], batch_size: int = 16) -> np.ndarray:
+    def audio(self, clips: Sequence[np.ndarray], batch_size: int = 16, out: np.ndarray | None = None) -> np.ndarray:
         """Mono float32 clips at sample_rate (see the module docstring for clips longer than window)."""
         _check_batch(batch_size)
         for i, clip in enumerate(clips):
             if np.asarray(clip).ndim != 1:
                 raise UserError(f"audio clip {i}: expected mono (samples,), got shape {np.asarray(clip).shape}")
-        return self._pooled(((i, w) for i, clip in enumerate(clips) for w in windows(clip, self.window)),
-                            len(clips), batch_size, [f"clip {i}" for i in range(len(clips))])
+        items = ((i, w) for i, clip in enumerate(clips) for w in windows(clip, self.window))
+        return self._pooled(items, self._output(len(clips), out), batch_size, lambda i: f"audio clip {i}")
 
-    def files(self, paths: Sequence[str | Path], batch_size: int = 16) -> np.ndarray:
+    def files(self, paths: Sequence[str | Path], batch_size: int = 16, out: np.ndarray | None = None) -> np.ndarray:
         """Audio files (any alm.data.audio format), each read block by block (see the module docstring)."""
         _check_batch(batch_size)
         for p in paths:
             if not Path(p).is_file():
                 raise UserError(f"{p}: no such audio file")
         items = ((i, w) for i, p in enumerate(paths) for w in file_windows(p, self.sample_rate, self.window))
-        return self._pooled(items, len(paths), batch_size, [str(p) for p in paths])
+        return self._pooled(items, self._output(len(paths), out), batch_size, lambda i: str(paths[i]))
 
-    def _pooled(self, items: Iterable[tuple[int, np.ndarray]], n: int, batch_size: int, names: list[str]) -> np.ndarray:
-        """Length-weighted sums of the windows' embeddings per clip, renormalised -> (n, D)."""
-        sums = np.zeros((n, self.dim), np.float64)
-        weight = np.zeros(n, np.int64)
+    def _output(self, n: int, out: np.ndarray | None) -> np.ndarray:
+        if out is None:
+            return np.zeros((n, self.dim), np.float32)
+        if out.shape != (n, self.dim) or out.dtype != np.float32:
+            raise ValueError(f"out: expected a float32 array of shape {(n, self.dim)}, got {out.dtype} {out.shape}")
+        return out
+
+    def _pooled(self, items: Iterable[tuple[int, np.ndarray]], rows: np.ndarray, batch_size: int, name) -> np.ndarray:
+        """Length-weighted sums of each clip's window embeddings, renormalised, into rows (N, D). Items come
+        clip after clip: only the clips with windows in the current batch are held (float64 sums)."""
+        sums: dict[int, np.ndarray] = {}
+        weight: dict[int, int] = {}
         owners: list[int] = []
         batch: list[np.ndarray] = []
+        done = -1  # every clip up to here is finished and written
+
+        def finish(upto: int) -> None:
+            nonlocal done
+            for i in range(done + 1, upto + 1):
+                if i not in sums:
+                    raise UserError(f"{name(i)}: no audio samples (empty)")
+                total = sums.pop(i)
+                weight.pop(i)
+                rows[i] = total / max(np.linalg.norm(total), 1e-12)
+            done = max(done, upto)
 
         def flush() -> None:
             emb = np.asarray(self.backend.embed_windows(batch), np.float64)
             for row, owner, w in zip(emb, owners, batch):
-                sums[owner] += len(w) * row
-                weight[owner] += len(w)
+                sums[owner] = sums[owner] + len(w) * row if owner in sums else len(w) * row
+                weight[owner] = weight.get(owner, 0) + len(w)
+            finish(owners[-1] - 1)  # the last clip of the batch may have more windows to come
             owners.clear()
             batch.clear()
 
         for owner, w in items:
+            if len(w) == 0:
+                continue
             owners.append(owner)
             batch.append(w)
             if len(batch) == batch_size:
                 flush()
         if batch:
             flush()
-        empty = [names[i] for i in range(n) if weight[i] == 0]
-        if empty:
-            raise UserError(f"{empty[0]}: no audio samples (empty)" + (f" and {len(empty) - 1} more" if len(empty) > 1 else ""))
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
+        finish(len(rows) - 1)
+        return rows
 
 
 def windows(clip: np.ndarray, size: int) -> Iterator[np.ndarray]:
@@ -173,12 +196,13 @@ class AlmClapBackend:
     def __init__(self, model, tokenizer_dir: Path, device: str):
         from alm.tokenizers.text import load_text_tokenizer
 
-        self.model = model.to(device).eval()
+        self.model = model  # used as it is (device, train/eval mode): see alm.embed.encoder_for
         self.device = device
         cfg = model.cfg
         self.cfg = cfg
         if not (tokenizer_dir / "spm.model").is_file():
-            raise UserError(f"{tokenizer_dir.parent}: the export has no tokenizer/spm.model (its text tokenizer)")
+            raise UserError(f"{tokenizer_dir}: no spm.model (the clap model's sentencepiece tokenizer; an export keeps "
+                            "it in EXPORT/tokenizer)")
         self.tokenizer = load_text_tokenizer(tokenizer_dir)
         self.sample_rate = cfg.sample_rate
         self.window = cfg.max_samples
@@ -232,15 +256,23 @@ def load_encoder(export_dir: str | Path, device: str = "cpu") -> Encoder:
     if stage is not None and stage != "clap":
         raise UserError(f"{export_dir}: an alm export of stage {stage!r}, not a clap export (CLAP embeddings need "
                         "stage clap: `alm export` of a clap run, or `alm convert clap`)")
-    cfg = load_config(export_dir)
-    model = load_pretrained(export_dir).float()
-    if getattr(cfg.model, "tower", "alm") == "hf":
+    load_config(export_dir)  # a clear error for what is not an export
+    model = load_pretrained(export_dir).float().to(device).eval()
+    return encoder_for(model, export_dir / "tokenizer", device, f"clap:{export_dir}")
+
+
+def encoder_for(model, tokenizer_dir: str | Path, device: str | None = None, description: str = "clap") -> Encoder:
+    """An Encoder over a live clap-stage model (alm.models.clap.build_clap: Clap or HFClap), e.g. during
+    validation: its front end from tokenizer_dir (alm towers: the sentencepiece dir; tower hf: the
+    processor folder). The model is used as it is: put it in eval mode first; inputs go to `device`
+    (None: the device of its parameters)."""
+    if device is None:
+        device = str(next(model.parameters()).device)
+    if getattr(model.cfg, "tower", "alm") == "hf":
         from alm.models.clap_hf import HFClapBackend
 
-        backend = HFClapBackend(model, export_dir / "tokenizer", device)
-    else:
-        backend = AlmClapBackend(model, export_dir / "tokenizer", device)
-    return Encoder(backend, f"clap:{export_dir}")
+        return Encoder(HFClapBackend(model, Path(tokenizer_dir), device), description)
+    return Encoder(AlmClapBackend(model, Path(tokenizer_dir), device), description)
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
@@ -278,19 +310,22 @@ def run(a: argparse.Namespace) -> int:
     if not str(a.out).endswith(".npy"):
         raise UserError(f"--out {a.out}: expected a .npy file name")
     enc = load_encoder(a.export, a.device)
-    if a.texts is not None:
-        rows = enc.texts(read_texts(a.texts), a.batch_size or 64)
-        what = f"{len(rows)} texts"
-    else:
-        rows = enc.files(a.audio, a.batch_size or 16)
-        what = f"{len(rows)} audio files"
+    texts = read_texts(a.texts) if a.texts is not None else None
+    n = len(texts) if texts is not None else len(a.audio)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    what = f"{n} texts" if texts is not None else f"{n} audio files"
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, rows)
+    def write(tmp: str) -> None:  # rows straight into the .npy (memory-mapped), renamed into place when complete
+        rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, enc.dim))
+        if texts is not None:
+            enc.texts(texts, a.batch_size or 64, out=rows)
+        else:
+            enc.files(a.audio, a.batch_size or 16, out=rows)
+        rows.flush()
+        del rows
 
     atomic_write_with(out, write)
-    print(f"[alm] embedded {what} -> {out} {rows.shape} float32")
+    shape = (n, enc.dim)
+    print(f"[alm] embedded {what} -> {out} {shape} float32")
     return 0

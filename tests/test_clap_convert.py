@@ -73,7 +73,10 @@ def test_export_layout_and_weights(converted):
     model, (hf, _, _) = load_pretrained(export), reference(ref)
     ours, theirs = model.state_dict(), hf.state_dict()
     assert set(ours) == set(theirs)  # transformers' own names
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert ours["logit_scale_a"].shape == (1,) and theirs["logit_scale_a"].shape == ()  # (1,) for DeepSpeed
+    assert all(torch.equal(ours[k].reshape(theirs[k].shape), theirs[k]) for k in theirs)
+    back = model.to_transformers_state()
+    assert all(back[k].shape == theirs[k].shape and torch.equal(back[k], theirs[k]) for k in theirs)
 
 
 def test_text_parity(converted):
@@ -123,8 +126,77 @@ def test_long_audio_is_the_weighted_mean_of_transformers_windows(converted):
     assert np.abs(got - mean / np.linalg.norm(mean)).max() < TOL
 
 
+def test_every_trainable_parameter_gets_a_gradient_from_the_stage_loss(converted):
+    """What DDP needs (it stops at the second step otherwise); examples through the stage's own front end."""
+    from alm.export import load_config, load_pretrained
+    from alm.stages.clap import _HFExamples, collate, loss
+
+    _, export = converted
+    cfg = load_config(export)
+    model = load_pretrained(export).train()
+    make = _HFExamples(cfg)
+    g = np.random.default_rng(0)
+    samples = []
+    for i, (n, caption) in enumerate([(9000, "a dog barks"), (30000, "rain falls"), (16000, "a piano")]):
+        from alm.data.audio import encode_flac
+
+        samples.append({"__key__": str(i), "flac": encode_flac((0.3 * g.standard_normal(n)).astype(np.float32), 16000),
+                        "json": json.dumps({"captions": [caption]}).encode()})
+    batch = collate([make(s, np.random.default_rng(i)) for i, s in enumerate(samples)])
+    assert batch["features"].shape[0] == 3 and batch["_tokens"] == 9000 + 16000 + 16000  # the 30000 one cropped
+    loss(model, batch).backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and {n for n, p in model.named_parameters() if p.grad is not None} == trainable
+    assert "logit_scale_a" in trainable and "logit_scale_t" not in trainable
+
+
+def test_export_format_transformers_round_trips(converted, tmp_path):
+    """alm export --format transformers of a tower-hf model: ClapModel / ClapProcessor.from_pretrained load it,
+    with the same tensors and the same embeddings."""
+    from transformers import ClapModel, ClapProcessor
+
+    from alm.embed import load_encoder
+    from alm.export import load_config, load_pretrained, write_export
+
+    _, export = converted
+    model = load_pretrained(export)
+    out = write_export(model, load_config(export), tmp_path / "hf", fmt="transformers")
+    hf, proc = ClapModel.from_pretrained(str(out)).eval(), ClapProcessor.from_pretrained(str(out))
+    ours = model.to_transformers_state()
+    assert set(hf.state_dict()) == set(ours) and all(torch.equal(v, ours[k]) for k, v in hf.state_dict().items())
+    with torch.no_grad():
+        t = hf.get_text_features(**proc.tokenizer(TEXTS[:2], padding=True, return_tensors="pt")).pooler_output
+    assert np.abs(torch.nn.functional.normalize(t, dim=-1).numpy() - load_encoder(export).texts(TEXTS[:2])).max() < TOL
+
+
+def test_stage_check_of_tower_hf(converted, tmp_path):
+    from alm.config import load_recipe
+    from alm.errors import UserError
+    from alm.stages.clap import check
+
+    _, export = converted
+    recipe = REPO / "recipes" / "tiny" / "clap_finetune.yaml"
+
+    def cfg(*overrides):
+        return load_recipe(recipe, [f"run_dir={tmp_path / 'run'}", f"data.tokenizer={export / 'tokenizer'}", *overrides])
+
+    check(cfg())
+    with pytest.raises(UserError, match="zero_stage=3: transformers' ClapModel initialises its weights"):
+        check(cfg("trainer.strategy=deepspeed", "trainer.zero_stage=3"))
+    check(cfg("trainer.strategy=deepspeed", "trainer.zero_stage=2"))
+    with pytest.raises(UserError, match="needs the converted CLAP's processor folder"):
+        check(cfg("data.tokenizer=synthetic"))
+    (tmp_path / "spm").mkdir()
+    with pytest.raises(UserError, match="not a CLAP processor folder"):
+        check(cfg(f"data.tokenizer={tmp_path / 'spm'}"))
+
+
 def test_convert_errors(tmp_path, capsys):
     from alm.cli import main
+
+    assert main(["convert", "clap", "laion/clap-htsat-unfused", "--out", str(tmp_path / "e")]) == 2  # offline here
+    err = capsys.readouterr().err.strip()
+    assert "laion/clap-htsat-unfused" in err and "HF_HUB_OFFLINE=1" in err and len(err.splitlines()) == 1
 
     assert main(["convert", "clap", str(tmp_path / "nope"), "--out", str(tmp_path / "e")]) == 2
     assert "CLAP model" in capsys.readouterr().err
@@ -149,11 +221,14 @@ def test_clap_score_embedder_on_a_converted_export(converted):
 @pytest.mark.slow
 def test_tiny_finetune_from_a_converted_clap(tmp_path):
     """recipes/tiny/clap_finetune.yaml with init_from = a converted tiny CLAP (made with another seed
-    than the run's, so a fresh init cannot pass for it): trains under ddp, its export starts from the
+    than the run's, so a fresh init cannot pass for it): trains under ddp on 2 gloo ranks (a trainable
+    parameter without gradient stops DDP at step 2: seen with logit_scale_t), its export starts from the
     converted weights (fine-tuned params within the few steps' reach of them, far from a fresh init),
-    and alm embed reads the fine-tuned export."""
+    alm embed reads the fine-tuned export, and DeepSpeed ZeRO-2 on 2 ranks logs the same losses (a 0-dim
+    parameter stops DeepSpeed at engine init: seen with transformers' logit scales)."""
     from helpers import alm, losses
 
+    from alm.cli import main
     from alm.config import load_recipe
     from alm.export import load_pretrained
     from alm.models.clap import build_clap
@@ -161,14 +236,18 @@ def test_tiny_finetune_from_a_converted_clap(tmp_path):
 
     src = make_tiny_hf_clap(tmp_path / "src", seed=1)
     export, run, tuned = tmp_path / "export", tmp_path / "run", tmp_path / "tuned"
-    alm("convert", "clap", str(src), "--out", str(export))
+    assert main(["convert", "clap", str(src), "--out", str(export)]) == 0  # in-process: one subprocess (train) only
     recipe = REPO / "recipes" / "tiny" / "clap_finetune.yaml"
-    alm("train", str(recipe), f"run_dir={run}", f"init_from={export}", f"data.tokenizer={export / 'tokenizer'}",
-        "trainer.max_steps=3", "trainer.val_every_n_steps=0", "trainer.progress_bar=false", "trainer.accelerator=cpu",
-        "trainer.threads=1", "data.shuffle_buffer=32", "wandb.enabled=false")
+    common = [f"init_from={export}", f"data.tokenizer={export / 'tokenizer'}", "trainer.max_steps=3", "trainer.devices=2",
+              "trainer.val_every_n_steps=0", "trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.threads=1",
+              "data.shuffle_buffer=32", "wandb.enabled=false"]
+    alm("train", str(recipe), f"run_dir={run}", *common)
     steps = losses(run)
     assert sorted(steps) == [0, 1, 2] and all(np.isfinite(v) for v in steps.values())
-    alm("export", str(run), "--out", str(tuned))
+    alm("train", str(recipe), f"run_dir={tmp_path / 'z2'}", *common, "trainer.strategy=deepspeed", "trainer.zero_stage=2")
+    z2 = losses(tmp_path / "z2")
+    assert sorted(z2) == sorted(steps) and all(abs(z2[k] - steps[k]) <= 1e-5 * abs(steps[k]) for k in steps), (steps, z2)
+    assert main(["export", str(run), "--out", str(tuned)]) == 0
     start, after = load_pretrained(export).state_dict(), load_pretrained(tuned).state_dict()
     torch.manual_seed(0)
     fresh = build_clap(load_recipe(recipe, [f"run_dir={run}"]).model).state_dict()
@@ -177,5 +256,25 @@ def test_tiny_finetune_from_a_converted_clap(tmp_path):
     assert 0 < moved < 0.01 < from_fresh, (moved, from_fresh)
     texts = tmp_path / "t.txt"
     texts.write_text("a dog barks\nrain falls\n")
-    alm("embed", str(tuned), "--texts", str(texts), "--out", str(tmp_path / "T.npy"))
+    assert main(["embed", str(tuned), "--texts", str(texts), "--out", str(tmp_path / "T.npy")]) == 0
     assert np.load(tmp_path / "T.npy").shape == (2, 32)
+
+
+@pytest.mark.slow
+def test_convert_a_hub_id_from_the_hf_cache_offline(tmp_path):
+    """`alm convert clap org/name` reads a model + processor the HF cache holds (faked in its layout), offline;
+    the export embeds like the cached transformers folder."""
+    from test_tokenize_hub import fake_hub_model, run_alm
+
+    from alm.embed import load_encoder
+    from alm.models.clap_hf import make_tiny_hf_clap
+
+    snap = fake_hub_model(tmp_path / "hf", "laion/tiny-clap", lambda d: make_tiny_hf_clap(d))
+    p = run_alm(["convert", "clap", "laion/tiny-clap", "--out", str(tmp_path / "export")], tmp_path / "hf")
+    assert p.returncode == 0, p.stderr[-3000:]
+    hf, tok, _ = reference(snap)
+    with torch.no_grad():
+        want = hf.get_text_features(**tok(TEXTS[:3], padding=True, return_tensors="pt")).pooler_output
+    got = load_encoder(tmp_path / "export").texts(TEXTS[:3])
+    assert np.abs(got - torch.nn.functional.normalize(want, dim=-1).numpy()).max() < TOL
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["source"] == "laion/tiny-clap"

@@ -69,6 +69,10 @@ def test_texts_are_the_models_text_embeddings_in_order(export):
         assert np.abs(rows[i] - want).max() < 1e-5, i
     assert np.abs(enc.texts(CAPTIONS[::-1], batch_size=64) - rows[::-1]).max() < 1e-5  # order, batch size
     assert len({r.tobytes() for r in rows}) == len(CAPTIONS)  # the texts are told apart
+    from alm.embed import encoder_for
+
+    live = encoder_for(model.eval(), export / "tokenizer")  # a live model (e.g. at validation), not an export dir
+    assert np.abs(live.texts(CAPTIONS) - rows).max() < 1e-6
 
 
 def test_long_audio_is_the_length_weighted_mean_of_its_windows(export):
@@ -146,7 +150,26 @@ def test_user_errors_are_one_line(export, tmp_path, capsys):
     sf.write(empty, np.zeros(0), 8000)
     assert main(["embed", str(export), "--audio", str(empty), "--out", str(tmp_path / "x.npy")]) == 2
     assert "no audio samples" in capsys.readouterr().err
-    assert not (tmp_path / "x.npy").exists()
+    assert not (tmp_path / "x.npy").exists() and not list(tmp_path.glob(".x.npy*"))  # no partial file left
+
+
+def test_rows_fill_a_given_array_and_clips_are_independent(export, tmp_path):
+    """out= (the CLI's memory-mapped .npy) gets the same rows; an empty clip among others is named."""
+    from alm.embed import load_encoder
+    from alm.errors import UserError
+
+    enc = load_encoder(export)
+    g = np.random.default_rng(5)
+    clips = [g.standard_normal(n).astype(np.float32) for n in (4000, 100, 8001, 3999, 12000, 1)]
+    want = enc.audio(clips, batch_size=16)
+    mm = np.lib.format.open_memmap(tmp_path / "rows.npy", mode="w+", dtype=np.float32, shape=want.shape)
+    enc.audio(clips, batch_size=2, out=mm)
+    mm.flush()
+    assert np.abs(np.load(tmp_path / "rows.npy") - want).max() < 1e-5
+    for i, c in enumerate(clips):  # each row is the clip embedded alone
+        assert np.abs(enc.audio([c])[0] - want[i]).max() < 1e-5, i
+    with pytest.raises(UserError, match="audio clip 2: no audio samples"):
+        enc.audio([clips[0], clips[1], np.zeros(0, np.float32), clips[2]], batch_size=3)
 
 
 def test_clap_score_embedder_takes_an_alm_clap_export(export, tmp_path):

@@ -3,8 +3,10 @@ audio encoder (ClapAudioModel) and the RoBERTa text encoder (ClapTextModel) — 
 and logit scales, rebuilt from `model.hf_config` (the ClapConfig as a dict) alone: no download.
 
 The submodules keep transformers' ClapModel names (text_model.*, text_projection.*, audio_model.*,
-audio_projection.*, logit_scale_a, logit_scale_t), so an alm export of this model holds exactly
-the tensors of a transformers ClapModel checkpoint, under the same names.
+audio_projection.*, logit_scale_a, logit_scale_t), so an alm export of this model holds the tensors
+of a transformers ClapModel checkpoint under the same names — the two logit scales with shape (1,)
+instead of transformers' 0-dim scalars, because DeepSpeed cannot broadcast or partition a 0-dim
+parameter (`to_transformers_state` gives them back as scalars; `alm export --format transformers`).
 
     features (B, 1 or 4, frames, n_mels)  the ClapFeatureExtractor's log-mels (4: fusion models)
     is_longer (B, 1) bool                 the feature extractor's fusion flag
@@ -13,9 +15,11 @@ the tensors of a transformers ClapModel checkpoint, under the same names.
       -> text_model pooler -> text_projection -> L2-normalised (B, projection_dim)
 
 Similarities are cosine * exp(logit_scale_a) (clamped at ln 100 as in CLIP): LAION's training
-loss uses logit_scale_a for both directions (logit_scale_t only scores its MLP-feature loss).
-Both scales are 0-dim parameters as transformers stores them, which DeepSpeed ZeRO-3 cannot
-partition: the stage refuses ZeRO-3 for tower hf (ddp and ZeRO 1/2 are fine).
+loss uses logit_scale_a for both directions (logit_scale_t only scores its MLP-feature loss, so it
+is kept frozen here: under DDP an unused trainable parameter stops the second step).
+ZeRO-3 is refused for tower hf: ClapModel's constructor initialises its weights itself, and under
+zero.Init those are empty partitions (seen: IndexError in transformers' _init_weights). ddp and
+ZeRO 1/2 train (2 gloo ranks: ZeRO-2 logs DDP's losses).
 
 Front end (`HFFrontEnd`): the processor files of the export (its tokenizer/ folder: tokenizer +
 feature extractor config, written by `alm convert clap`) — the feature extractor's own rate, mel
@@ -36,6 +40,7 @@ import torch.nn.functional as F
 from alm.errors import UserError
 
 MAX_LOGIT_SCALE = math.log(100.0)
+SCALARS = ("logit_scale_a", "logit_scale_t")  # 0-dim in transformers, (1,) here
 VOLATILE_KEYS = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype")
 
 
@@ -76,8 +81,18 @@ class HFClap(nn.Module):
         self.text_projection = clap.text_projection
         self.audio_model = clap.audio_model
         self.audio_projection = clap.audio_projection
-        self.logit_scale_a = clap.logit_scale_a
-        self.logit_scale_t = clap.logit_scale_t
+        self.logit_scale_a = nn.Parameter(clap.logit_scale_a.detach().reshape(1).clone())  # (1,): see above
+        self.logit_scale_t = nn.Parameter(clap.logit_scale_t.detach().reshape(1).clone())
+        # no loss here uses it (LAION's logit_scale_t scales only its MLP-feature loss): frozen, so DDP's
+        # reducer does not wait for a gradient that never comes; exported unchanged
+        self.logit_scale_t.requires_grad_(False)
+
+    def to_transformers_state(self) -> dict[str, torch.Tensor]:
+        """The state dict of the equivalent transformers ClapModel (0-dim logit scales)."""
+        state = self.state_dict()
+        for name in SCALARS:
+            state[name] = state[name].reshape(())
+        return state
 
     def scale(self) -> torch.Tensor:
         """exp(logit_scale_a), clamped at 100, shape (1,)."""
@@ -160,7 +175,7 @@ class HFClapBackend:
     """alm.embed's backend for a converted CLAP export (model.tower: hf)."""
 
     def __init__(self, model: HFClap, processor_dir: Path, device: str):
-        self.model = model.to(device).eval()
+        self.model = model  # used as it is (device, train/eval mode): see alm.embed.encoder_for
         self.device = device
         self.front = HFFrontEnd(processor_dir, model.cfg.hf_config)
         self.sample_rate = self.front.sample_rate

@@ -235,8 +235,9 @@ def check_hf(cfg: RunConfig) -> None:
         raise UserError(f"data.tokenizer={tok}: not a CLAP processor folder (needs tokenizer_config.json and "
                         "preprocessor_config.json or processor_config.json)")
     if cfg.trainer.strategy == "deepspeed" and cfg.trainer.zero_stage == 3:
-        raise UserError("model.tower=hf with trainer.zero_stage=3: transformers' CLAP keeps its logit scales as 0-dim "
-                        "parameters, which ZeRO-3 cannot partition; use trainer.zero_stage=2 or trainer.strategy=ddp")
+        raise UserError("model.tower=hf with trainer.zero_stage=3: transformers' ClapModel initialises its weights in "
+                        "its own constructor, on the empty partitions ZeRO-3 builds; use trainer.zero_stage=2 or "
+                        "trainer.strategy=ddp")
 
 
 SYNTHETIC_AUDIO = "synthetic-v1"
@@ -307,6 +308,30 @@ def heldout_retrieval(model: Clap, shards: str, tokenizer_dir: str) -> dict:
     return {"metrics": metrics, "n_audio": len(audio), "n_text": len(text)}
 
 
+def export_transformers(model, cfg: RunConfig, out: Path) -> None:
+    """`alm export RUN --out DIR --format transformers` of a converted (and fine-tuned) CLAP: a transformers
+    folder — ClapModel.from_pretrained(DIR) and ClapProcessor.from_pretrained(DIR) load it."""
+    import shutil
+
+    if cfg.model.tower != "hf":
+        raise UserError("--format transformers: only for model.tower=hf (a converted CLAP); alm's own towers have no "
+                        "transformers class: use the default --format alm")
+    from transformers import ClapModel
+
+    from alm.models.clap_hf import transformers_config
+
+    dtype = next(model.parameters()).dtype
+    hf = ClapModel(transformers_config(cfg.model.hf_config)).to(dtype)
+    hf.load_state_dict(model.to_transformers_state(), strict=True)  # the same names (alm/models/clap_hf.py)
+    hf.save_pretrained(str(out))
+    processor = Path(cfg.data.tokenizer or "")
+    if not processor.is_dir():
+        raise UserError(f"--format transformers: data.tokenizer={cfg.data.tokenizer} is not the CLAP processor folder")
+    for f in sorted(processor.iterdir()):
+        if f.is_file() and not (out / f.name).exists():
+            shutil.copyfile(f, out / f.name)
+
+
 def _convert_arguments(p) -> None:
     from alm.convert_clap import add_arguments
 
@@ -345,8 +370,10 @@ STAGE = Stage(
     eval_tasks=clap_val.EVAL_TASKS,
     check=check,
     synthetic_data=synthetic_data,
+    export_formats={"transformers": export_transformers},
     commands=(Command("embed", None, "CLAP embeddings of texts or audio files from a clap export: (N, D) float32 "
-                      "L2-normalised rows in input order, as .npy", _embed_arguments, _embed),
+                      "L2-normalised rows in input order, as .npy; audio longer than the model's window: the length-weighted "
+                      "mean of its non-overlapping windows' embeddings", _embed_arguments, _embed),
               Command("convert", "clap", "a transformers ClapModel (save_pretrained folder with its processor, or a hub "
                       "id such as laion/clap-htsat-unfused) -> an alm clap export (model.tower: hf)",
                       _convert_arguments, _convert)),
