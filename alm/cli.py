@@ -180,7 +180,7 @@ def _stage_verb(verb: str):
     return run
 
 
-TOKENIZE_HELP = """usage: alm tokenize {semantic,codec,text} [-h] ...
+TOKENIZE_HELP = """usage: alm tokenize {semantic,codec,text,mulan} [-h] ...
 
 Turn prepared audio shards (alm prep) into what the stages train on.
 
@@ -194,6 +194,9 @@ Turn prepared audio shards (alm prep) into what the stages train on.
             it from the shards when unset).
   text      a sentencepiece model trained on the shards' captions / transcripts. Writes OUT/spm.model,
             OUT/spm.vocab and OUT/text_tokenizer.json (no shards).
+  mulan     MusicLM's conditioning: a CLAP/MuLan export's audio embedding of each clip, residual-VQ
+            quantised (12 levels x 1024 by default, fitted by k-means on the training clips). Writes
+            OUT/<the audio shards' names>.tar with mulan.npy (levels,) per sample and OUT/mulan_tokenizer/.
 
 Token shards keep the audio shards' file names, sample keys and json member, so the loader joins parallel
 sets by key: data.train_shards='SEMANTIC/train-*.tar + CODES/train-*.tar'. Samples a tokenizer could not
@@ -209,7 +212,7 @@ def _tokenize(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(TOKENIZE_HELP, end="")
         return 0
-    if not argv or argv[0] not in ("semantic", "codec", "text"):
+    if not argv or argv[0] not in ("semantic", "codec", "text", "mulan"):
         what = f"unknown tokenizer {argv[0]!r}\n\n" if argv else ""
         print(what + TOKENIZE_HELP, end="", file=sys.stderr)
         return 2
@@ -218,6 +221,8 @@ def _tokenize(argv: list[str]) -> int:
         from alm.tokenizers.semantic import main
     elif kind == "codec":
         from alm.tokenizers.codec import main
+    elif kind == "mulan":
+        from alm.tokenizers.mulan import main
     else:
         from alm.tokenizers.text import main
     return main(rest)

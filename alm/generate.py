@@ -19,6 +19,7 @@ from tqdm import tqdm
 from alm.errors import UserError
 from alm.export import load_config, load_pretrained, read_export_meta, weight_files
 from alm.models.sampling import check_sampling
+from alm.stages.semantic import clusters, condition_prefix
 from alm.tokenizers.semantic import special_tokens
 
 AUDIO_OUT = (".wav", ".flac", ".ogg")
@@ -123,20 +124,27 @@ def sample_semantic(
     device: str = "cpu",
     prompt: np.ndarray | None = None,
     progress: bool = False,
+    condition: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sample `num` sequences of `num_tokens` semantic tokens (after the prompt's, if given) from BOS.
 
     Sequences longer than the model's context are generated with a sliding window: the last half
-    of the context is kept as the prompt of the next chunk. -> (num, num_tokens) cluster ids.
+    of the context is kept as the prompt of the next chunk. A conditioned export (MusicLM) needs
+    `condition`, its (L,) MuLan tokens, in front of every window. -> (num, num_tokens) cluster ids.
     """
     cfg = check_export(export_dir, "semantic", "export")
     if num_tokens < 1 or num < 1:
         raise UserError(f"--tokens and --num must be >= 1, got --tokens {num_tokens} --num {num}")
     check_sampling(temperature, top_k, top_p)
+    if cfg.model.condition_levels and condition is None:
+        raise UserError(f"{export_dir}: a conditioned semantic stage (MusicLM, model.condition_levels="
+                        f"{cfg.model.condition_levels}): generate with `alm generate musiclm --text ...`")
     model = load_pretrained(export_dir, device)
-    bos, eos = special_tokens(cfg.model.vocab_size)
-    allowed = torch.ones(cfg.model.vocab_size, dtype=torch.bool, device=device)
-    allowed[[bos, eos]] = False  # continue the stream: only cluster ids
+    k = clusters(cfg.model)
+    bos, eos = special_tokens(k + 2)
+    allowed = torch.zeros(cfg.model.vocab_size, dtype=torch.bool, device=device)
+    allowed[:k] = True  # continue the stream: only cluster ids (no BOS / EOS / condition ids)
+    cond = torch.as_tensor(condition_prefix(cfg.model, condition), device=device)[None].repeat(num, 1)
     g = torch.Generator(device=device).manual_seed(seed)
     body = torch.as_tensor(np.asarray(prompt if prompt is not None else [], dtype=np.int64), device=device)
     body = body[None].repeat(num, 1)
@@ -144,8 +152,9 @@ def sample_semantic(
     bar = _bar(num_tokens, "semantic", progress)
     produced = 0
     while produced < num_tokens:
-        keep = body[:, -(context // 2) :] if body.size(1) + 1 >= context else body
-        start = torch.cat([torch.full((num, 1), bos, dtype=torch.long, device=device), keep], dim=1)
+        room = context - cond.size(1)  # the condition stays in front of every window
+        keep = body[:, -(room // 2) :] if body.size(1) + 1 >= room else body
+        start = torch.cat([cond, torch.full((num, 1), bos, dtype=torch.long, device=device), keep], dim=1)
         n = min(num_tokens - produced, context - start.size(1))
         out = model.generate(start, n, temperature, top_k, top_p, generator=g, allowed=allowed,
                              on_token=lambda i: bar.update(1))
@@ -156,11 +165,13 @@ def sample_semantic(
 
 
 def acoustic_codes(export_dir: str, condition: np.ndarray, frames: int, temperature: float, top_k: int, seed: int,
-                   device: str = "cpu", progress: bool = False, known: np.ndarray | None = None) -> np.ndarray:
+                   device: str = "cpu", progress: bool = False, known: np.ndarray | None = None,
+                   mulan: np.ndarray | None = None) -> np.ndarray:
     """Run a coarse or fine export over `frames` codec frames with sliding windows.
 
     condition: semantic ids (S,) for a coarse export, coarse codes (Q', frames) for a fine one.
     known: target-level codes (target_levels, K) of the first K frames (e.g. a prompt's), kept as they are.
+    mulan: the (L,) MuLan tokens in front of every window of a conditioned coarse export (MusicLM).
     Each window spans model.window_s; after the first, it overlaps the previous one by half a window
     whose codes are given after [SEP] as an acoustic prompt (teacher forcing, exactly the training
     format), so the acoustics continue across windows. -> codes (target_levels, frames).
@@ -183,7 +194,7 @@ def acoustic_codes(export_dir: str, condition: np.ndarray, frames: int, temperat
         end = min(frames, start + per)
         if m.semantic_vocab:
             s0, s1 = int(round(start / m.frame_rate * m.semantic_rate)), int(round(end / m.frame_rate * m.semantic_rate))
-            prefix = model.prefix_ids(semantic=condition[s0:s1])
+            prefix = model.prefix_ids(semantic=condition[s0:s1], condition=mulan)
         else:
             prefix = model.prefix_ids(coarse=condition[:, start:end])
         prefix = np.concatenate([prefix, lay.flatten(codes[:, start:done], first_level=first)])
@@ -227,11 +238,11 @@ def prompt_semantic(semantic_dir: str, wav: str, device: str = "cpu") -> np.ndar
 
 
 def chain_semantic(semantic: str, semantic_rate: float, seconds: float, prompt_wav: str | None, temperature: float,
-                   top_k: int, seed: int, device: str, progress: bool) -> np.ndarray:
+                   top_k: int, seed: int, device: str, progress: bool, condition: np.ndarray | None = None) -> np.ndarray:
     """The semantic tokens a chain renders: the prompt's (if any) followed by `seconds` of sampled ones."""
     prompt = prompt_semantic(semantic, prompt_wav, device) if prompt_wav else None
     sem = sample_semantic(semantic, int(round(seconds * semantic_rate)), 1, temperature, top_k, seed=seed,
-                          device=device, prompt=prompt, progress=progress)[0]
+                          device=device, prompt=prompt, progress=progress, condition=condition)[0]
     return np.concatenate([prompt, sem]) if prompt is not None else sem
 
 
@@ -267,9 +278,20 @@ def generate_audiolm(semantic: str, coarse: str, fine: str, seconds: float, out_
                      temperature: float = 0.9, top_k: int = 0, seed: int = 0, device: str = "cpu",
                      progress: bool = True) -> dict:
     """semantic -> coarse -> fine -> codec: write `seconds` of audio (after the prompt, if any) to out_wav."""
+    for path, flag, stage in ((semantic, "--semantic", "semantic"), (coarse, "--coarse", "coarse")):
+        if check_export(path, stage, flag).model.condition_levels:
+            raise UserError(f"{flag} {path} is conditioned on MuLan tokens (MusicLM): use `alm generate musiclm --mulan "
+                            "CLAP_EXPORT --text ...`")
+    return _audiolm_chain(semantic, coarse, fine, seconds, out_wav, prompt_wav, temperature, top_k, seed, device, progress)
+
+
+def _audiolm_chain(semantic: str, coarse: str, fine: str, seconds: float, out_wav: str, prompt_wav: str | None,
+                   temperature: float, top_k: int, seed: int, device: str, progress: bool,
+                   condition: np.ndarray | None = None) -> dict:
+    """The AudioLM chain; condition: MuLan tokens (L,) for conditioned semantic and coarse exports (MusicLM)."""
     sc = check_export(semantic, "semantic", "--semantic").model
     cc, fc = check_export(coarse, "coarse", "--coarse").model, check_export(fine, "fine", "--fine").model
-    sem_vocab = sc.vocab_size - 2
+    sem_vocab = clusters(sc)
     if cc.semantic_vocab != sem_vocab:
         raise UserError(f"--coarse {coarse} expects {cc.semantic_vocab} semantic ids; --semantic {semantic} has {sem_vocab}")
     if fc.prefix_levels != cc.target_levels or fc.codebook_size != cc.codebook_size or fc.frame_rate != cc.frame_rate:
@@ -277,17 +299,63 @@ def generate_audiolm(semantic: str, coarse: str, fine: str, seconds: float, out_
     check_same_tokenizer(semantic, coarse, "--coarse")
     check_same_codec(coarse, fine)
     _check_wav_request(semantic, coarse, cc.semantic_rate, cc.frame_rate, seconds, temperature, top_k, out_wav, prompt_wav)
-    sem = chain_semantic(semantic, cc.semantic_rate, seconds, prompt_wav, temperature, top_k, seed, device, progress)
+    sem = chain_semantic(semantic, cc.semantic_rate, seconds, prompt_wav, temperature, top_k, seed, device, progress,
+                         condition=condition)
     frames = int(round(len(sem) / cc.semantic_rate * cc.frame_rate))
     known = prompt_codes(coarse, prompt_wav, device) if prompt_wav else np.zeros((fc.prefix_levels + fc.target_levels, 0))
     known = known[:, :frames]  # the prompt's own codes: speaker and recording conditions carry over
     coarse_codes = acoustic_codes(coarse, sem, frames, temperature, top_k, seed + 1, device, progress,
-                                  known=known[: cc.target_levels])
+                                  known=known[: cc.target_levels], mulan=condition)
     fine_codes = acoustic_codes(fine, coarse_codes, frames, temperature, top_k, seed + 2, device, progress,
                                 known=known[cc.target_levels : cc.target_levels + fc.target_levels])
     codes = np.concatenate([coarse_codes, fine_codes], axis=0)  # (Q, T)
     n, rate = write_codes_audio(coarse, codes, out_wav, device)
     return {"wav": out_wav, "seconds": n / rate, "sample_rate": rate, "semantic_tokens": len(sem), "codes": codes}
+
+
+def mulan_text_tokens(mulan: str, stage_exports: list[tuple[str, str]], text: str, device: str = "cpu") -> np.ndarray:
+    """MusicLM's generation-time conditioning: the MuLan/CLAP TEXT embedding of `text`, quantised with
+    the MuLan tokenizer the stages were trained with (each export's condition_tokenizer/, fitted on
+    AUDIO embeddings of the same CLAP export) -> (L,) ids. Every stage must hold the same tokenizer,
+    fitted with this very CLAP export."""
+    from alm.embed import load_encoder
+    from alm.stages.lm import CONDITION_DIR
+    from alm.tokenizers.mulan import MulanTokenizer, export_fingerprint
+
+    want = export_fingerprint(mulan)
+    tokenizers = []
+    for path, flag in stage_exports:
+        d = Path(path) / CONDITION_DIR
+        if not d.is_dir():
+            raise UserError(f"{flag} {path}: no {CONDITION_DIR}/ (not trained on MuLan tokens: model.condition_levels 0?)")
+        tok = MulanTokenizer.load(d)
+        if tok.meta.get("clap_fingerprint") != want:
+            raise UserError(f"{flag} {path} was trained on MuLan tokens of another CLAP export "
+                            f"({tok.meta.get('clap_export')}), not --mulan {mulan}")
+        tokenizers.append(tok)
+    if any(not np.array_equal(t.codebooks, tokenizers[0].codebooks) for t in tokenizers[1:]):
+        raise UserError(f"{stage_exports[1][1]} {stage_exports[1][0]}: its MuLan tokenizer differs from "
+                        f"{stage_exports[0][1]}'s (the stages must share one `alm tokenize mulan` run)")
+    embedding = load_encoder(mulan, device).texts([text])
+    return tokenizers[0](embedding)[0]
+
+
+def generate_musiclm(mulan: str, semantic: str, coarse: str, fine: str, text: str, seconds: float, out_wav: str,
+                     temperature: float = 0.9, top_k: int = 0, seed: int = 0, device: str = "cpu",
+                     progress: bool = True) -> dict:
+    """MusicLM: text -> MuLan tokens (CLAP text tower + RVQ) -> conditioned semantic -> conditioned
+    coarse -> fine -> codec: write `seconds` of audio to out_wav."""
+    for path, flag, stage in ((semantic, "--semantic", "semantic"), (coarse, "--coarse", "coarse")):
+        if not check_export(path, stage, flag).model.condition_levels:
+            raise UserError(f"{flag} {path} is not conditioned on MuLan tokens (model.condition_levels 0): "
+                            "use `alm generate audiolm`")
+    check_export(mulan, "clap", "--mulan")
+    if not text.strip():
+        raise UserError("--text is empty: MusicLM generates from a text prompt")
+    tokens = mulan_text_tokens(mulan, [(semantic, "--semantic"), (coarse, "--coarse")], text, device)
+    r = _audiolm_chain(semantic, coarse, fine, seconds, out_wav, None, temperature, top_k, seed, device, progress,
+                       condition=tokens)
+    return {**r, "mulan_tokens": tokens}
 
 
 def soundstorm_codes(export_dir: str, semantic: np.ndarray, frames: int, steps: list[int] | None = None,
@@ -334,7 +402,7 @@ def generate_soundstorm(semantic: str, soundstorm: str, seconds: float, out_wav:
     """semantic LM -> SoundStorm (parallel decoding of all levels) -> codec: write a wav."""
     sc = check_export(semantic, "semantic", "--semantic").model
     m = check_export(soundstorm, "soundstorm", "--soundstorm").model
-    sem_vocab = sc.vocab_size - 2
+    sem_vocab = clusters(sc)
     if m.semantic_vocab != sem_vocab:
         raise UserError(f"--soundstorm {soundstorm} expects {m.semantic_vocab} semantic ids; --semantic {semantic} has {sem_vocab}")
     check_same_tokenizer(semantic, soundstorm, "--soundstorm")

@@ -43,7 +43,7 @@ def test_tokenize_help_exits_0_with_an_overview(capsys):
 
 def test_tokenize_without_a_tokenizer_is_a_usage_error(capsys):
     assert main(["tokenize"]) == 2
-    assert "usage: alm tokenize {semantic,codec,text}" in capsys.readouterr().err
+    assert "usage: alm tokenize {semantic,codec,text,mulan}" in capsys.readouterr().err
     assert main(["tokenize", "hubert"]) == 2
     assert "unknown tokenizer 'hubert'" in capsys.readouterr().err
 

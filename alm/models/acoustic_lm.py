@@ -8,7 +8,9 @@
 One vocabulary holds every kind of token; `TokenLayout` is the only place that knows the id
 offsets:
 
-    [ semantic ids: 0 .. K-1 | level 0: K .. K+C-1 | level 1: K+C .. | ... | BOS | SEP | EOS ]
+    [ semantic ids: 0 .. K-1 | level 0: K .. K+C-1 | level 1: K+C .. | ... | BOS | SEP | EOS | condition ids ]
+
+(condition ids: MusicLM's MuLan tokens, in front of a conditioned coarse stage's sequences, model.condition_levels.)
 
 (C = codebook_size; a fine-stage vocabulary has K = 0). The network is the plain TransformerLM;
 this file adds the layout, windows, and sampling that only allows, at each position, the ids of the
@@ -23,11 +25,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from alm.models.transformer import TransformerConfig, TransformerLM
+from alm.models.transformer import ConditionedLMConfig, TransformerLM
 
 
 @dataclass
-class AcousticLMConfig(TransformerConfig):
+class AcousticLMConfig(ConditionedLMConfig):
     semantic_vocab: int = 0  # K semantic ids in the prefix (coarse stage); 0 for the fine stage
     codebook_size: int = 1024  # C: ids per RVQ level
     prefix_levels: int = 0  # RVQ levels in the prefix (fine stage: Q'); 0 for the coarse stage
@@ -38,7 +40,8 @@ class AcousticLMConfig(TransformerConfig):
 
     @property
     def layout(self) -> "TokenLayout":
-        return TokenLayout(self.semantic_vocab, self.codebook_size, self.prefix_levels + self.target_levels)
+        return TokenLayout(self.semantic_vocab, self.codebook_size, self.prefix_levels + self.target_levels,
+                           self.condition_vocab)
 
     def frames(self, seconds: float) -> int:
         return int(round(seconds * self.frame_rate))
@@ -47,9 +50,9 @@ class AcousticLMConfig(TransformerConfig):
         return int(round(seconds * self.semantic_rate)) if self.semantic_vocab else 0
 
     def seq_len(self, seconds: float) -> int:
-        """Tokens of one window: BOS + prefix + SEP + targets."""
+        """Tokens of one window: condition tokens + BOS + prefix + SEP + targets."""
         t = self.frames(seconds)
-        return 2 + self.semantic_len(seconds) + t * self.prefix_levels + t * self.target_levels
+        return max(self.condition_levels, 0) + 2 + self.semantic_len(seconds) + t * self.prefix_levels + t * self.target_levels
 
     def validate(self) -> None:
         expected = self.layout.size
@@ -57,12 +60,16 @@ class AcousticLMConfig(TransformerConfig):
             raise ValueError(
                 f"key 'model.vocab_size': must be {expected} for this layout "
                 f"({self.semantic_vocab} semantic + {self.prefix_levels + self.target_levels} levels x "
-                f"{self.codebook_size} codes + 3 specials), got {self.vocab_size}"
+                f"{self.codebook_size} codes + 3 specials"
+                + (f" + {self.condition_levels} x {self.condition_codebook} condition ids" if self.condition_vocab else "")
+                + f"), got {self.vocab_size}"
             )
         super().validate()
         if (self.semantic_vocab > 0) == (self.prefix_levels > 0):
             raise ValueError("key 'model.prefix_levels': coarse stage = semantic_vocab > 0 and prefix_levels 0; "
                              "fine stage = semantic_vocab 0 and prefix_levels > 0")
+        if self.condition_levels and self.prefix_levels:
+            raise ValueError("key 'model.condition_levels': only the coarse stage is conditioned (MusicLM); the fine stage must be 0")
         if self.target_levels < 1 or self.codebook_size < 2:
             raise ValueError("key 'model.target_levels': must be >= 1 (and model.codebook_size >= 2)")
         if self.seq_len(self.window_s) > self.max_seq_len:
@@ -75,6 +82,7 @@ class TokenLayout:
     semantic_vocab: int
     codebook_size: int
     levels: int  # all codec levels this vocabulary holds (prefix + target)
+    condition_vocab: int = 0  # condition ids after EOS (MusicLM's MuLan tokens): condition_base ..
 
     @property
     def bos(self) -> int:
@@ -89,8 +97,12 @@ class TokenLayout:
         return self.bos + 2
 
     @property
-    def size(self) -> int:
+    def condition_base(self) -> int:
         return self.bos + 3
+
+    @property
+    def size(self) -> int:
+        return self.condition_base + self.condition_vocab
 
     def flatten(self, codes: np.ndarray, first_level: int) -> np.ndarray:
         """codes (q, T) of levels first_level .. first_level+q-1 -> ids (T*q,), frame by frame."""
@@ -128,14 +140,16 @@ class AcousticLM(TransformerLM):
     def first_target_level(self) -> int:
         return self.cfg.prefix_levels
 
-    def prefix_ids(self, semantic: np.ndarray | None = None, coarse: np.ndarray | None = None) -> np.ndarray:
-        """[BOS] prefix [SEP]: semantic ids (S,) for the coarse stage, coarse codes (Q', T) for the fine."""
+    def prefix_ids(self, semantic: np.ndarray | None = None, coarse: np.ndarray | None = None,
+                   condition: np.ndarray | None = None) -> np.ndarray:
+        """[condition ids] [BOS] prefix [SEP]: semantic ids (S,) for the coarse stage, coarse codes (Q', T)
+        for the fine; condition: the (L,) MuLan tokens of a conditioned coarse stage."""
         lay = self.layout
         if self.cfg.semantic_vocab:
             body = np.asarray(semantic, dtype=np.int64)
         else:
             body = lay.flatten(np.asarray(coarse), first_level=0)
-        return np.concatenate([[lay.bos], body, [lay.sep]]).astype(np.int64)
+        return np.concatenate([condition_prefix(self.cfg, condition), [lay.bos], body, [lay.sep]]).astype(np.int64)
 
     @torch.no_grad()
     def generate_codes(self, prefix: torch.Tensor, frames: int, temperature: float = 1.0, top_k: int = 0,
@@ -145,6 +159,16 @@ class AcousticLM(TransformerLM):
         allowed = self.layout.level_masks(self.first_target_level, q, frames).to(prefix.device)
         out = self.generate(prefix, frames * q, temperature, top_k, top_p, generator=generator, allowed=allowed)
         return self.layout.unflatten(out[:, prefix.size(1):], self.first_target_level, q)
+
+
+def condition_prefix(cfg: AcousticLMConfig, condition: np.ndarray | None) -> np.ndarray:
+    """The condition ids a conditioned coarse stage's sequences start with (empty when unconditioned)."""
+    from alm.tokenizers.mulan import check_condition, condition_ids
+
+    if not cfg.condition_levels:
+        return np.zeros(0, np.int64)
+    tokens = check_condition(condition, cfg.condition_levels, cfg.condition_codebook)
+    return condition_ids(tokens, cfg.layout.condition_base, cfg.condition_codebook)
 
 
 def aligned_window(n_frames: int, n_semantic: int, frame_rate: float, semantic_rate: float, window_frames: int,

@@ -56,6 +56,25 @@ class TransformerConfig:
         return self.d_model // self.n_head
 
 
+@dataclass
+class ConditionedLMConfig(TransformerConfig):
+    """A TransformerLM whose sequences may start with condition tokens (MusicLM: L MuLan RVQ ids,
+    alm/tokenizers/mulan.py). Their ids follow the stage's own vocabulary: level l's code c is
+    own_vocab + l * condition_codebook + c, so model.vocab_size = own vocabulary + condition_vocab."""
+
+    condition_levels: int = 0  # L condition tokens in front of each sequence (0: unconditioned)
+    condition_codebook: int = 1024  # codes per condition level
+
+    @property
+    def condition_vocab(self) -> int:
+        return self.condition_levels * self.condition_codebook if self.condition_levels > 0 else 0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.condition_levels < 0 or (self.condition_levels and self.condition_codebook < 2):
+            raise ValueError("key 'model.condition_levels': must be >= 0 (and model.condition_codebook >= 2)")
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()

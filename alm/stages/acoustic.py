@@ -10,6 +10,8 @@ Examples: windows of model.window_s seconds, the same span in both streams: ever
 window of a recording per epoch at a random offset (data.windows=all, default), or one random
 window (data.windows=one); a recording shorter than a window is one example:
     coarse: [BOS] semantic [SEP] levels 0..Q'-1 flattened          loss on the acoustic tokens
+            (MusicLM, model.condition_levels = L: the clip's L MuLan tokens first, from a joined
+             `mulan.npy` set: data.train_shards: "SEM/train-*.tar + CODES/train-*.tar + MULAN/train-*.tar")
     fine:   [BOS] levels 0..Q'-1 [SEP] levels Q'..Q-1 flattened    loss on the fine tokens
 """
 
@@ -26,8 +28,9 @@ import torch
 from alm.config import RunConfig
 from alm.data.shards import npy_load
 from alm.errors import UserError
-from alm.models.acoustic_lm import AcousticLM, AcousticLMConfig, aligned_windows
-from alm.stages.lm import IGNORE, collate, example_length, lm_loss
+from alm.models.acoustic_lm import AcousticLM, AcousticLMConfig, aligned_windows, condition_prefix
+from alm.stages.lm import (IGNORE, ConditionedDataConfig, check_condition_tokenizer, collate, example_length,
+                           export_condition_tokenizer, lm_loss)
 from alm.stages.cli_args import add_wav_generation_arguments
 from alm.stages.spec import Command, Stage, every_window
 
@@ -55,11 +58,16 @@ def make_example(sample: dict[str, Any], rng: np.random.Generator, model: Acoust
         sem = npy_load(sample[SEMANTIC]).astype(np.int64).reshape(-1)
         if sem.size and (sem.min() < 0 or sem.max() >= model.semantic_vocab):
             raise ValueError(f"semantic ids outside [0, {model.semantic_vocab})")
+        cond = np.zeros(0, np.int64)
+        if model.condition_levels:  # MusicLM: the clip's MuLan tokens first
+            from alm.tokenizers.mulan import sample_condition
+
+            cond = condition_prefix(model, sample_condition(sample, model.condition_levels, model.condition_codebook))
         for f0, n, s0, ns in aligned_windows(codes.shape[1], sem.size, model.frame_rate, model.semantic_rate,
                                              model.frames(model.window_s), rng, every=every):
             if n == 0 or ns == 0:
                 continue
-            prefix = np.concatenate([[lay.bos], sem[s0 : s0 + ns], [lay.sep]])
+            prefix = np.concatenate([cond, [lay.bos], sem[s0 : s0 + ns], [lay.sep]])
             target = lay.flatten(codes[: model.target_levels, f0 : f0 + n], first_level=0)
             out.append({"tokens": np.concatenate([prefix, target]).astype(np.int64), "n_prefix": len(prefix)})
     else:  # fine
@@ -86,6 +94,7 @@ def check_data(cfg: RunConfig) -> None:
     if cfg.stage == "coarse" and not m.semantic_vocab:
         raise UserError("stage coarse: model.semantic_vocab must be the number of semantic clusters (> 0)")
     check_codec(cfg, m.codebook_size, m.frame_rate, m.prefix_levels + m.target_levels)
+    check_condition_tokenizer(cfg)
 
 
 def check_semantic_tokenizer(cfg: RunConfig, semantic_vocab: int, semantic_rate: float) -> None:
@@ -222,12 +231,37 @@ def _chain(a) -> int:
     return 0
 
 
+def _musiclm_arguments(p) -> None:
+    p.add_argument("--mulan", required=True, help="the CLAP / MuLan export the MuLan tokens came from (alm tokenize mulan)")
+    p.add_argument("--text", required=True, help="the text prompt")
+    _chain_arguments(p)
+
+
+def _musiclm(a) -> int:
+    from alm.generate import generate_musiclm
+
+    if a.prompt:
+        from alm.errors import UserError
+
+        raise UserError("--prompt: alm generate musiclm generates from --text (no audio continuation)")
+    r = generate_musiclm(a.mulan, a.semantic, a.coarse, a.fine, a.text, a.seconds, a.out, a.temperature, a.top_k,
+                         a.seed, a.device)
+    print(f"[alm] MuLan tokens of {a.text!r}: {' '.join(str(int(t)) for t in r['mulan_tokens'])}")
+    print(f"[alm] wrote {r['wav']}: {r['seconds']:.2f} s at {r['sample_rate']} Hz "
+          f"({r['semantic_tokens']} semantic tokens, codes {tuple(r['codes'].shape)})")
+    print_plot(a, a.coarse)
+    return 0
+
+
 def _stage(name: str, description: str, commands: tuple = ()) -> Stage:
     return Stage(name=name, description=description, model_config=AcousticLMConfig, model=AcousticLM,
                  make_example=examples, collate=collate, example_length=example_length, loss=lm_loss,
-                 check=check_data, synthetic_data=synthetic_data, sample_codes=sample_codes, commands=commands)
+                 check=check_data, synthetic_data=synthetic_data, sample_codes=sample_codes, commands=commands,
+                 data_config=ConditionedDataConfig, export_files=export_condition_tokenizer)
 
 
 COARSE = _stage("coarse", "AudioLM stage 2: semantic tokens -> the first Q' codec RVQ levels")
 FINE = _stage("fine", "AudioLM stage 3: coarse RVQ levels -> the remaining levels", commands=(
-    Command("generate", "audiolm", "semantic -> coarse -> fine -> codec: write a wav", _chain_arguments, _chain),))
+    Command("generate", "audiolm", "semantic -> coarse -> fine -> codec: write a wav", _chain_arguments, _chain),
+    Command("generate", "musiclm", "MusicLM: text -> MuLan tokens -> conditioned semantic -> coarse -> fine -> wav",
+            _musiclm_arguments, _musiclm),))

@@ -7,11 +7,16 @@ loss), the rest are predicted.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from alm.config import DataConfig
 
 IGNORE = -100
 
@@ -37,3 +42,47 @@ def collate(examples: list[dict]) -> dict[str, Any]:
 def lm_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     logits = model(batch["inputs"])  # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE)
+
+
+# ---- condition tokens (MusicLM: MuLan tokens in front of the semantic and coarse stages) -------------
+
+@dataclass
+class ConditionedDataConfig(DataConfig):
+    # a conditioned stage (model.condition_levels > 0): the MuLan tokenizer the condition tokens came from
+    # (`alm tokenize mulan` OUT/mulan_tokenizer): exported with the model, so generation quantises a text the same way
+    condition_tokenizer: Optional[str] = None
+
+
+CONDITION_DIR = "condition_tokenizer"  # in an export
+
+
+def check_condition_tokenizer(cfg) -> None:
+    """A conditioned stage names its MuLan tokenizer, with enough levels of model.condition_codebook codes."""
+    from alm.errors import UserError
+    from alm.tokenizers.mulan import CONFIG
+
+    m = cfg.model
+    if not getattr(m, "condition_levels", 0):
+        return
+    d = cfg.data.condition_tokenizer
+    if not d:
+        raise UserError(f"stage {cfg.stage}: model.condition_levels={m.condition_levels} needs data.condition_tokenizer "
+                        "(the MuLan tokenizer dir, `alm tokenize mulan` OUT/mulan_tokenizer)")
+    f = Path(d) / CONFIG
+    if not f.is_file():
+        raise UserError(f"data.condition_tokenizer={d}: no {CONFIG} inside (not a MuLan tokenizer)")
+    meta = json.loads(f.read_text())
+    if meta["levels"] < m.condition_levels or meta["codebook"] != m.condition_codebook:
+        raise UserError(f"model.condition_levels={m.condition_levels} x condition_codebook={m.condition_codebook} but "
+                        f"{f} has {meta['levels']} levels x {meta['codebook']} codes")
+
+
+def export_condition_tokenizer(model, cfg, folder: Path) -> dict:
+    """Stage.export_files: a conditioned stage's MuLan tokenizer travels with it (export/condition_tokenizer/)."""
+    import shutil
+
+    d = getattr(cfg.data, "condition_tokenizer", None)
+    if not getattr(cfg.model, "condition_levels", 0) or not d:
+        return {}
+    shutil.copytree(d, Path(folder) / CONDITION_DIR, copy_function=shutil.copyfile)
+    return {"condition_tokenizer": CONDITION_DIR}
