@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import socket
 import statistics
 import sys
 import tempfile
@@ -48,14 +47,14 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KB
 
 
-def worker(rank: int, world: int, port: int, variant: str, a: argparse.Namespace, out: str) -> None:
+def worker(rank: int, world: int, rendezvous: str, variant: str, a: argparse.Namespace, out: str) -> None:
     import torch.distributed as dist
 
     from alm.stages import contrastive_loss as cl
 
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # a file rendezvous: no TCP port to race other jobs for
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     gather_s = [0.0]
     real = cl.gather_rows
     if variant == "global":  # time the forward gathers (after a barrier: no waiting for the other rank)
@@ -68,6 +67,7 @@ def worker(rank: int, world: int, port: int, variant: str, a: argparse.Namespace
 
         cl.gather_rows = timed
     g = torch.Generator().manual_seed(rank)
+    torch.manual_seed(0)  # the same tower on every rank (as DDP would broadcast it)
     tower = torch.nn.Linear(a.dim, a.dim)
     scale = torch.tensor(1 / 0.07)
     audio_x = torch.randn(a.batch, a.dim, generator=g)
@@ -102,18 +102,13 @@ def worker(rank: int, world: int, port: int, variant: str, a: argparse.Namespace
                              f"{loss.item()}")
     dist.barrier()
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    os._exit(0)  # gloo can abort at interpreter teardown even after destroy_process_group (seen in CI)
 
 
 def run_variant(variant: str, a: argparse.Namespace) -> tuple[float, ...]:
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "r.txt")
-        mp.spawn(worker, args=(a.ranks, free_port(), variant, a, out), nprocs=a.ranks, join=True)
+        mp.spawn(worker, args=(a.ranks, os.path.join(d, "rendezvous"), variant, a, out), nprocs=a.ranks, join=True)
         return tuple(map(float, Path(out).read_text().split()))  # step, memory, gather fwd share, fwd+bwd share, loss
 
 
