@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 
-from alm.eval import audio, retrieval, run, text
+from alm.eval import audio, retrieval, run, text, zeroshot
 
-SUBCOMMANDS = (text, audio, retrieval, run)
+SUBCOMMANDS = (text, audio, retrieval, zeroshot, run)
 
 
 def main(argv: list[str]) -> int:

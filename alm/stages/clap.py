@@ -9,7 +9,8 @@ the audio as mono at model.sample_rate, a random crop of model.max_seconds when 
 data.windows must be `one` (windows of one clip would share its captions: false negatives).
 Dynamic batching (data.max_tokens > 0) counts audio samples: example_length is the clip's length.
 Validation: the same examples (their crop and caption are fixed by the sample's key and seed) and the
-in-batch loss of each rank's batch (no cross-rank gather: ranks may hold different batch counts).
+in-batch loss of each rank's batch (no cross-rank gather: ranks may hold different batch counts);
+then retrieval metrics over the whole data.val_shards, gathered across ranks (alm/stages/clap_val.py).
 
 model.tower=hf (a converted LAION CLAP, alm/models/clap_hf.py; fine-tune with init_from=EXPORT): the
 front end is the converted model's own processor in data.tokenizer (EXPORT/tokenizer): captions go
@@ -31,6 +32,7 @@ import torch
 from alm.config import RunConfig
 from alm.errors import UserError
 from alm.models.clap import Clap, ClapConfig, build_clap
+from alm.stages import clap_val
 from alm.stages.contrastive_loss import contrastive_loss
 from alm.stages.spec import Command, Stage
 
@@ -364,6 +366,8 @@ STAGE = Stage(
     example_length=example_length,
     loss=loss,
     val_loss=val_loss,
+    val_epoch_end=clap_val.val_epoch_end,
+    eval_tasks=clap_val.EVAL_TASKS,
     check=check,
     synthetic_data=synthetic_data,
     export_formats={"transformers": export_transformers},

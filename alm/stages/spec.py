@@ -13,6 +13,9 @@ A stage file (alm/stages/<name>.py) builds one `Stage` from plain functions; the
                 section: DataConfig or a subclass with the stage's own keys, e.g. `data.tasks`)
     preflight   check(cfg): tokenizer / codec / model agreement, before anything starts
     cli         commands: `alm generate <name>`, `alm convert <name>`, `alm embed`, ...
+    validation  val_epoch_end(model, cfg) -> {name: float}: called on EVERY rank at the end of each
+                validation (it may use collectives; the values must agree across ranks), logged as
+                val/<name>, e.g. retrieval metrics over the whole held-out set (stage clap)
     eval        eval_tasks: what `alm eval run EXPORT --task NAME --shards SPEC` does for an export of
                 this stage (generate from it on held-out samples, then score through alm.eval)
     samples     sample_codes(model, batch, i, seed) -> (generated, reference) codes (audio stages)
@@ -79,6 +82,7 @@ class Stage:
     example_length: Callable[[dict], int]  # padded length of an example (dynamic batching)
     loss: Callable[[Any, dict], Any]  # (model, batch) -> scalar loss tensor
     val_loss: Optional[Callable[[Any, dict, int, int], Any]] = None  # (model, batch, batch_idx, seed); default: loss
+    val_epoch_end: Optional[Callable[[Any, Any], dict]] = None  # (model, cfg) -> {name: float}, logged as val/<name>
     data_config: Optional[type] = None  # DataConfig subclass with stage-specific data keys (default DataConfig)
     check: Optional[Callable[[Any], None]] = None  # RunConfig -> None, raises UserError
     synthetic_data: Optional[Callable[[Any, Any], dict]] = None  # (cfg, cache_root) -> {"train_shards", ...}

@@ -35,15 +35,25 @@ def gathered_for_init(model: torch.nn.Module):
     return lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
+def block_lists(model: torch.nn.Module) -> list[torch.nn.ModuleList]:
+    """The transformer blocks to checkpoint: `model.blocks`, else every ModuleList named `blocks`
+    inside the model (e.g. both towers of a CLAP: audio.blocks and text.blocks)."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is not None:
+        return [blocks]
+    return [m for name, m in model.named_modules()
+            if name.rsplit(".", 1)[-1] == "blocks" and isinstance(m, torch.nn.ModuleList)]
+
+
 def checkpoint_blocks(model: torch.nn.Module) -> int:
-    """Activation checkpointing per transformer block (`model.blocks`): each block's activations are
+    """Activation checkpointing per transformer block (block_lists): each block's activations are
     recomputed in the backward pass instead of kept. Parameter names are unchanged. -> blocks wrapped."""
     from torch.utils.checkpoint import checkpoint
 
-    blocks = getattr(model, "blocks", None)
-    if blocks is None:
+    lists = block_lists(model)
+    if not lists:
         raise ValueError(f"trainer.activation_checkpointing: {type(model).__name__} has no `blocks` to checkpoint")
-    for block in blocks:
+    for block in (b for blocks in lists for b in blocks):
         forward = block.forward
 
         def recomputed(*args, _forward=forward, **kwargs):
@@ -52,7 +62,7 @@ def checkpoint_blocks(model: torch.nn.Module) -> int:
             return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
 
         block.forward = recomputed
-    return len(blocks)
+    return sum(len(blocks) for blocks in lists)
 
 
 class StageModule(L.LightningModule):
@@ -106,6 +116,13 @@ class StageModule(L.LightningModule):
         else:
             loss = self.spec.loss(self.model, batch)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=1)
+
+    def on_validation_epoch_end(self) -> None:
+        """The stage's whole-validation metrics (Stage.val_epoch_end), equal on every rank: no sync."""
+        if self.spec.val_epoch_end is None:
+            return
+        for name, value in self.spec.val_epoch_end(self.model, self.cfg).items():
+            self.log(f"val/{name}", float(value), on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
 
     def sample_codes(self, batch: dict[str, Any], i: int):
         """(generated, reference) codes of example i, for audio samples at validation."""
