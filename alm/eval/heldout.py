@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from alm.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass
