@@ -44,12 +44,19 @@ def _clap() -> Stage:
     return STAGE
 
 
+def _audiopalm() -> Stage:
+    from alm.stages.audiopalm import STAGE
+
+    return STAGE
+
+
 STAGES: dict[str, Callable[[], Stage]] = {
     "semantic": _semantic,  # AudioLM stage 1: LM over semantic (k-means of SSL features) tokens
     "coarse": _coarse,  # AudioLM stage 2: semantic -> first Q' RVQ levels
     "fine": _fine,  # AudioLM stage 3: coarse -> remaining RVQ levels
     "soundstorm": _soundstorm,  # semantic -> all RVQ levels, parallel decoding
     "clap": _clap,  # contrastive audio-text two-tower encoders (global-batch InfoNCE)
+    "audiopalm": _audiopalm,  # a pretrained transformers LM + audio-token rows, tagged ASR / TTS / continuation
 }
 STAGE_NAMES = tuple(STAGES)
 
