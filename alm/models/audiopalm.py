@@ -32,10 +32,11 @@ CONFIG_DROP = ("transformers_version", "_name_or_path", "torch_dtype", "dtype", 
 
 @dataclass
 class AudioPalmConfig:
-    pretrained: str = MISSING  # transformers causal LM: hub id, local dir, or `synthetic` (a tiny random LM of model.config)
+    pretrained: str = MISSING  # transformers causal LM: hub id, local dir, or `synthetic` (a random LM of model.synthetic)
     # the transformers config (config.json's fields, model_type included): keys given here override
     # model.pretrained's; alm train fills in the rest, so the run's config.yaml holds all of it
     config: dict = field(default_factory=dict)
+    synthetic: dict = field(default_factory=dict)  # pretrained=synthetic: the random LM's transformers config
     audio_tokens: int = MISSING  # K: clusters of data.tokenizer (semantic_tokenizer.json n_clusters)
     task_tags: list = field(default_factory=lambda: ["[ASR English]", "[TTS English]", "[Continuation English]"])
     pad_vocab_multiple: int = 8  # the extended vocabulary is rounded up to a multiple of this (1: none)
@@ -81,10 +82,20 @@ def filler_token(i: int) -> str:
     return f"<|alm_unused_{i}|>"
 
 
-def layout_of(mc: AudioPalmConfig) -> VocabLayout:
-    if "vocab_size" not in mc.config or "model_type" not in mc.config:
+def lm_config(mc: AudioPalmConfig) -> dict:
+    """The LM's transformers config fields: model.config once alm train resolved it; before that (e.g. to
+    count a recipe's parameters) model.synthetic under model.config for pretrained=synthetic."""
+    config = _plain(mc.config)
+    if "model_type" not in config and mc.pretrained == "synthetic":
+        config = {**_plain(mc.synthetic), **config}
+    if "vocab_size" not in config or "model_type" not in config:
         raise UserError("model.config needs model_type and vocab_size (alm train fills them from model.pretrained's "
-                        "config.json; a recipe that names no local model states them)")
+                        "config.json; a recipe states them to count parameters without the files)")
+    return config
+
+
+def layout_of(mc: AudioPalmConfig) -> VocabLayout:
+    config = lm_config(mc)
     if mc.audio_tokens < 1:
         raise UserError(f"model.audio_tokens={mc.audio_tokens}: expected the number of semantic clusters (>= 1)")
     if mc.pad_vocab_multiple < 1:
@@ -92,7 +103,7 @@ def layout_of(mc: AudioPalmConfig) -> VocabLayout:
     tags = tuple(str(t) for t in mc.task_tags)
     if len(set(tags)) != len(tags) or any(not t.strip() for t in tags):
         raise UserError(f"model.task_tags {list(tags)}: expected distinct, non-empty tags")
-    v = int(mc.config["vocab_size"])
+    v = int(config["vocab_size"])
     used = v + mc.audio_tokens + len(tags)
     m = mc.pad_vocab_multiple
     return VocabLayout(v, int(mc.audio_tokens), tags, -(-used // m) * m)
@@ -102,7 +113,7 @@ def hf_config(mc: AudioPalmConfig, vocab_size: int | None = None):
     """The transformers config of model.config (vocab_size replaced by the extended one unless given)."""
     from transformers import AutoConfig
 
-    fields = {k: v for k, v in _plain(mc.config).items() if k not in CONFIG_DROP}
+    fields = {k: v for k, v in lm_config(mc).items() if k not in CONFIG_DROP}
     model_type = fields.pop("model_type")
     fields["vocab_size"] = layout_of(mc).total if vocab_size is None else vocab_size
     try:

@@ -80,12 +80,12 @@ def task_probabilities(data: AudioPalmDataConfig) -> np.ndarray:
 
 
 def tiny_lm_dir(mc: AudioPalmConfig, root: Path) -> Path:
-    """model.pretrained=synthetic: a random LM of model.config + a byte-level BPE tokenizer of
-    model.config.vocab_size entries fitted on the synthetic set's captions (and their upper case),
+    """model.pretrained=synthetic: a random LM of model.synthetic + a byte-level BPE tokenizer of
+    model.synthetic.vocab_size entries fitted on the synthetic set's captions (and their upper case),
     made once under the cache root."""
     from alm.data.cache import cached
 
-    config = {k: v for k, v in sorted(_plain(mc.config).items())}
+    config = {k: v for k, v in sorted(_plain(mc.synthetic).items())}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     return cached(root / f"audiopalm-tiny-lm-{TINY_LM_VERSION}-{digest}", lambda d: make_tiny_lm(d, mc, root),
                   "a tiny random LM and BPE tokenizer (model.pretrained=synthetic)")
@@ -108,7 +108,7 @@ def make_tiny_lm(out: Path, mc: AudioPalmConfig, root: Path) -> None:
 
     audio = cached(root / "synthetic-v1", lambda d: write_synthetic(d), "the synthetic audio dataset")
     texts = list(iter_texts(str(audio / "train-*.tar")))
-    vocab = int(mc.config["vocab_size"])
+    vocab = int(mc.synthetic["vocab_size"])
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -117,10 +117,11 @@ def make_tiny_lm(out: Path, mc: AudioPalmConfig, root: Path) -> None:
     tok.train_from_iterator(texts + [t.upper() for t in texts], trainer)
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
     if len(hf_tok) > vocab:
-        raise UserError(f"model.config.vocab_size={vocab}: the byte-level BPE tokenizer needs at least {len(hf_tok)}")
+        raise UserError(f"model.synthetic.vocab_size={vocab}: the byte-level BPE tokenizer needs at least {len(hf_tok)}")
     hf_tok.save_pretrained(out)
     torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(hf_config(mc, vocab_size=vocab)).save_pretrained(out)
+    arch = AudioPalmConfig(pretrained=SYNTHETIC, config=dict(_plain(mc.synthetic)), audio_tokens=1)
+    AutoModelForCausalLM.from_config(hf_config(arch, vocab_size=vocab)).save_pretrained(out)
 
 
 def pretrained_path(mc: AudioPalmConfig) -> str:
@@ -147,14 +148,14 @@ def resolve_model_config(cfg: RunConfig) -> None:
 
     mc = cfg.model
     if mc.pretrained == SYNTHETIC:
-        if "model_type" not in mc.config or "vocab_size" not in mc.config:
-            raise UserError("model.pretrained=synthetic builds a random LM of model.config: state its model_type, "
+        if "model_type" not in mc.synthetic or "vocab_size" not in mc.synthetic:
+            raise UserError("model.pretrained=synthetic builds a random LM of model.synthetic: state its model_type, "
                             "vocab_size and sizes there")
-        pretrained_path(mc)
-        return
-    from alm.training.init_from import hf_weights_dir
+        found = Path(pretrained_path(mc)) / "config.json"
+    else:
+        from alm.training.init_from import hf_weights_dir
 
-    found = hf_weights_dir(mc.pretrained) / "config.json"
+        found = hf_weights_dir(mc.pretrained) / "config.json"
     if not found.is_file():
         raise UserError(f"model.pretrained={mc.pretrained}: no config.json in {found.parent}")
     mc.config = resolved_config(json.loads(found.read_text()), mc.config)
