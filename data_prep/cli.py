@@ -1,5 +1,6 @@
-"""`alm prep {audiocaps,clotho,musiccaps,librilight,librispeech_finetuning,wavcaps} --src DIR --out DIR
-[--sample-rate HZ] [--shard-size N] [--workers N] [--overwrite]` (wavcaps also `[--exclude-ids FILE]`),
+"""`alm prep {audiocaps,clotho,musiccaps,librilight,librispeech_finetuning,librispeech,covost2,wavcaps} --src DIR
+--out DIR [--sample-rate HZ] [--shard-size N] [--workers N] [--overwrite]` (wavcaps also `[--exclude-ids FILE]`,
+covost2 also `[--source-lang XX] [--target-lang YY]`),
 and `alm prep synthetic --out DIR`.
 
 Also `python -m alm.data_prep.<dataset> --src DIR --out DIR ...` and `python -m alm.data_prep <dataset> ...`.
@@ -26,10 +27,15 @@ HELP = {
                  "(also [{ytid}]-[{start}-{end}], {ytid}_{start}-{end} names)",
     "librilight": "LibriLight unlabelled: SRC is the root holding small/ medium/ large/ duplicate/",
     "librispeech_finetuning": "LibriLight labelled: SRC is librispeech_finetuning/ (holding 1h/ and 9h/)",
+    "librispeech": "LibriSpeech: SRC is LibriSpeech/ (holding train-clean-100/, dev-clean/, test-clean/, ...) "
+                   "or one subset folder",
+    "covost2": "CoVoST 2: SRC is a Common Voice language folder (clips/*.mp3, validated.tsv) holding the "
+               "covost_v2.{src}_{tgt}.{train,dev,test}.tsv (or the release's covost_v2.{src}_{tgt}.tsv)",
     "wavcaps": "WavCaps: SRC holds json_files/{AudioSet_SL,BBC_Sound_Effects,FreeSound,SoundBible}/*.json "
                "and Audio/{subset}/ flac files",
 }
-SCAN_OPTIONS = {"wavcaps": ("exclude_ids",)}  # dataset-specific flags, passed to its scan()
+# dataset-specific flags, passed to its scan()
+SCAN_OPTIONS = {"wavcaps": ("exclude_ids",), "covost2": ("source_lang", "target_lang")}
 
 
 def _positive(text: str) -> int:
@@ -62,6 +68,11 @@ def build_parser(prog: str = "alm prep") -> argparse.ArgumentParser:
             p.add_argument("--exclude-ids", metavar="FILE", default=None,
                            help="leave these entries out (reason 'excluded'): a WavCaps blacklist json "
                                 "(json_files/blacklist/*.json) or one id per line")
+        if name == "covost2":
+            p.add_argument("--source-lang", metavar="XX", default=None,
+                           help="the pair's source language, as in the TSV names (en, fr, zh-CN); "
+                                "needed only when SRC holds TSVs of several pairs")
+            p.add_argument("--target-lang", metavar="YY", default=None, help="the pair's target language (de, en, ...)")
     from alm.data_prep import synthetic
 
     synthetic.add_arguments(sub.add_parser("synthetic", help="alm's generated captioned audio set (no download)",

@@ -24,6 +24,8 @@ one scan of each audio folder, never a per-row glob), each with a preference ran
   chance. An exact match (`Candidate.exact`) is never shared: it takes the file from looser
   patterns of other rows.
 `excluded` is for samples a user asked to leave out (`alm prep wavcaps --exclude-ids`).
+`bad_row` is an index row that cannot become a sample (wrong field count, empty path or text,
+listed twice) in an index too large to reject whole for one bad line (`alm prep covost2`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ DECODED_EXTS = (".flac", ".wav", ".aiff", ".aif", ".opus", ".ogg", ".oga", ".m4a
 UNSUPPORTED_EXTS = (".wma", ".ape", ".wv", ".amr", ".ac3", ".mka", ".mid", ".midi")
 AUDIO_EXTS = DECODED_EXTS + UNSUPPORTED_EXTS
 REASONS = ("missing_audio", "corrupt_audio", "empty_audio", "unsupported_format", "unlisted_audio", "duplicate_audio",
-           "ambiguous_audio", "excluded")
+           "ambiguous_audio", "excluded", "bad_row")
 
 
 class PrepError(Exception):

@@ -43,6 +43,41 @@ def _walk(root: Path):
         yield Path(dirpath), sorted(filenames)
 
 
+def read_folder(folder: Path, names: list[str], root: Path, split: str, claimed: set[Path]) -> tuple[
+        list[Entry], list[Skip], int]:
+    """The samples of one folder's `*.trans.txt` files (entries, missing_audio skips, number of
+    transcript files); the audio files used are added to `claimed`. Shared with `librispeech`."""
+    entries: list[Entry] = []
+    skips: list[Skip] = []
+    trans = [n for n in names if n.lower().endswith(".trans.txt")]
+    if not trans:
+        return entries, skips, 0
+    by_stem = audio_by_stem(list_files(folder))
+    seen: dict[str, str] = {}
+    for name in trans:
+        for line_no, line in read_lines(folder / name):
+            utt, _, text = line.partition(" ")
+            if not utt:
+                raise PrepError(f"{folder / name}: line {line_no}: line starts with a space, no utterance id")
+            if utt in seen:
+                if seen[utt] != text:
+                    print(f"warning: {folder / name}: line {line_no}: {utt} listed again with another "
+                          "transcript; the first one is used", file=sys.stderr)
+                continue
+            seen[utt] = text
+            files = by_stem.get(utt)
+            if not files:
+                where = rel(folder / f"{utt}.flac", root)
+                skips.append(Skip(utt, split, "missing_audio", where, f"listed in {name}"))
+                continue
+            claimed.add(folder / files[0])
+            parts = utt.split("-")
+            speaker, chapter = (parts[0], parts[1]) if len(parts) == 3 else (folder.parent.name, folder.name)
+            entries.append(Entry(utt, split, rel(folder / files[0], root),
+                                 {"transcript": text, "speaker": speaker, "chapter": chapter}))
+    return entries, skips, len(trans)
+
+
 def scan(src) -> Scan:
     root = check_src(src)
     if not any((root / d).is_dir() for d in ("1h", "9h")) and (root / NAME).is_dir():
@@ -52,34 +87,10 @@ def scan(src) -> Scan:
     claimed: set[Path] = set()
     n_trans = 0
     for folder, names in _walk(root):
-        trans = [n for n in names if n.lower().endswith(".trans.txt")]
-        if not trans:
-            continue
-        by_stem = audio_by_stem(list_files(folder))
-        split = _split_of(folder, root)
-        seen: dict[str, str] = {}
-        for name in trans:
-            n_trans += 1
-            for line_no, line in read_lines(folder / name):
-                utt, _, text = line.partition(" ")
-                if not utt:
-                    raise PrepError(f"{folder / name}: line {line_no}: line starts with a space, no utterance id")
-                if utt in seen:
-                    if seen[utt] != text:
-                        print(f"warning: {folder / name}: line {line_no}: {utt} listed again with another "
-                              "transcript; the first one is used", file=sys.stderr)
-                    continue
-                seen[utt] = text
-                files = by_stem.get(utt)
-                if not files:
-                    where = rel(folder / f"{utt}.flac", root)
-                    skips.append(Skip(utt, split, "missing_audio", where, f"listed in {name}"))
-                    continue
-                claimed.add(folder / files[0])
-                parts = utt.split("-")
-                speaker, chapter = (parts[0], parts[1]) if len(parts) == 3 else (folder.parent.name, folder.name)
-                entries.append(Entry(utt, split, rel(folder / files[0], root),
-                                     {"transcript": text, "speaker": speaker, "chapter": chapter}))
+        e, s, n = read_folder(folder, names, root, _split_of(folder, root), claimed)
+        entries += e
+        skips += s
+        n_trans += n
     if n_trans == 0:
         raise PrepError(f"{root}: no *.trans.txt transcripts found (expected the 1h/ and 9h/ folders of {NAME})")
     audio = [p for p in walk_audio(root) if p.relative_to(root).parts[0] not in IGNORED]

@@ -11,6 +11,9 @@ Split names -> roles (the datasets alm prepares):
     AudioCaps  train / val / test          Clotho  development (train) / validation / evaluation (test)
     MusicCaps  train / eval (test)         LibriLight: every subset, and every librispeech_finetuning
                                            folder (1h/*, 9h/*): training data
+    LibriSpeech  train-clean-100 / train-clean-360 / train-other-500 (train), dev-clean / dev-other (val),
+                 test-clean / test-other (test)
+    CoVoST 2   train / dev (val) / test
     WavCaps    every subset (AudioSet_SL, BBC_Sound_Effects, FreeSound, SoundBible): training data
 
 A test split is never picked for a directory: to train or fit on it, name its files with an
@@ -36,11 +39,14 @@ ROLES = ("train", "val", "fit")
 # split name (as in shard file names) -> role; datasets whose every split trains are listed below
 SPLIT_ROLES = {
     "train": "train", "development": "train",
-    "val": "val", "valid": "val", "validation": "val",
+    "val": "val", "valid": "val", "validation": "val", "dev": "val",
     "test": "test", "eval": "test", "evaluation": "test",
 }
 ALL_TRAIN_DATASETS = ("librilight", "librispeech_finetuning", "wavcaps")
 ALL_TRAIN_PREFIX = re.compile(r"^(small|medium|large|duplicate|1h_\d+_(clean|other)|9h_(clean|other))$")
+# LibriSpeech subsets (alm prep librispeech): train-clean-100 / -360, train-other-500, dev-*, test-*
+LIBRISPEECH_ROLES = re.compile(
+    r"^(?:(?P<train>train-(clean|other)-\d+)|(?P<val>dev-(clean|other))|(?P<test>test-(clean|other)))$")
 _SHARD = re.compile(r"^(.+)-\d{6}\.tar$")
 
 
@@ -50,6 +56,9 @@ def _role_of(split: str, dataset: str | None) -> str | None:
     name = safe_split_name(split)
     if name in SPLIT_ROLES:
         return SPLIT_ROLES[name]
+    m = LIBRISPEECH_ROLES.match(name)
+    if m:
+        return m.lastgroup
     return "train" if ALL_TRAIN_PREFIX.match(name) else None
 
 
