@@ -1,13 +1,15 @@
-"""`alm generate audiopalm EXPORT --task asr|tts ...`: decoding with an exported AudioPaLM model.
+"""`alm generate audiopalm EXPORT --task asr|ast|tts ...`: decoding with an exported AudioPaLM model.
 
     --task asr --audio A.wav [B.flac ...] --out HYPS.jsonl     one line {"id": file stem, "text": ...} per file
+    --task ast --audio ... --out HYPS.jsonl                    the same, text in data.target_language
     --task tts --text "..." --soundstorm EXPORT --out Y.wav    semantic tokens from the LM, then SoundStorm + codec
 
 The wav is tokenized with the export's semantic tokenizer (EXPORT/tokenizer/), the prompt is
 [BOS] [tag] source (the training layout), and the LM decodes with transformers' generate (KV cache):
 greedy, beam search (--decoding beam --beams N) or sampling (--decoding sample: --temperature,
 --top-k, --top-p). Only the target modality may be generated: text ids + EOS for ASR, audio ids + EOS
-for TTS (a logits mask; the EOS ends the output).
+for TTS (a logits mask; the EOS ends the output). The lines are what `alm eval text --task asr`
+(or `--task translation`) reads.
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ DECODINGS = ("greedy", "beam", "sample")
 
 def add_arguments(p) -> None:
     p.add_argument("export_dir", help="an `alm export` of an audiopalm run")
-    p.add_argument("--task", required=True, choices=("asr", "tts"))
-    p.add_argument("--audio", nargs="+", default=None, help="asr: recordings to transcribe (any readable format)")
+    p.add_argument("--task", required=True, choices=("asr", "ast", "tts"))
+    p.add_argument("--audio", nargs="+", default=None, help="asr / ast: recordings to transcribe or translate (any readable format)")
     p.add_argument("--text", default=None, help="tts: the text to speak")
     p.add_argument("--soundstorm", default=None, help="tts: a soundstorm export trained on the same semantic tokenizer")
-    p.add_argument("--out", required=True, help="asr: HYPS.jsonl; tts: a .wav / .flac / .ogg file")
+    p.add_argument("--out", required=True, help="asr / ast: HYPS.jsonl; tts: a .wav / .flac / .ogg file")
     p.add_argument("--decoding", choices=DECODINGS, default="greedy")
     p.add_argument("--beams", type=int, default=4, help="beam search width (--decoding beam)")
     p.add_argument("--temperature", type=float, default=1.0, help="--decoding sample")
@@ -74,7 +76,7 @@ class Export:
     def allowed(self, task: str) -> torch.Tensor:
         """(N,) bool: what the task may generate (the target modality and EOS)."""
         mask = torch.zeros(self.layout.total, dtype=torch.bool)
-        ids = self.layout.text_ids() if task == "asr" else self.layout.audio_ids()
+        ids = self.layout.audio_ids() if task == "tts" else self.layout.text_ids()
         mask[ids.start : ids.stop] = True
         mask[self.tokenizer.eos_token_id] = True
         return mask
@@ -143,12 +145,12 @@ def decode(ex: Export, task: str, prompt: list[int], decoding: str = "greedy", b
     return out[: out.index(eos)] if eos in out else out
 
 
-def transcribe(ex: Export, audio_paths: list[str], **decoding) -> list[dict]:
-    """[{"id": file stem, "text": ...}] for each recording."""
+def transcribe(ex: Export, audio_paths: list[str], task: str = "asr", **decoding) -> list[dict]:
+    """[{"id": file stem, "text": ...}] for each recording (task asr: its transcript; ast: its translation)."""
     rows = []
     for path in audio_paths:
         units = ex.semantic(path)
-        ids = decode(ex, "asr", ex.prompt("asr", list(units + ex.layout.audio_start)), **decoding)
+        ids = decode(ex, task, ex.prompt(task, list(units + ex.layout.audio_start)), **decoding)
         rows.append({"id": Path(path).stem, "text": ex.tokenizer.decode(ids, skip_special_tokens=True).strip()})
     return rows
 
@@ -163,9 +165,9 @@ def speak(ex: Export, text: str, **decoding) -> np.ndarray:
 def run(a) -> int:
     from alm.generate import check_out_path
 
-    if a.task == "asr":
+    if a.task in ("asr", "ast"):
         if not a.audio:
-            raise UserError("--task asr needs --audio FILE [FILE ...]")
+            raise UserError(f"--task {a.task} needs --audio FILE [FILE ...]")
         check_out_path(a.out)
         for path in a.audio:
             if not Path(path).is_file():
@@ -184,10 +186,10 @@ def run(a) -> int:
     ex = Export(a.export_dir, a.device)
     decoding = dict(decoding=a.decoding, beams=a.beams, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                     max_new_tokens=a.max_new_tokens, seed=a.seed)
-    if a.task == "asr":
+    if a.task in ("asr", "ast"):
         from alm.io import atomic_write_text
 
-        rows = transcribe(ex, a.audio, **decoding)
+        rows = transcribe(ex, a.audio, a.task, **decoding)
         atomic_write_text(Path(a.out), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         for r in rows:
             print(f"{r['id']}\t{r['text']}")

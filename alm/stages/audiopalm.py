@@ -10,7 +10,10 @@ Tasks (data.tasks, drawn per example with data.task_weights, equal when empty):
     asr           [BOS] [ASR English] <a_..> ... | transcript [EOS]
     tts           [BOS] [TTS English] transcript | <a_..> ... [EOS]
     continuation  [BOS] [Continuation English] <a_..> (a random 25-75 % prefix) | the rest [EOS]
+    ast           [BOS] [AST English French] <a_..> ... | the json's `translation` [EOS]   (alm prep covost2)
 
+Each example's task is drawn among the tasks the sample has data for (a sample without a
+translation never becomes an AST example; the weights of the others are renormalised).
 The tag is data.tag_format with {task} and {languages} (data.language); every tag a recipe's tasks
 use must be one of model.task_tags (each tag is one added token). Loss only on the part after `|`
 (labels -100 on the prompt). An ASR/TTS pair longer than data.max_len is skipped (a warning names
@@ -41,24 +44,26 @@ from alm.stages.spec import Command, Stage
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-TASKS = {"asr": "ASR", "tts": "TTS", "continuation": "Continuation"}
+TASKS = {"asr": "ASR", "tts": "TTS", "continuation": "Continuation", "ast": "AST"}
 SYNTHETIC = "synthetic"
 TINY_LM_VERSION = "v1"
 
 
 @dataclass
 class AudioPalmDataConfig(DataConfig):
-    tasks: list = field(default_factory=lambda: ["asr", "tts"])  # of asr | tts | continuation
+    tasks: list = field(default_factory=lambda: ["asr", "tts"])  # of asr | tts | continuation | ast
     task_weights: list = field(default_factory=list)  # one weight per task (empty: equal)
     language: str = "English"  # the language of the speech and transcripts, as the tags name it
-    tag_format: str = "[{task} {languages}]"  # the paper's: [ASR English], [TTS English]
+    target_language: str = "French"  # ast: the language of the json's `translation`
+    tag_format: str = "[{task} {languages}]"  # the paper's: [ASR English], [TTS English], [AST English French]
 
 
 def task_tag(data: AudioPalmDataConfig, task: str) -> str:
     if task not in TASKS:
         raise UserError(f"data.tasks: unknown task {task!r}; expected some of {list(TASKS)}")
+    languages = f"{data.language} {data.target_language}" if task == "ast" else data.language
     try:
-        return data.tag_format.format(task=TASKS[task], languages=data.language)
+        return data.tag_format.format(task=TASKS[task], languages=languages)
     except (KeyError, IndexError, ValueError) as exc:
         raise UserError(f"data.tag_format={data.tag_format!r}: only {{task}} and {{languages}} may appear ({exc})") from None
 
@@ -198,24 +203,27 @@ class _Examples:
         if units.size and (units.min() < 0 or units.max() >= self.layout.audio):
             raise ValueError(f"semantic ids outside [0, {self.layout.audio}) — data.tokenizer and model.audio_tokens disagree")
         meta = json.loads(sample["json"])
-        texts = sample_texts(meta) if isinstance(meta, dict) else []
-        task = self.tasks[int(rng.choice(len(self.tasks), p=self.p))]
+        meta = meta if isinstance(meta, dict) else {}
+        texts = sample_texts(meta)
+        translation = meta.get("translation") if isinstance(meta.get("translation"), str) else ""
+        has = {"asr": bool(texts) and units.size > 0, "tts": bool(texts) and units.size > 0,
+               "continuation": units.size >= 2, "ast": bool(translation.strip()) and units.size > 0}
+        p = np.where([has[t] for t in self.tasks], self.p, 0.0)  # only the tasks this sample has data for
+        if p.sum() == 0:
+            return None
+        task = self.tasks[int(rng.choice(len(self.tasks), p=p / p.sum()))]
         tok = self.tokenizer()
         head = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + [self.tags[task]]
         audio = units + self.layout.audio_start
         if task == "continuation":
-            if units.size < 2:
-                return None
             body = self.max_len - len(head) - 1
             start = int(rng.integers(0, units.size - body + 1)) if units.size > body else 0
             window = audio[start : start + body]
             cut = int(rng.integers(max(1, len(window) // 4), max(2, 3 * len(window) // 4 + 1)))
             tail = [tok.eos_token_id] if start + len(window) == units.size else []
             return self._example(head + list(window[:cut]), list(window[cut:]) + tail)
-        if not texts or units.size == 0:
-            return None
-        words = tok.encode(texts[0], add_special_tokens=False)
-        prompt, target = (list(audio), words) if task == "asr" else (words, list(audio))
+        words = tok.encode(translation if task == "ast" else texts[0], add_special_tokens=False)
+        prompt, target = (words, list(audio)) if task == "tts" else (list(audio), words)
         out = self._example(head + prompt, target + [tok.eos_token_id])
         if len(out["tokens"]) > self.max_len:
             self.skipped += 1
