@@ -259,3 +259,18 @@ def test_recipe_counts_parameters_without_files():
     cfg = load_recipe(RECIPE)
     layout = layout_of(cfg.model)
     assert layout.total == 456 and n > layout.total * 128
+
+
+def test_init_weights_reinitialises_through_gathered_params():
+    """What configure_model calls when ZeRO-3 built the model partitioned (the pass in __init__ wrote
+    into empty partitions): transformers' own init, module by module inside gathered(...)."""
+    import contextlib
+
+    model = AudioPalmLM(load_recipe(RECIPE).model)
+    for p in model.parameters():
+        torch.nn.init.zeros_(p)
+    seen = set()
+    model.init_weights(lambda params: (seen.update(map(id, params)), contextlib.nullcontext())[1])
+    assert seen == {id(p) for p in model.parameters()}  # every parameter was inside a gathered()
+    emb = model.hf.get_input_embeddings().weight
+    assert 0.01 < float(emb.detach().std()) < 0.04 and float(model.model.norm.weight.detach().mean()) == 1.0

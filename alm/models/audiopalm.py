@@ -153,6 +153,20 @@ class AudioPalmLM(torch.nn.Module):
         if config.tie_word_embeddings and hf.get_output_embeddings() is not None:
             assert hf.get_output_embeddings().weight is hf.get_input_embeddings().weight, "tied weights came untied"
 
+    def init_weights(self, gathered: Callable[[list], ContextManager]) -> None:
+        """transformers' own initialisation again, module by module on gathered parameters (rank 0 writes):
+        under ZeRO-3 the pass in __init__ wrote into empty partitions. (Stage.load_pretrained then
+        overwrites every tensor but the new vocabulary rows, which it draws itself.)"""
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        for module in self.hf.modules():
+            params = list(module.parameters(recurse=False))
+            if not params:
+                continue
+            with gathered(params):
+                if rank == 0 or not any(hasattr(p, "ds_id") for p in params):
+                    with torch.no_grad():
+                        self.hf._init_weights(module)
+
     @property
     def blocks(self) -> torch.nn.ModuleList:
         """The decoder layers (per-block activation checkpointing)."""
