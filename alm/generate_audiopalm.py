@@ -38,6 +38,7 @@ def add_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=0, help="--decoding sample: 0 = all tokens")
     p.add_argument("--top-p", type=float, default=1.0, help="--decoding sample")
     p.add_argument("--max-new-tokens", type=int, default=0, help="0: up to the LM's context")
+    p.add_argument("--min-new-tokens", type=int, default=0, help="EOS is not allowed before this many tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
@@ -110,7 +111,7 @@ def read_audio(path: str, sample_rate: int) -> np.ndarray:
 
 def decode(ex: Export, task: str, prompt: list[int], decoding: str = "greedy", beams: int = 4,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, max_new_tokens: int = 0,
-           seed: int = 0) -> list[int]:
+           min_new_tokens: int = 0, seed: int = 0) -> list[int]:
     """The generated ids after `prompt` (EOS dropped), restricted to the task's target modality."""
     from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -126,7 +127,8 @@ def decode(ex: Export, task: str, prompt: list[int], decoding: str = "greedy", b
         def __call__(self, input_ids, scores):
             return scores.masked_fill(blocked.to(scores.device)[: scores.shape[-1]], float("-inf"))
 
-    kwargs = dict(max_new_tokens=n, eos_token_id=ex.tokenizer.eos_token_id, pad_token_id=ex.tokenizer.eos_token_id,
+    eos = ex.tokenizer.eos_token_id
+    kwargs = dict(max_new_tokens=n, min_new_tokens=min(max(0, min_new_tokens), n), eos_token_id=eos, pad_token_id=eos,
                   logits_processor=LogitsProcessorList([Allowed()]), use_cache=True)
     if decoding == "greedy":
         kwargs.update(do_sample=False, num_beams=1)
@@ -185,7 +187,7 @@ def run(a) -> int:
         check_same_tokenizer(a.export_dir, a.soundstorm, "--soundstorm")
     ex = Export(a.export_dir, a.device)
     decoding = dict(decoding=a.decoding, beams=a.beams, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                    max_new_tokens=a.max_new_tokens, seed=a.seed)
+                    max_new_tokens=a.max_new_tokens, min_new_tokens=a.min_new_tokens, seed=a.seed)
     if a.task in ("asr", "ast"):
         from alm.io import atomic_write_text
 
@@ -206,6 +208,9 @@ def _tts(ex: Export, a, decoding: dict) -> int:
     if semantic.size == 0:
         raise UserError(f"the LM produced no audio tokens for {a.text!r} (EOS first)")
     m = load_config(a.soundstorm).model
+    if m.semantic_vocab != ex.layout.audio:
+        raise UserError(f"--soundstorm {a.soundstorm} expects {m.semantic_vocab} semantic ids; {a.export_dir} has "
+                        f"{ex.layout.audio} audio tokens")
     frames = max(1, int(round(len(semantic) / m.semantic_rate * m.frame_rate)))
     codes, _ = soundstorm_codes(a.soundstorm, semantic, frames, temperature=a.temperature, top_k=a.top_k,
                                 seed=a.seed, device=a.device)

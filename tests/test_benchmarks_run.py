@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
      "resume time ratio"),
     ("demo_quality.py", ["--clips", "8", "--val", "4", "--iters", "2"], "held-out SI-SNR (dB) per kind"),
     ("tokenize_memory.py", ["--minutes", "0.1", "0.5", "--batch-seconds", "3"], "peak RSS ratio"),
+    ("audiopalm_step.py", ["--steps", "3", "--warmup", "1", "data.num_workers=0"], "ZeRO-3 / ZeRO-2 ratio"),
 ])
 def test_benchmark_runs(script, args, expect):
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, env=env(),
