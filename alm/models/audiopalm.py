@@ -17,7 +17,6 @@ AutoModelForCausalLM as they are).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager
 
@@ -85,9 +84,9 @@ def filler_token(i: int) -> str:
 def lm_config(mc: AudioPalmConfig) -> dict:
     """The LM's transformers config fields: model.config once alm train resolved it; before that (e.g. to
     count a recipe's parameters) model.synthetic under model.config for pretrained=synthetic."""
-    config = _plain(mc.config)
+    config = plain(mc.config)
     if "model_type" not in config and mc.pretrained == "synthetic":
-        config = {**_plain(mc.synthetic), **config}
+        config = {**plain(mc.synthetic), **config}
     if "vocab_size" not in config or "model_type" not in config:
         raise UserError("model.config needs model_type and vocab_size (alm train fills them from model.pretrained's "
                         "config.json; a recipe states them to count parameters without the files)")
@@ -122,7 +121,7 @@ def hf_config(mc: AudioPalmConfig, vocab_size: int | None = None):
         raise UserError(f"model.config: model_type {model_type!r}: {str(exc).splitlines()[0]}") from None
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """An OmegaConf container (or anything) -> plain python dicts / lists."""
     try:
         from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -277,9 +276,5 @@ def extended_tokenizer(base, layout: VocabLayout):
 def resolved_config(pretrained_config: dict, overrides: dict) -> dict:
     """config.json of model.pretrained with model.config's keys over it (bookkeeping keys dropped)."""
     merged = {k: v for k, v in pretrained_config.items() if k not in CONFIG_DROP}
-    merged.update({k: v for k, v in _plain(overrides).items() if k not in CONFIG_DROP})
+    merged.update({k: v for k, v in plain(overrides).items() if k not in CONFIG_DROP})
     return merged
-
-
-def with_config(mc: AudioPalmConfig, config: dict) -> AudioPalmConfig:
-    return dataclasses.replace(mc, config=config)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from alm.config import DataConfig, RunConfig
 from alm.errors import UserError
-from alm.models.audiopalm import AudioPalmConfig, AudioPalmLM, VocabLayout, layout_of
+from alm.models.audiopalm import AudioPalmConfig, AudioPalmLM, layout_of, plain
 from alm.stages.spec import Command, Stage
 
 log = logging.getLogger(__name__)
@@ -90,16 +90,10 @@ def tiny_lm_dir(mc: AudioPalmConfig, root: Path) -> Path:
     made once under the cache root."""
     from alm.data.cache import cached
 
-    config = {k: v for k, v in sorted(_plain(mc.synthetic).items())}
+    config = {k: v for k, v in sorted(plain(mc.synthetic).items())}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     return cached(root / f"audiopalm-tiny-lm-{TINY_LM_VERSION}-{digest}", lambda d: make_tiny_lm(d, mc, root),
                   "a tiny random LM and BPE tokenizer (model.pretrained=synthetic)")
-
-
-def _plain(value: Any) -> dict:
-    from alm.models.audiopalm import _plain as plain
-
-    return plain(value)
 
 
 def make_tiny_lm(out: Path, mc: AudioPalmConfig, root: Path) -> None:
@@ -125,7 +119,7 @@ def make_tiny_lm(out: Path, mc: AudioPalmConfig, root: Path) -> None:
         raise UserError(f"model.synthetic.vocab_size={vocab}: the byte-level BPE tokenizer needs at least {len(hf_tok)}")
     hf_tok.save_pretrained(out)
     torch.manual_seed(0)
-    arch = AudioPalmConfig(pretrained=SYNTHETIC, config=dict(_plain(mc.synthetic)), audio_tokens=1)
+    arch = AudioPalmConfig(pretrained=SYNTHETIC, config=dict(plain(mc.synthetic)), audio_tokens=1)
     AutoModelForCausalLM.from_config(hf_config(arch, vocab_size=vocab)).save_pretrained(out)
 
 
