@@ -274,3 +274,23 @@ def test_init_weights_reinitialises_through_gathered_params():
     assert seen == {id(p) for p in model.parameters()}  # every parameter was inside a gathered()
     emb = model.hf.get_input_embeddings().weight
     assert 0.01 < float(emb.detach().std()) < 0.04 and float(model.model.norm.weight.detach().mean()) == 1.0
+
+
+def test_ast_examples_translate_and_a_sample_draws_only_tasks_it_has_data_for(run_cfg):
+    run_cfg.model.task_tags = [*run_cfg.model.task_tags, "[AST English French]"]
+    run_cfg.data.tasks, run_cfg.data.task_weights = ["asr", "ast"], [0.0, 1.0]
+    make = stage.examples(run_cfg)
+    layout = layout_of(run_cfg.model)
+    tok = stage.base_tokenizer(run_cfg.model)
+    units = [2, 7, 1]
+    with_translation = {"__key__": "t", "json": json.dumps({"transcript": "HELLO", "translation": "BONJOUR"}).encode(),
+                        "semantic.npy": npy_bytes(np.array(units))}
+    ex = make(with_translation, np.random.default_rng(0))
+    words = tok.encode("BONJOUR", add_special_tokens=False)
+    assert ex["tokens"].tolist() == [0, layout.tag_id("[AST English French]"), *[layout.audio_start + u for u in units],
+                                     *words, 0]
+    # no translation: AST (weight 1) is impossible, ASR (weight 0) is the only task left -> None, not a wrong pair
+    assert make(sample("u", units, "HELLO"), np.random.default_rng(0)) is None
+    run_cfg.data.task_weights = [1.0, 1.0]
+    ex = stage.examples(run_cfg)(sample("u", units, "HELLO"), np.random.default_rng(0))
+    assert ex["tokens"][1] == layout.tag_id("[ASR English]")

@@ -430,6 +430,6 @@ STAGE = Stage(
     synthetic_data=synthetic_data,
     load_pretrained=load_pretrained,
     export_files=export_files,
-    commands=(Command("generate", "audiopalm", "ASR (or TTS) with an exported AudioPaLM model",
+    commands=(Command("generate", "audiopalm", "ASR, AST or TTS with an exported AudioPaLM model",
                       _generate_arguments, _generate),),
 )
