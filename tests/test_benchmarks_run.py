@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
     ("tokenize_memory.py", ["--minutes", "0.1", "0.5", "--batch-seconds", "3"], "peak RSS ratio"),
     ("musicgen_sampling.py", ["--frames", "6", "--dim", "32", "--layers", "1", "--heads", "2", "--text-len", "4",
                               "--repeats", "1"], "batched / two passes"),
+    ("audiopalm_step.py", ["--steps", "3", "--warmup", "1", "data.num_workers=0"], "ZeRO-3 / ZeRO-2 ratio"),
 ])
 def test_benchmark_runs(script, args, expect):
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, env=env(),

@@ -50,6 +50,12 @@ def _musicgen() -> Stage:
     return STAGE
 
 
+def _audiopalm() -> Stage:
+    from alm.stages.audiopalm import STAGE
+
+    return STAGE
+
+
 STAGES: dict[str, Callable[[], Stage]] = {
     "semantic": _semantic,  # AudioLM stage 1: LM over semantic (k-means of SSL features) tokens
     "coarse": _coarse,  # AudioLM stage 2: semantic -> first Q' RVQ levels
@@ -57,6 +63,7 @@ STAGES: dict[str, Callable[[], Stage]] = {
     "soundstorm": _soundstorm,  # semantic -> all RVQ levels, parallel decoding
     "clap": _clap,  # contrastive audio-text two-tower encoders (global-batch InfoNCE)
     "musicgen": _musicgen,  # MusicGen / AudioGen: text-conditioned LM over interleaved codec codebooks
+    "audiopalm": _audiopalm,  # a pretrained transformers LM + audio-token rows, tagged ASR / TTS / continuation
 }
 STAGE_NAMES = tuple(STAGES)
 

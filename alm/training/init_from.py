@@ -92,20 +92,24 @@ def hf_weights_dir(name_or_path: str) -> Path:
 
 
 def load_hf_weights(model: torch.nn.Module, name_or_path: str, gathered: Callable[[list], ContextManager],
-                    key_map: Callable[[str], str | None] | None = None, rank: int | None = None) -> int:
+                    key_map: Callable[[str], str | None] | None = None, rank: int | None = None,
+                    prefix_rows: frozenset[str] = frozenset()) -> int:
     """Load a transformers checkpoint (hub id or local folder) into `model` — a transformers model,
     or an alm module wrapping one — tensor by tensor, also when ZeRO-3 built it partitioned.
-    key_map maps a stored name to the module's (None: skip that tensor)."""
-    return load_weights(model, hf_weights_dir(name_or_path), gathered, rank, key_map, what=str(name_or_path))
+    key_map maps a stored name to the module's (None: skip that tensor); prefix_rows: see load_weights."""
+    return load_weights(model, hf_weights_dir(name_or_path), gathered, rank, key_map, what=str(name_or_path),
+                        prefix_rows=prefix_rows)
 
 
 def load_weights(model: torch.nn.Module, folder: Path, gathered: Callable[[list], ContextManager],
                  rank: int | None = None, key_map: Callable[[str], str | None] | None = None,
-                 what: str = "weights") -> int:
+                 what: str = "weights", prefix_rows: frozenset[str] = frozenset()) -> int:
     """Copy the safetensors tensors of `folder` into `model`, one parameter at a time -> tensors
     loaded. Every parameter must receive a value (tied names count once) except LoRA adapters the
     folder lacks (fine-tuning a plain export with adapters); an unknown or mis-shaped tensor is an
-    error naming it."""
+    error naming it. prefix_rows: names (the model's) whose stored tensor may have fewer rows than
+    the parameter (a vocabulary extended after the checkpoint): it fills the first rows, the caller
+    fills the rest."""
     if rank is None:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     targets = dict(model.named_parameters(remove_duplicate=False))
@@ -126,10 +130,14 @@ def load_weights(model: torch.nn.Module, folder: Path, gathered: Callable[[list]
         with gathered([target]) if isinstance(target, torch.nn.Parameter) else contextlib.nullcontext():
             if rank == 0 or not partitioned:  # rank 0 fills a gathered parameter; the others receive it
                 tensor = load()
-                if tensor.shape != target.shape:
+                into = target
+                if name in prefix_rows and tensor.dim() == target.dim() and tensor.shape[1:] == target.shape[1:] \
+                        and tensor.shape[0] <= target.shape[0]:
+                    into = target[: tensor.shape[0]]
+                if tensor.shape != into.shape:
                     raise UserError(f"{what}: {stored} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}")
                 with torch.no_grad():
-                    target.copy_(tensor.to(target.dtype))
+                    into.copy_(tensor.to(target.dtype))
         n += 1
     params = dict(model.named_parameters(remove_duplicate=False))
     # LoRA adapters (`...lora_a` / `...lora_b`) absent from the weights keep their initialisation

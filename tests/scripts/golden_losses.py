@@ -32,6 +32,7 @@ RUNS = {
     "soundstorm": ["model.n_layer=2", "model.d_model=64", "model.n_head=2", "data.batch_size=4", "data.shuffle_buffer=32"],
     "clap": ["model.audio_layers=1", "model.text_layers=1", "model.audio_dim=64", "model.text_dim=64",
              "model.embed_dim=64", "model.max_seconds=1.0", "data.batch_size=8", "data.shuffle_buffer=32"],
+    "audiopalm": ["data.batch_size=8", "data.shuffle_buffer=32"],  # the tiny random LM of model.synthetic, packed rows
     # the sharded path: 2 gloo ranks under DeepSpeed ZeRO-3
     "semantic-zero3": ["model.n_layer=2", "model.d_model=64", "model.n_head=2", "data.batch_size=8", "data.max_len=64",
                        "data.shuffle_buffer=32", "trainer.devices=2", "trainer.strategy=deepspeed", "trainer.zero_stage=3"],
