@@ -56,6 +56,21 @@ def test_greedy_asr_transcribes_every_training_utterance_exactly(trained, tmp_pa
     assert train[149] < 0.05 * train[0], (train[0], train[149])
 
 
+def test_alm_eval_run_asr_scores_the_export_on_prep_shards(trained, tmp_path):
+    """`alm eval run EXPORT --task asr --shards` transcribes every clip of the (explicitly named) training
+    shards with the export's own semantic tokenizer and scores WER against the shards' transcripts."""
+    out = tmp_path / "results.json"
+    alm("eval", "run", str(trained / "export"), "--task", "asr", "--shards", f"{trained}/prep/train-*.tar",
+        "--save-hyps", str(tmp_path / "hyps.jsonl"), "--out", str(out))
+    res = json.loads(out.read_text())
+    assert res["task"] == "asr" and res["n"] == 12 and res["metrics"]["wer"] == 0.0, res
+    assert res["config"]["stage"] == "audiopalm" and res["config"]["no_reference"] == 0
+    hyps = [json.loads(line) for line in (tmp_path / "hyps.jsonl").read_text().splitlines()]
+    assert len(hyps) == 12 and all(h["text"] == h["reference"] for h in hyps)
+    p = alm("eval", "run", str(trained / "export"), "--task", "help", "--shards", "x")
+    assert "asr" in p.stdout and "ast" in p.stdout
+
+
 def test_the_same_model_speaks_the_utterances_it_heard(trained):
     """TTS direction: greedy semantic tokens for a training transcript match that utterance's own tokens."""
     from alm.data.shards import expand_shards, npy_load, read_shard

@@ -416,6 +416,12 @@ def _generate(a) -> int:
     return run(a)
 
 
+def _eval_tasks():
+    from alm.stages.audiopalm_eval import EVAL_TASKS
+
+    return EVAL_TASKS
+
+
 STAGE = Stage(
     name="audiopalm",
     description="AudioPaLM: a pretrained transformers LM with audio-token rows, trained on tagged ASR / TTS / continuation",
@@ -430,6 +436,7 @@ STAGE = Stage(
     synthetic_data=synthetic_data,
     load_pretrained=load_pretrained,
     export_files=export_files,
+    eval_tasks=_eval_tasks(),
     commands=(Command("generate", "audiopalm", "ASR, AST or TTS with an exported AudioPaLM model",
                       _generate_arguments, _generate),),
 )
