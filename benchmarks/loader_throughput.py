@@ -221,7 +221,7 @@ def main() -> None:
                  fit_shards=str(audio_dir / "train-*.tar"), progress=False)
 
 
-        ex = functools.partial(make_example, max_len=cfg.data.max_len, vocab_size=cfg.model.vocab_size)
+        ex = functools.partial(make_example, max_len=cfg.data.max_len, model=cfg.model)
         tok_stream = ShardStream(resolve_shard_sets(str(tok_dir / "train-*.tar")), ex, tokens_collate, bs, seed=0,
                                  shuffle_buffer=200, rank_world=(0, 1))
         aud_stream = ShardStream(resolve_shard_sets(str(audio_dir / "train-*.tar")), audio_example, audio_collate, bs,
