@@ -202,13 +202,26 @@ def codec_band(codec_dir: Path) -> float:
     return cfg.bins / cfg.hop_length if cfg is not None else 1.0
 
 
+AUDIOLM_STEPS = 250  # steps per AudioLM stage (alm demo)
+MUSICGEN_STEPS = 120  # the tiny MusicGen's steps (alm demo --model musicgen)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="alm demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="alm-demo", help="where data, runs, exports and samples go")
-    p.add_argument("--steps", type=int, default=250, help="training steps per stage")
+    p.add_argument("--steps", type=int, default=None, help=f"training steps per stage (default {AUDIOLM_STEPS}; "
+                                                           f"--model musicgen: {MUSICGEN_STEPS})")
     p.add_argument("--clips", type=int, default=240, help="synthetic training clips (4 s each)")
     p.add_argument("--seconds", type=float, default=4.0, help="seconds of audio to generate at the end")
+    p.add_argument("--model", choices=("audiolm", "musicgen"), default="audiolm",
+                   help="audiolm: semantic -> coarse -> fine; musicgen: the text-to-music LM (alm/demo_musicgen.py, "
+                        f"{MUSICGEN_STEPS} steps unless --steps)")
     a = p.parse_args(argv)
+    if a.model == "musicgen":
+        from alm.demo_musicgen import run
+
+        return run(Path(a.out).resolve(), a.steps or MUSICGEN_STEPS, a.seconds)
+    a.steps = a.steps or AUDIOLM_STEPS
     t0 = time.time()
     out = Path(a.out).resolve()
 
