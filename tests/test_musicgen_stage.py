@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -144,6 +146,26 @@ def test_tiny_recipe_trains_exports_and_generates_with_t5_outside_the_lm(tmp_pat
     assert main(["generate", "musicgen", str(exp), "--text", "x", "--seconds", "0.5", "--out", str(tmp_path / "a.wav"),
                  "--melody", str(tmp_path / "one.wav")]) == 2
     assert "not a melody model" in capsys.readouterr().err
+    # alm eval run EXPORT --task text_to_audio: the held-out clips' captions -> wavs -> FAD against those clips
+    import json
+    import os
+
+    from transformers import EncodecConfig, EncodecModel
+
+    torch.manual_seed(0)
+    EncodecModel(EncodecConfig(sampling_rate=16000, audio_channels=1, num_filters=4, hidden_size=8, upsampling_ratios=[4, 4],
+                               codebook_size=16, target_bandwidths=[1.0], num_lstm_layers=1)).save_pretrained(tmp_path / "enc")
+    res_path = tmp_path / "t2a.json"
+    assert main(["eval", "run", str(exp), "--task", "text_to_audio", "--shards", str(Path(os.environ["ALM_CACHE"]) / "synthetic-v1"),
+                 "--limit", "3", "--seconds", "0.5", "--embedder", "encodec", "--embedder-model", str(tmp_path / "enc"),
+                 "--window-seconds", "0.5", "--out", str(res_path)]) == 0
+    res = json.loads(res_path.read_text())
+    assert res["task"] == "text_to_audio" and res["n"] == 3 and res["metrics"]["fad"] >= 0, res
+    work = tmp_path / "t2a-audio"
+    assert sorted(p.stem for p in (work / "generated").iterdir()) == sorted(p.stem for p in (work / "reference").iterdir())
+    assert len(list((work / "generated").iterdir())) == 3 and not (work / ".generating").exists()
+    assert main(["eval", "run", str(exp), "--task", "text_to_audio", "--shards", "x"]) == 2
+    assert "nothing to score" in capsys.readouterr().err
 
 
 def test_melody_examples_carry_the_chroma_of_their_crop_and_train():

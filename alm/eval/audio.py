@@ -152,6 +152,17 @@ def _device(name: str) -> str:
 def run(a) -> int:
     from alm.eval.results import report, results
 
+    scored = score(a)
+    if scored is None:  # only --save-stats was asked for
+        return 0
+    metrics, n, config = scored
+    report(results("audio", metrics, n, config), a.out, a.run, absent=config.get("skipped"))
+    return 0
+
+
+def score(a) -> tuple[dict, int, dict] | None:
+    """What `alm eval audio` computes from its parsed options -> (metrics, n, config), or None when
+    only --save-stats was asked for (also used by `alm eval run ... --task text_to_audio`)."""
     if a.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {a.batch_size}")
     if not a.window_seconds > embedders.MIN_SECONDS:
@@ -241,7 +252,6 @@ def run(a) -> int:
         config["skipped"]["clap_score"] = "needs --captions"
 
     if not metrics:  # only --save-stats was asked for
-        return 0
+        return None
     n = len(gen_files) if gen_files is not None else config.get("generated_frames", 0)
-    report(results("audio", metrics, n, config), a.out, a.run, absent=config.get("skipped"))
-    return 0
+    return metrics, n, config

@@ -111,6 +111,7 @@ def run(a, extra: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog=f"alm eval run EXPORT --task {a.task}", description=tasks[a.task].help)
     tasks[a.task].add_arguments(p)
     args = p.parse_args(extra or [])
+    args.out = a.out  # where results.json goes (a task may put its files beside it)
     res = evaluate(a.export, a.task, a.shards, args, a.limit)
     report(res, a.out, a.run)
     return 0

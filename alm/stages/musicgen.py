@@ -44,6 +44,7 @@ from alm.models.codebook_patterns import PATTERNS, make_pattern
 from alm.convert_musicgen import command as convert_command, write_transformers
 from alm.models.musicgen import MusicGenConfig, MusicGenLM, drop_condition
 from alm.stages import musicgen_generate
+from alm.stages import musicgen_eval
 from alm.stages.spec import Command, Stage, every_window
 from alm.tokenizers.text_embeddings import TEXT_EMB, TEXT_EMB_LENGTHS  # precomputed T5 states per sample
 
@@ -361,4 +362,5 @@ STAGE = Stage(
                       musicgen_generate.add_arguments, musicgen_generate.run),
               convert_command()),  # alm convert musicgen SRC --out EXPORT (alm/convert_musicgen.py)
     export_formats={"transformers": write_transformers},  # alm export RUN --format transformers
+    eval_tasks=musicgen_eval.EVAL_TASKS,  # alm eval run EXPORT --task text_to_audio (alm/stages/musicgen_eval.py)
 )

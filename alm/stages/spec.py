@@ -62,7 +62,7 @@ class EvalTask:
     """`alm eval run EXPORT --task NAME --shards SPEC ...` for an export of the stage that declares it:
     run(export_dir, shard_spec, args) -> (metrics, n, config), shard_spec already resolved to the
     held-out files (alm.data.splits.resolve_eval_spec), args holding the options add_arguments added
-    (and `limit`: score the first N samples only, 0 = all)."""
+    (and `limit`: score the first N samples only, 0 = all; `out`: the results.json path)."""
 
     name: str  # asr | caption | text_to_audio | retrieval | zeroshot | ...
     help: str
