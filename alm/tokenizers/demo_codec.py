@@ -39,6 +39,8 @@ stages), and levels 2+ drawn at random from the codes' conditional statistics (p
 before it) on the train clips, as a fine stage that learned only that would) keep held-out tonal
 clips the most tonal: median in-band flatness 4 x 32 0.018, 4 x 128 0.007, 5 x 64 0.051, 6 x 64 0.054.
 It is 38 MB of codebooks (3 x 128 x 128 x 200 floats), copied into each acoustic export's codec/.
+A default `alm demo` with it (250 steps per stage, measured on a shared 2-core machine, load 1.6-5):
+fit 22 s, generated in-band flatness 0.074 (10 seeds: median 0.064, one of 0.27), 386 s in all.
 The DemoCodecConfig defaults stay 4 x 32: the shape `data.train_shards: synthetic` and the tiny
 recipes use (with the tiny random EnCodec of the own-data path).
 
