@@ -207,7 +207,8 @@ def check_existing_codec(codec_dir: Path, want) -> None:
     if not (codec_dir / "config.json").is_file():
         return
     have = read_config(codec_dir)
-    same = have is not None and all(getattr(have, k) == getattr(want, k) for k in want.__dataclass_fields__ if k != "fitted_on")
+    fields = [k for k in want.__dataclass_fields__ if k != "fitted_on"]
+    same = have is not None and all(getattr(have, k) == getattr(want, k) for k in fields)
     if not same:
         shape = f"{have.num_quantizers} levels x {have.codebook_size} codes" if have is not None else "not a demo codec"
         raise UserError(f"{codec_dir}: made by another alm demo ({shape}); this one fits {want.num_quantizers} levels x "
