@@ -81,30 +81,35 @@ TRANSFORMER = """
   rope_theta: 10000.0
   tie_embeddings: true
 """
-MODELS = {
-    "semantic": "model:\n  vocab_size: 66" + TRANSFORMER,  # 64 clusters + BOS + EOS
-    "coarse": "model:\n  vocab_size: 131" + TRANSFORMER + """  semantic_vocab: 64
-  codebook_size: 32
-  prefix_levels: 0
-  target_levels: 2
-  semantic_rate: 50.0
-  frame_rate: 50.0
-  window_s: 1.0
-""",
-    "fine": "model:\n  vocab_size: 131" + TRANSFORMER + """  semantic_vocab: 0
-  codebook_size: 32
-  prefix_levels: 2
-  target_levels: 2
-  semantic_rate: 50.0
-  frame_rate: 50.0
-  window_s: 1.0
-""",
-}
 CLUSTERS = 64
+COARSE_LEVELS = 2  # the coarse stage predicts the codec's first levels, the fine stage the rest
+
+
+def stage_models(levels: int, codebook: int) -> dict[str, str]:
+    """The three stages' model keys for a demo codec of `levels` RVQ levels x `codebook` codes at 50 Hz."""
+    acoustic = """  codebook_size: {codebook}
+  prefix_levels: {prefix}
+  target_levels: {target}
+  semantic_rate: 50.0
+  frame_rate: 50.0
+  window_s: 1.0
+"""  # coarse: 2 + 50 semantic + 50 x 2 codes = 152 tokens; fine (4 levels): 2 + 50 x 4 = 202
+    return {
+        "semantic": f"model:\n  vocab_size: {CLUSTERS + 2}" + TRANSFORMER,  # clusters + BOS + EOS
+        "coarse": f"model:\n  vocab_size: {CLUSTERS + COARSE_LEVELS * codebook + 3}" + TRANSFORMER
+                  + f"  semantic_vocab: {CLUSTERS}\n"
+                  + acoustic.format(codebook=codebook, prefix=0, target=COARSE_LEVELS),
+        "fine": f"model:\n  vocab_size: {levels * codebook + 3}" + TRANSFORMER + "  semantic_vocab: 0\n"
+                + acoustic.format(codebook=codebook, prefix=COARSE_LEVELS, target=levels - COARSE_LEVELS),
+    }
 
 
 def demo_recipe(stage: str):
-    return OmegaConf.merge(OmegaConf.create(BASE), OmegaConf.create(f"stage: {stage}\n" + MODELS[stage]))
+    from alm.tokenizers.demo_codec import demo_config
+
+    c = demo_config()
+    model = stage_models(c.num_quantizers, c.codebook_size)[stage]
+    return OmegaConf.merge(OmegaConf.create(BASE), OmegaConf.create(f"stage: {stage}\n" + model))
 
 
 def say(msg: str) -> None:
@@ -194,6 +199,22 @@ def log_pictures_to_wandb(run_dir: Path, pictures: dict) -> str:
     return f"pictures logged to the fine stage's W&B run ({mode}, {run_dir / 'wandb'})"
 
 
+def check_existing_codec(codec_dir: Path, want) -> None:
+    """A rerun reuses OUT/codec (and the codes and runs made with it) only when it is the codec this demo fits."""
+    from alm.errors import UserError
+    from alm.tokenizers.demo_codec import read_config
+
+    if not (codec_dir / "config.json").is_file():
+        return
+    have = read_config(codec_dir)
+    fields = [k for k in want.__dataclass_fields__ if k != "fitted_on"]
+    same = have is not None and all(getattr(have, k) == getattr(want, k) for k in fields)
+    if not same:
+        shape = f"{have.num_quantizers} levels x {have.codebook_size} codes" if have is not None else "not a demo codec"
+        raise UserError(f"{codec_dir}: made by another alm demo ({shape}); this one fits {want.num_quantizers} levels x "
+                        f"{want.codebook_size} codes: give a new --out (or delete {codec_dir.parent})")
+
+
 def codec_band(codec_dir: Path) -> float:
     """The fraction of the spectrum the demo codec codes (bins / hop); 1.0 for another codec."""
     from alm.tokenizers.demo_codec import read_config
@@ -227,10 +248,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from alm.data.synthetic import write_synthetic
     from alm.tokenizers.codec import tokenize_codec_shards
-    from alm.tokenizers.demo_codec import make_demo_codec
+    from alm.tokenizers.demo_codec import demo_config, make_demo_codec
     from alm.tokenizers.semantic import SemanticTokenizerConfig, run as tokenize
 
     audio, sem, codes, codec = out / "data" / "audio", out / "data" / "semantic", out / "data" / "codes", out / "codec"
+    want = demo_config()
+    check_existing_codec(codec, want)
     if not (audio / "manifest.json").is_file():
         say(f"1/4 making a synthetic captioned audio dataset ({a.clips} clips of 4 s) -> {audio}")
         manifest = write_synthetic(audio, num_clips=a.clips)
@@ -240,13 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         say(f"1/4 synthetic dataset already in {audio}")
     say(f"2/4 tokens: semantic = k-means (K={CLUSTERS}) on log-mel frames (demo stand-in for HuBERT) -> {sem}\n"
         f"           acoustic = the demo codec (stand-in for EnCodec: MDCT + residual VQ fitted on the training clips),\n"
-        f"           4 RVQ levels x 32 codes at 50 Hz -> {codes}")
+        f"           {want.num_quantizers} RVQ levels x {want.codebook_size} codes at {want.frame_rate} Hz -> {codes}")
     if not list(sem.glob("val-*.tar")):
         tokenize(str(audio), str(sem), SemanticTokenizerConfig(features="logmel", n_clusters=CLUSTERS),
                  fit_shards=str(audio / "train-*.tar"))
     if not (codec / "config.json").is_file():
         t = time.time()
-        make_demo_codec(codec, str(audio / "train-*.tar"))
+        make_demo_codec(codec, str(audio / "train-*.tar"), want)
         print(f"  demo codec fitted on the training clips in {time.time() - t:.0f} s -> {codec}")
     quality = codec_quality(codec, audio)
     print("  codec reconstruction SI-SNR on held-out clips: "

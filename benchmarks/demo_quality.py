@@ -1,12 +1,14 @@
 """How well the demo codec reconstructs held-out synthetic clips, and why it is built the way it is.
 
-    python benchmarks/demo_quality.py [--clips 240] [--val 24] [--iters 20] [--bins 200] [--codebook 32]
-                                      [--beam 8] [--refine 2] [--data DIR]
+    python benchmarks/demo_quality.py [--clips 240] [--val 24] [--iters 20] [--bins 200] [--codebook 64]
+                                      [--levels 6] [--beam 8] [--refine 2] [--data DIR]
 
 Writes a synthetic set (train + held-out val clips, 4 s each) into a temporary folder (or reads an
 existing one with --data, e.g. the cache's synthetic-v1), fits the demo
-codec on the train clips (timed), and prints the mean reconstruction SI-SNR per kind on the val clips
-for 1, 2 and all RVQ levels. Only the fit time depends on the machine's load.
+codec on the train clips (timed: wall and CPU seconds; it runs on one thread), and prints the mean
+reconstruction SI-SNR per kind on the val clips for 1, 2, ... all RVQ levels. The defaults are the
+codec `alm demo` fits (alm.tokenizers.demo_codec.demo_config); `--codebook 32 --levels 4` is the
+one `data.train_shards: synthetic` uses. Only the fit time depends on the machine's load.
 
     python benchmarks/demo_quality.py --demo OUT [--seeds 5] [--sampling 0.9:20,0.7:20] [--seconds 4]
 
@@ -32,7 +34,7 @@ from alm.audio_quality import si_snr  # noqa: E402
 from alm.data.synthetic import write_synthetic  # noqa: E402
 from alm.plots import kind_of, read_clips  # noqa: E402
 from alm.tokenizers import codec as C  # noqa: E402
-from alm.tokenizers.demo_codec import DemoCodecConfig, fit_demo_codec  # noqa: E402
+from alm.tokenizers.demo_codec import DemoCodecConfig, demo_config, fit_demo_codec  # noqa: E402
 
 
 def table(codec, val, levels) -> dict[str, list[float]]:
@@ -70,11 +72,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=240)
     p.add_argument("--val", type=int, default=24)
-    p.add_argument("--iters", type=int, default=DemoCodecConfig.kmeans_iters)
-    p.add_argument("--bins", type=int, default=DemoCodecConfig.bins)
-    p.add_argument("--codebook", type=int, default=DemoCodecConfig.codebook_size)
-    p.add_argument("--beam", type=int, default=DemoCodecConfig.beam)
-    p.add_argument("--refine", type=int, default=DemoCodecConfig.refine)
+    demo = demo_config()
+    p.add_argument("--iters", type=int, default=demo.kmeans_iters)
+    p.add_argument("--bins", type=int, default=demo.bins)
+    p.add_argument("--codebook", type=int, default=demo.codebook_size)
+    p.add_argument("--levels", type=int, default=demo.num_quantizers)
+    p.add_argument("--beam", type=int, default=demo.beam)
+    p.add_argument("--refine", type=int, default=demo.refine)
     p.add_argument("--data", help="an existing synthetic set (train-*.tar + val-*.tar) instead of a new one")
     p.add_argument("--demo", help="a finished `alm demo --out` folder: measure its generated flatness instead")
     p.add_argument("--seeds", type=int, default=5)
@@ -91,14 +95,16 @@ def main() -> int:
         root = a.data or tmp
         train = [w for w, _ in read_clips(f"{root}/train-*.tar")]
         val = read_clips(f"{root}/val-*.tar")
-    cfg = DemoCodecConfig(kmeans_iters=a.iters, bins=a.bins, codebook_size=a.codebook, beam=a.beam, refine=a.refine)
+    cfg = DemoCodecConfig(kmeans_iters=a.iters, bins=a.bins, codebook_size=a.codebook, num_quantizers=a.levels,
+                          beam=a.beam, refine=a.refine)
     levels = list(range(1, cfg.num_quantizers + 1))
-    t = time.time()
+    t, cpu = time.time(), time.process_time()
     codec = fit_demo_codec(train, cfg)
-    fit_s = time.time() - t
-    print(f"codec: bins {cfg.bins}, codebook {cfg.codebook_size}, {cfg.kmeans_iters} k-means iterations, beam {cfg.beam}, refine {cfg.refine}")
-    print(f"demo codec fitted on {len(train)} clips ({codec.config.fitted_on['frames']} frames) in {fit_s:.1f} s; "
-          f"train residual energy {codec.config.fitted_on['residual_energy']:.3f}")
+    fit_s, fit_cpu = time.time() - t, time.process_time() - cpu
+    print(f"codec: {cfg.num_quantizers} levels x {cfg.codebook_size} codes, bins {cfg.bins}, "
+          f"{cfg.kmeans_iters} k-means iterations, beam {cfg.beam}, refine {cfg.refine}")
+    print(f"demo codec fitted on {len(train)} clips ({codec.config.fitted_on['frames']} frames) in {fit_s:.1f} s "
+          f"({fit_cpu:.1f} CPU s); train residual energy {codec.config.fitted_on['residual_energy']:.3f}")
     print("held-out SI-SNR (dB) per kind, levels " + " / ".join(map(str, levels)))
     for kind, row in table(codec, val, levels).items():
         print(f"  {kind:<8} " + " / ".join(f"{v:6.2f}" for v in row))
