@@ -16,7 +16,9 @@ would remove as punctuation tokens, but keeps "don't" and "dog's" as one word ("
                     downloads at first use; nothing downloads here): pycocoevalcap's spice-1.0.jar (or
                     --spice-jar) run on the normalised captions, mean of the ids' "All" F-scores (alm/eval/spice.py)
     spider          (cider_d + spice) / 2, with spice
-    fense           not computed: needs FENSE's sentence-BERT and error-detector weights
+    sbert_sim       with --fense-sbert MODEL: FENSE's Sentence-BERT similarity, no penalty (alm/eval/fense.py)
+    fense           with --fense-sbert and --fense-echecker CKPT: the similarity penalised where FENSE's error
+                    detector flags the caption (alm/eval/fense.py), on the raw captions
 Metrics not computed are absent from results.json; the table says why, one line each.
 """
 
@@ -33,7 +35,8 @@ NO_SPICE = {
     "spice": "needs --corenlp-dir (stanford-corenlp-3.6.0.jar and -models.jar; pycocoevalcap would download them)",
     "spider": "the mean of cider_d and spice: needs spice",
 }
-NOT_COMPUTED = {"fense": "not implemented in alm (FENSE needs its sentence-BERT and error-detector weights)"}
+NO_FENSE = {"sbert_sim": "needs --fense-sbert (a sentence-transformers model, local or cached)",
+            "fense": "needs --fense-sbert and --fense-echecker (FENSE's error-detector checkpoint, local)"}
 
 
 def add_arguments(p) -> None:
@@ -44,6 +47,9 @@ def add_arguments(p) -> None:
                         "computes spice and spider (needs java)")
     p.add_argument("--spice-jar", default=None, metavar="PATH",
                    help="caption only, with --corenlp-dir: the SPICE 1.0 jar, its lib/ beside it (default: pycocoevalcap's)")
+    from alm.eval import fense
+
+    fense.add_arguments(p)
 
 
 def check_arguments(a) -> None:
@@ -58,6 +64,9 @@ def check_arguments(a) -> None:
         from alm.eval.spice import check_paths
 
         check_paths(a.corenlp_dir, a.spice_jar)
+    from alm.eval import fense
+
+    fense.check_arguments(a)
 
 
 def _coco_inputs(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict]:
@@ -121,5 +130,14 @@ def caption_metrics(hyps: list[str], refs: list[list[str]], a, ids: list | None 
             metrics.update(spice=value, spider=(metrics["cider_d"] + value) / 2)
     else:
         absent.update(NO_SPICE)
-    absent.update(NOT_COMPUTED)
+    if getattr(a, "fense_sbert", None):
+        from alm.eval.fense import fense_metrics
+
+        values, fense_config = fense_metrics(hyps, refs, a.fense_sbert, a.fense_echecker, a.fense_echecker_base)
+        metrics.update(values)
+        config.update(fense_config)
+        if "fense" not in values:
+            absent["fense"] = NO_FENSE["fense"]
+    else:
+        absent.update(NO_FENSE)
     return metrics, absent, config
