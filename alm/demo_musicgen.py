@@ -1,6 +1,6 @@
 """`alm demo --model musicgen`: the embedded default for text-to-music, on CPU in a few minutes.
 
-It trains the tiny MusicGen recipe (recipes/tiny/musicgen.yaml: a text-conditioned LM over the 4
+It trains (300 steps by default) the tiny MusicGen recipe (recipes/tiny/musicgen.yaml: a text-conditioned LM over the 4
 codebooks of alm's demo codec, delay pattern, cross-attention to a tiny random T5 — the stand-ins for
 EnCodec 32 kHz and T5-base, made once into $ALM_CACHE with the synthetic captioned set), exports it,
 and generates one wav per caption with classifier-free guidance. Validation writes audio samples for
