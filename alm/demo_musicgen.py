@@ -52,11 +52,15 @@ def run(out: Path, steps: int, seconds: float, captions: tuple[str, ...] = CAPTI
     say("3/3 pictures")
     import soundfile as sf
 
+    from alm.demo import codec_band
+
+    band = r["sample_rate"] / 2 * codec_band(exp / "codec")  # the band the demo codec codes (flatness there)
     lines = []
     for caption, wav in zip(captions, r["wavs"]):
-        audio, _ = sf.read(wav, dtype="float32")
+        audio, rate = sf.read(wav, dtype="float32")
         pic = plot_generated(wav, exp)
-        lines.append(f"  {wav}  <- {caption!r}: median spectral flatness {spectral_flatness(audio):.3f}; "
+        lines.append(f"  {wav}  <- {caption!r}: median spectral flatness within the coded band 0-{band / 1000:.0f} kHz "
+                     f"{spectral_flatness(audio, sample_rate=rate, max_hz=band):.3f} (0 = tonal, ~0.5 = noise); "
                      f"spectrogram {pic['png']} (beside the closest training clip, a {pic['kind']} clip)")
     losses = loss_curves_png(out / "musicgen_losses.png",
                              {"musicgen": ([s for s, _ in loss], [v for _, v in loss])}) if loss else None
