@@ -192,8 +192,8 @@ def export_config(lm_cfg: MusicGenConfig, text_encoder: str, codec: str, frame_r
 def convert(src: str, out: str | os.PathLike, dtype: str = "fp32", overwrite: bool = False) -> Path:
     """SRC (transformers MusicGen folder or hub id) -> an alm export at `out` (see the module docstring)."""
     from alm.config import to_yaml
-    from alm.export import DTYPES, META, check_out, provenance_of, write_weights
-    from alm.io import atomic_write_text, fsync_dir
+    from alm.export import DTYPES, META, check_out, provenance_of, publish_dir, write_weights
+    from alm.io import atomic_write_text
 
     if dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
@@ -223,12 +223,7 @@ def convert(src: str, out: str | os.PathLike, dtype: str = "fp32", overwrite: bo
                 "text_encoder_dir": TEXT_ENCODER_DIR, "codec_dir": CODEC_DIR, "sub_models": sources,
                 **provenance_of(cfg, tmp)}
         atomic_write_text(tmp / META, json.dumps(meta, indent=1))
-        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -180,6 +180,17 @@ def provenance_of(cfg: RunConfig, out: Path) -> dict:
     }
 
 
+def publish_dir(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` at `out` (a sibling), replacing an existing `out` only once `tmp` is
+    complete: a reader sees the old export or the new one, never a half-written one."""
+    old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_export(model: torch.nn.Module, cfg: RunConfig, out: str | os.PathLike, dtype: str = "fp32",
                  max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE, overwrite: bool = False,
                  extra: dict | None = None, fmt: str = "alm") -> Path:
@@ -216,12 +227,7 @@ def write_export(model: torch.nn.Module, cfg: RunConfig, out: str | os.PathLike,
         meta = {"stage": cfg.stage, **(extra or {}), "dtype": dtype,
                 "parameters": sum(p.numel() for p in model.parameters()), **weights, **provenance_of(cfg, tmp)}
         atomic_write_text(tmp / META, json.dumps(meta, indent=1))
-        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-        shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -51,19 +51,19 @@ def check_out_path(path: str, flag: str = "--out", suffixes: tuple[str, ...] | N
         raise UserError(f"{flag} {path}: expected a {' / '.join(suffixes)} file")
 
 
-def read_prompt(path: str, sample_rate: int) -> np.ndarray:
-    """Mono audio of a prompt recording at `sample_rate`; an unreadable file -> UserError naming it."""
+def read_prompt(path: str, sample_rate: int, flag: str = "--prompt") -> np.ndarray:
+    """Mono audio of a recording given by `flag` at `sample_rate`; an unreadable file -> UserError naming it."""
     from alm.data.audio import load_mono
 
     f = Path(path)
     if not f.is_file():
-        raise UserError(f"--prompt {path}: no such file")
+        raise UserError(f"{flag} {path}: no such file")
     try:
         audio, _ = load_mono(f.read_bytes(), sample_rate)
     except ValueError as exc:
-        raise UserError(f"--prompt {path}: cannot read it as audio ({exc}); use flac, wav, aiff, mp3, ogg, opus, m4a, aac or webm") from None
+        raise UserError(f"{flag} {path}: cannot read it as audio ({exc}); use flac, wav, aiff, mp3, ogg, opus, m4a, aac or webm") from None
     if audio.size == 0:
-        raise UserError(f"--prompt {path}: the recording is empty")
+        raise UserError(f"{flag} {path}: the recording is empty")
     return audio
 
 

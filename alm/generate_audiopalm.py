@@ -95,18 +95,9 @@ class Export:
 
 
 def read_audio(path: str, sample_rate: int) -> np.ndarray:
-    from alm.data.audio import load_mono
+    from alm.generate import read_prompt
 
-    f = Path(path)
-    if not f.is_file():
-        raise UserError(f"--audio {path}: no such file")
-    try:
-        audio, _ = load_mono(f.read_bytes(), sample_rate)
-    except ValueError as exc:
-        raise UserError(f"--audio {path}: cannot read it as audio ({exc})") from None
-    if audio.size == 0:
-        raise UserError(f"--audio {path}: the recording is empty")
-    return audio
+    return read_prompt(path, sample_rate, "--audio")
 
 
 def decode(ex: Export, task: str, prompt: list[int], decoding: str = "greedy", beams: int = 4,
