@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from alm.models.sampling import check_sampling, sample_next
-from alm.models.transformer import gpt2_init, no_gather
+from alm.models.transformer import cached_causal_attention, gpt2_init, no_gather
 
 COND_MODES = ("cross", "prefix")
 LORA_SITES = tuple(f"{a}.{p}" for a in ("self_attn", "cross_attn") for p in ("q", "k", "v", "proj")) + ("ffn.fc", "ffn.proj")
@@ -219,17 +219,7 @@ class SelfAttention(nn.Module):
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
-            start = cache.length
-            if start + T > cache.max_len:
-                raise ValueError(f"MusicGenCache holds {cache.max_len} positions, {start + T} needed")
-            cache.k[layer, :, :, start : start + T] = k
-            cache.v[layer, :, :, start : start + T] = v
-            k_all, v_all = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]
-            if T == 1:  # one new position attends to every cached one
-                y = F.scaled_dot_product_attention(q, k_all, v_all)
-            else:  # a chunk after a cached prefix: causal within the chunk, full over the prefix
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+            y = cached_causal_attention(q, k, v, cache, layer)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 

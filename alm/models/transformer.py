@@ -75,6 +75,22 @@ class ConditionedLMConfig(TransformerConfig):
             raise ValueError("key 'model.condition_levels': must be >= 0 (and model.condition_codebook >= 2)")
 
 
+def cached_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache, layer: int) -> torch.Tensor:
+    """Causal attention of T new positions (q, k, v: (B, H, T, hd)) after the cache's `length` ones:
+    their keys/values are written into cache.k/v[layer] (B, H, max_len, hd), then each new position
+    attends to every cached one and causally within the new chunk. -> (B, H, T, hd)."""
+    T, start = q.size(2), cache.length
+    if start + T > cache.k.size(3):
+        raise ValueError(f"{type(cache).__name__} holds {cache.k.size(3)} positions, {start + T} needed")
+    cache.k[layer, :, :, start : start + T] = k
+    cache.v[layer, :, :, start : start + T] = v
+    k_all, v_all = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]
+    if T == 1:  # one new position attends to every cached one
+        return F.scaled_dot_product_attention(q, k_all, v_all)
+    mask = torch.ones(T, start + T, dtype=torch.bool, device=q.device).tril(diagonal=start)
+    return F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -178,15 +194,7 @@ class Attention(nn.Module):
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
-            start = cache.length
-            cache.k[layer, :, :, start : start + T] = k
-            cache.v[layer, :, :, start : start + T] = v
-            k_all, v_all = cache.k[layer, :, :, : start + T], cache.v[layer, :, :, : start + T]
-            if T == 1:  # one new position attends to every cached one
-                y = F.scaled_dot_product_attention(q, k_all, v_all)
-            else:  # a chunk after a cached prefix: causal within the chunk, full over the prefix
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
-                y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+            y = cached_causal_attention(q, k, v, cache, layer)
         y = y.transpose(1, 2).reshape(B, T, C)
         return F.dropout(self.proj(y), dropout, self.training)
 
