@@ -10,6 +10,7 @@ from alm.data.stream import ShardStream, make_loader, resolve_shard_sets
 from alm.models.acoustic_lm import AcousticLMConfig, aligned_window, aligned_windows
 from alm.stages import acoustic, semantic, soundstorm
 from alm.models.soundstorm import SoundStormConfig
+from alm.models.transformer import ConditionedLMConfig
 
 from test_data_resume import positions_before, run, seen
 
@@ -91,13 +92,13 @@ def test_stage_examples_every_window():
     assert all(np.array_equal(e["codes"], frames[:, f0 : f0 + 50]) for e, f0 in zip(windows, starts))
     assert all(np.array_equal(e["semantic"], sem[f0 : f0 + 50]) for e, f0 in zip(windows, starts))
     assert covered([(f0, 50, 0, 0) for f0 in starts], 520).max() == 1
-    ids = semantic.make_example({"semantic.npy": npy_bytes(np.arange(95))}, np.random.default_rng(2), W + 2, 200,
-                                every=True)
+    ids = semantic.make_example({"semantic.npy": npy_bytes(np.arange(95))}, np.random.default_rng(2), W + 2,
+                                ConditionedLMConfig(vocab_size=200), every=True)
     body = [e["tokens"][1:] for e in ids]
     assert [len(b) for b in body[:-1]] == [W] * 8  # 9 windows of 10; EOS only where a window ends the clip
     assert covered([(int(b[0]), W, 0, 0) for b in body], 95).max() == 1
-    assert semantic.make_example({"semantic.npy": npy_bytes(np.arange(7))}, np.random.default_rng(2), W + 2, 200,
-                                 every=True)["tokens"].tolist() == [198, *range(7), 199]  # a short clip: whole + EOS
+    assert semantic.make_example({"semantic.npy": npy_bytes(np.arange(7))}, np.random.default_rng(2), W + 2,
+                                 ConditionedLMConfig(vocab_size=200), every=True)["tokens"].tolist() == [198, *range(7), 199]  # a short clip: whole + EOS
 
 
 # -- the stream: windows flattened into examples -----------------------------------------------------------
@@ -109,7 +110,7 @@ class Decodes:
 def window_example(sample, rng):
     """The semantic stage's make_example (every window), tokens = frame numbers + the recording's id."""
     Decodes.n += 1
-    out = semantic.make_example(sample, rng, max_len=W + 2, vocab_size=10_000, every=True)
+    out = semantic.make_example(sample, rng, max_len=W + 2, model=ConditionedLMConfig(vocab_size=10_000), every=True)
     out = out if isinstance(out, list) else [out]
     rec = int(sample["__key__"][1:])
     return [{"rec": rec, "first": int(e["tokens"][1]), "n": len(e["tokens"]) - 1, "r": float(rng.random())} for e in out]
@@ -198,7 +199,7 @@ def test_resume_in_the_middle_of_an_hour_long_recording_decodes_it_once(tmp_path
 
     def big(sample, rng):
         Decodes.n += 1
-        ids = semantic.make_example(sample, rng, max_len=102, vocab_size=200_000, every=True)
+        ids = semantic.make_example(sample, rng, max_len=102, model=ConditionedLMConfig(vocab_size=200_000), every=True)
         return [{"rec": 0, "first": int(e["tokens"][1]), "n": 100, "r": 0.0} for e in ids]
 
     def mk(positions=None):
