@@ -133,7 +133,8 @@ def caption_metrics(hyps: list[str], refs: list[list[str]], a, ids: list | None 
     if getattr(a, "fense_sbert", None):
         from alm.eval.fense import fense_metrics
 
-        values, fense_config = fense_metrics(hyps, refs, a.fense_sbert, a.fense_echecker, a.fense_echecker_base)
+        values, fense_config = fense_metrics(hyps, refs, a.fense_sbert, getattr(a, "fense_echecker", None),
+                                             getattr(a, "fense_echecker_base", None))
         metrics.update(values)
         config.update(fense_config)
         if "fense" not in values:

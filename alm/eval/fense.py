@@ -43,13 +43,14 @@ def add_arguments(p) -> None:
 
 
 def check_arguments(a) -> None:
-    for flag in ("fense_sbert", "fense_echecker", "fense_echecker_base"):
-        if getattr(a, flag, None) and a.task != "caption":
-            raise UserError(f"--{flag.replace('_', '-')} applies to --task caption only (got --task {a.task})")
-    if (a.fense_echecker or a.fense_echecker_base) and not a.fense_sbert:
+    sbert, echecker, base = (getattr(a, k, None) for k in ("fense_sbert", "fense_echecker", "fense_echecker_base"))
+    for flag, value in (("--fense-sbert", sbert), ("--fense-echecker", echecker), ("--fense-echecker-base", base)):
+        if value and a.task != "caption":
+            raise UserError(f"{flag} applies to --task caption only (got --task {a.task})")
+    if (echecker or base) and not sbert:
         raise UserError("--fense-echecker needs --fense-sbert (FENSE penalises the SBERT similarity)")
-    if a.fense_echecker and not Path(a.fense_echecker).is_file():
-        raise UserError(f"--fense-echecker {a.fense_echecker}: no such file")
+    if echecker and not Path(echecker).is_file():
+        raise UserError(f"--fense-echecker {echecker}: no such file")
 
 
 def sbert_similarities(sbert_source: str, hyps: list[str], refs: list[list[str]], batch_size: int = 32,
