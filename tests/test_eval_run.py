@@ -13,7 +13,7 @@ import alm.stages
 from alm.cli import main
 from alm.data.splits import resolve_eval_spec
 from alm.errors import UserError
-from alm.eval.run import held_out_samples
+from alm.eval.heldout import held_out_samples
 from alm.export import export
 from alm.stages.spec import EvalTask
 

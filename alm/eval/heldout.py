@@ -6,6 +6,8 @@
                                               alm.data.splits.resolve_eval_spec), a glob = every shard it
                                               matches (e.g. data/audiocaps/test-*.tar)
     clips(urls, rank=0, world=1) -> Clip ...  this rank's clips: global positions rank, rank + world, ...
+    held_out_samples(spec, limit, report)     every sample of a resolved spec in file order, parallel sets
+                                              (`prep + tokens`) joined by key (`alm eval run`'s tasks)
     embed_clips(encoder, urls, ...)           alm/embed.py audio embeddings of the clips, one batch decoded
                                               at a time
 
@@ -99,6 +101,39 @@ def clips(urls: list[str], rank: int = 0, world: int = 1) -> Iterator[Clip]:
             if (offset + i) % world == rank:
                 yield _clip(offset + i, url, read())
         offset += n
+
+
+def held_out_samples(spec: str, limit: int = 0, report: dict | None = None) -> Iterator[dict[str, Any]]:
+    """The samples of a resolved shard spec in file order, parallel sets joined by key (the members
+    of every set in one sample). A key missing from a parallel set (e.g. a clip the token pass could
+    not decode, listed in its errors.json) is counted in report["unjoined"] and named on stderr —
+    never dropped silently. The first set is read through its header index (a `limit` reads only
+    the samples it needs); each parallel shard is held in memory one shard at a time."""
+    import sys
+
+    from alm.data.shards import read_shard
+    from alm.data.stream import resolve_shard_sets
+
+    sets = resolve_shard_sets(spec)
+    n = 0
+    for i, url in enumerate(sets[0]):
+        extras = [{s["__key__"]: s for s in read_shard(other[i])} for other in sets[1:]]
+        for _, read in _samples(url):
+            sample = read()
+            parts = [e.get(sample["__key__"]) for e in extras]
+            if any(p is None for p in parts):
+                if report is not None:
+                    report["unjoined"] = report.get("unjoined", 0) + 1
+                    report.setdefault("unjoined_keys", []).append(sample["__key__"])
+                print(f"[alm eval] {url}: sample {sample['__key__']!r} is missing from a parallel set: not scored",
+                      file=sys.stderr)
+                continue
+            for p in parts:
+                sample = {**p, **sample}
+            yield sample
+            n += 1
+            if limit and n >= limit:
+                return
 
 
 def embed_clips(encoder, urls: list[str], keep=lambda clip: True, batch_size: int = 16,

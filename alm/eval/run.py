@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from typing import Any, Iterator
 
 from alm.errors import UserError
 
@@ -46,35 +44,6 @@ def tasks_of(export_dir: str) -> tuple[str, dict]:
 
     stage = get_stage(load_config(export_dir).stage)
     return stage.name, {t.name: t for t in stage.eval_tasks}
-
-
-def held_out_samples(spec: str, limit: int = 0, report: dict | None = None) -> Iterator[dict[str, Any]]:
-    """The samples of a resolved shard spec in file order, parallel sets joined by key (the members
-    of every set in one sample). A key missing from a parallel set (e.g. a clip the token pass could
-    not decode, listed in its errors.json) is counted in report["unjoined"] and named on stderr —
-    never dropped silently."""
-    from alm.data.shards import read_shard
-    from alm.data.stream import resolve_shard_sets
-
-    sets = resolve_shard_sets(spec)
-    n = 0
-    for i, url in enumerate(sets[0]):
-        extras = [{s["__key__"]: s for s in read_shard(other[i])} for other in sets[1:]]  # one shard in memory
-        for sample in read_shard(url):
-            parts = [e.get(sample["__key__"]) for e in extras]
-            if any(p is None for p in parts):
-                if report is not None:
-                    report["unjoined"] = report.get("unjoined", 0) + 1
-                    report.setdefault("unjoined_keys", []).append(sample["__key__"])
-                print(f"[alm eval] {url}: sample {sample['__key__']!r} is missing from a parallel set: not scored",
-                      file=sys.stderr)
-                continue
-            for p in parts:
-                sample = {**p, **sample}
-            yield sample
-            n += 1
-            if limit and n >= limit:
-                return
 
 
 def evaluate(export_dir: str, task: str, shards: str, args: argparse.Namespace | None = None,

@@ -45,7 +45,7 @@ def _score(task: str):
         import numpy as np
 
         from alm.data.audio import load_mono, shard_audio_ext
-        from alm.eval.run import held_out_samples
+        from alm.eval.heldout import held_out_samples
         from alm.eval.text import asr_metrics, translation_metrics
         from alm.generate_audiopalm import Export, decode
         from alm.io import atomic_write_text

@@ -39,7 +39,7 @@ def run(export_dir: str, spec: str, args) -> tuple[dict, int, dict]:
 
     from alm.data.audio import load_mono, shard_audio_ext
     from alm.eval import audio as eval_audio
-    from alm.eval.run import held_out_samples
+    from alm.eval.heldout import held_out_samples
     from alm.export import load_config
     from alm.io import atomic_write_text
     from alm.stages.musicgen import captions_of
