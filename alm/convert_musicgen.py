@@ -315,12 +315,10 @@ def write_transformers_from(model: MusicGenLM, text_encoder: str | os.PathLike, 
 
 def text_encoder_of(export_dir: str | os.PathLike | None, cfg: Any) -> str:
     """The T5 folder of a model: EXPORT/text_encoder when present, else model.text_encoder (or data.text_encoder)."""
-    if export_dir is not None and (Path(export_dir) / TEXT_ENCODER_DIR).is_dir():
-        return str(Path(export_dir) / TEXT_ENCODER_DIR)
+    from alm.export import bundled
+
     name = getattr(cfg.model, "text_encoder", None) or getattr(cfg.data, "text_encoder", None)
-    if not name:
-        raise UserError("no text encoder recorded: set model.text_encoder (a T5 hub id or save_pretrained folder)")
-    return str(name)
+    return bundled(export_dir, TEXT_ENCODER_DIR, name, "model.text_encoder")
 
 
 def write_transformers(model: MusicGenLM, cfg: Any, out: Path) -> None:

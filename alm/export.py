@@ -251,6 +251,17 @@ def export(src: str | os.PathLike, out: str | os.PathLike, dtype: str = "fp32",
     return write_export(model, cfg, out, dtype, max_shard_size, overwrite, extra, fmt)
 
 
+def bundled(export_dir: str | os.PathLike | None, folder: str, configured: str | None, key: str) -> str:
+    """A dependency of an export (its codec, its text encoder): the export's own copy EXPORT/folder when
+    present, else the configured name or path (`key` names the recipe key that holds it)."""
+    if export_dir is not None and (Path(export_dir) / folder).is_dir():
+        return str(Path(export_dir) / folder)
+    if not configured:
+        where = f"{export_dir}: no {folder}/ folder and" if export_dir is not None else "the run has"
+        raise UserError(f"{where} no {key} recorded: cannot find its {folder.replace('_', ' ')}")
+    return str(configured)
+
+
 def read_export_meta(path: str | os.PathLike) -> dict:
     """export.json of an export ({} for exports written before it recorded provenance)."""
     f = Path(path) / META

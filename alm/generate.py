@@ -218,14 +218,10 @@ def prompt_codes(export_dir: str, wav: str, device: str = "cpu") -> np.ndarray:
 
 
 def codec_of(export_dir: str) -> str:
-    """The codec an acoustic export was trained on: its copied codec/ folder, else the configured name."""
-    local = Path(export_dir) / "codec"
-    if local.is_dir():
-        return str(local)
-    codec = load_config(export_dir).data.codec
-    if not codec:
-        raise UserError(f"{export_dir}: no codec recorded (data.codec) — cannot decode to audio")
-    return codec
+    """The codec an acoustic export was trained on: its copied codec/ folder, else data.codec."""
+    from alm.export import bundled
+
+    return bundled(export_dir, "codec", load_config(export_dir).data.codec, "data.codec")
 
 
 def prompt_semantic(semantic_dir: str, wav: str, device: str = "cpu") -> np.ndarray:

@@ -25,20 +25,6 @@ from alm.errors import UserError
 DEFAULT_TOP_K = 250  # MusicGen's sampling default (audiocraft, transformers' generation_config)
 
 
-def text_encoder_of(export_dir: str) -> str:
-    """The frozen T5 of a musicgen export: its EXPORT/text_encoder copy, else model.text_encoder."""
-    from alm.conditioners.t5 import TEXT_ENCODER_DIR
-    from alm.export import load_config
-
-    local = Path(export_dir) / TEXT_ENCODER_DIR
-    if local.is_dir():
-        return str(local)
-    name = load_config(export_dir).model.text_encoder
-    if not name:
-        raise UserError(f"{export_dir}: no text encoder (neither {TEXT_ENCODER_DIR}/ nor model.text_encoder)")
-    return name
-
-
 def read_prompts(text: str | None, prompts_file: str | None) -> list[str]:
     if text is not None:
         if not text.strip():
@@ -102,6 +88,7 @@ def generate_musicgen(export_dir: str, prompts: list[str], seconds: float, out: 
     """Everything `alm generate musicgen` does; -> {"wavs": [...], "codes": (N, K, T), "sample_rate"}."""
     from alm.conditioners.t5 import T5Conditioner
     from alm.export import load_pretrained
+    from alm.convert_musicgen import text_encoder_of
     from alm.generate import check_export, check_out_path, codec_of, write_codes_audio
     from alm.models.sampling import check_sampling
 
@@ -129,7 +116,7 @@ def generate_musicgen(export_dir: str, prompts: list[str], seconds: float, out: 
             raise UserError(f"--melody {melody_wav}: no such file")
         melody = chroma_of_file(melody_wav)
     model = load_pretrained(export_dir, device)
-    t5 = T5Conditioner(text_encoder_of(export_dir), device=device, max_length=m.text_max_len)
+    t5 = T5Conditioner(text_encoder_of(export_dir, cfg), device=device, max_length=m.text_max_len)
     codes = generate_codes(model, t5, m.pattern, prompts, frames, cfg_scale, temperature, top_k, top_p, melody,
                            batch_size, seed, progress)
     if save_codes:
