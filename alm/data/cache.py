@@ -70,3 +70,5 @@ def resolve_synthetic(cfg) -> None:
         cfg.data.tokenizer = made.get("tokenizer")
     if cfg.data.codec == "synthetic":
         cfg.data.codec = made.get("codec")
+    if "condition_tokenizer" in made and getattr(cfg.data, "condition_tokenizer", None) in (None, "synthetic"):
+        cfg.data.condition_tokenizer = made["condition_tokenizer"]

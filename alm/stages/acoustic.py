@@ -198,8 +198,13 @@ def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
     def spec(split: str) -> str:
         return f"{sem}/{split}-*.tar + {codes}/{split}-*.tar" if m.semantic_vocab else f"{codes}/{split}-*.tar"
 
-    return {"train_shards": spec("train"), "val_shards": spec("val"), "tokenizer": str(sem / "tokenizer"),
+    made = {"train_shards": spec("train"), "val_shards": spec("val"), "tokenizer": str(sem / "tokenizer"),
             "codec": str(codec)}
+    if m.condition_levels:  # MusicLM's coarse stage: the set's MuLan tokens joined
+        from alm.stages.lm import join_synthetic_mulan
+
+        made = join_synthetic_mulan(cfg, root, made)
+    return made
 
 
 def _chain_arguments(p) -> None:

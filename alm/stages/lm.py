@@ -77,6 +77,16 @@ def check_condition_tokenizer(cfg) -> None:
                         f"{f} has {meta['levels']} levels x {meta['codebook']} codes")
 
 
+def join_synthetic_mulan(cfg, root: Path, made: dict) -> dict:
+    """A conditioned stage's synthetic data: `made`'s shard specs + the synthetic set's MuLan tokens
+    (model.condition_levels x condition_codebook) and their tokenizer as data.condition_tokenizer."""
+    from alm.tokenizers.mulan import TOKENIZER_DIR, synthetic_mulan
+
+    mulan = synthetic_mulan(root, cfg.model.condition_levels, cfg.model.condition_codebook)
+    return {**made, "train_shards": f"{made['train_shards']} + {mulan}/train-*.tar",
+            "val_shards": f"{made['val_shards']} + {mulan}/val-*.tar", "condition_tokenizer": str(mulan / TOKENIZER_DIR)}
+
+
 def export_condition_tokenizer(model, cfg, folder: Path) -> dict:
     """Stage.export_files: a conditioned stage's MuLan tokenizer travels with it (export/condition_tokenizer/)."""
     import shutil

@@ -119,16 +119,17 @@ def synthetic_semantic(root: Path, k: int) -> Path:
 
 
 def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
-    """Synthetic semantic token shards for this stage, K = model.vocab_size - 2."""
-    if cfg.model.condition_levels:
-        raise UserError("data.train_shards=synthetic has no MuLan tokens: a conditioned semantic stage "
-                        "(model.condition_levels > 0) trains on 'SEMANTIC + MULAN' shards (alm tokenize mulan)")
+    """Synthetic semantic token shards for this stage, K = model.vocab_size - 2; a conditioned stage
+    (MusicLM, model.condition_levels > 0) joins the set's MuLan tokens from a tiny trained CLAP
+    (alm.tokenizers.mulan.synthetic_mulan)."""
     tokens = synthetic_semantic(root, clusters(cfg.model))
-    return {
-        "train_shards": str(tokens / "train-*.tar"),
-        "val_shards": str(tokens / "val-*.tar"),
-        "tokenizer": str(tokens / "tokenizer"),
-    }
+    made = {"train_shards": str(tokens / "train-*.tar"), "val_shards": str(tokens / "val-*.tar"),
+            "tokenizer": str(tokens / "tokenizer")}
+    if cfg.model.condition_levels:
+        from alm.stages.lm import join_synthetic_mulan
+
+        made = join_synthetic_mulan(cfg, root, made)
+    return made
 
 
 def _generate_arguments(p) -> None:
