@@ -165,3 +165,12 @@ def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             w = state[f"{name}.weight"]
             state[f"{name}.weight"] = (w.float() + module.delta_like()).to(w.dtype)
     return state
+
+
+def folded(module: nn.Module, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+           scale: float) -> torch.Tensor:
+    """weight (module's base layout: (out, in) for nn.Linear, (in, out) for Conv1D) + scale B A, in weight's
+    dtype: adapters of another model (e.g. an export's) folded into module's base weight."""
+    d = (lora_b.float() @ lora_a.float()) * scale  # (out, in)
+    transposed = module.transposed if isinstance(module, Adapted) else _is_conv1d(module)
+    return (weight.float() + (d.T if transposed else d)).to(weight.dtype)
