@@ -174,3 +174,41 @@ def test_init_from_a_lora_export(lora_export, rank):
         assert torch.allclose(fresh.eval()(ids), model(ids), atol=1e-5)
     if rank:
         assert torch.equal(fresh.model.layers[0].self_attn.q_proj.lora_b, model.model.layers[0].self_attn.q_proj.lora_b)
+
+
+# ------------------------------------------------------------------ 2 gloo ranks, ZeRO-3
+
+
+@pytest.mark.slow
+def test_zero3_two_ranks_keeps_text_rows_and_body_bit_equal(tmp_path):
+    """`alm train` of the tiny recipe with LoRA on 2 gloo ranks under DeepSpeed ZeRO-3 (every parameter
+    partitioned from construction, the grad hook on the partitioned matrices): in the consolidated
+    checkpoint the text rows and the body equal the one-process start bit for bit; the new rows and
+    the adapters' B (0 at the start) trained."""
+    from alm.export import consolidated_state_dict, find_checkpoint
+    from alm.training.trainer import config_from_checkpoint
+    from helpers import alm
+
+    run = tmp_path / "run"
+    alm("train", str(RECIPE), f"run_dir={run}", "model.lora_rank=4", "trainer.devices=2", "trainer.strategy=deepspeed",
+        "trainer.zero_stage=3", "trainer.max_steps=2", "trainer.ckpt_every_n_steps=2", "trainer.val_every_n_steps=0",
+        "trainer.progress_bar=false", "trainer.threads=1", "trainer.accelerator=cpu", "data.num_workers=0",
+        "data.batch_size=4", "data.shuffle_buffer=8", "wandb.enabled=false")
+    step_dir = find_checkpoint(run)
+    trained = consolidated_state_dict(step_dir)
+    cfg = config_from_checkpoint(step_dir)
+    start = AudioPalmLM(cfg.model)
+    stage.load_pretrained(start, cfg, gathered_for_init(start))  # new rows: seeded by cfg.seed, as in the run
+    first = start.state_dict()
+    v = start.layout.text
+    ids = {id(p) for _, p in start.vocab_matrices()}
+    vocab = {n for n, p in start.named_parameters(remove_duplicate=False) if id(p) in ids}  # tied: both names
+    assert trained.keys() == first.keys()
+    for name, t in trained.items():
+        if name in vocab:
+            assert torch.equal(t[:v], first[name][:v]), f"{name}: text rows moved"
+            assert not torch.equal(t[v:], first[name][v:]), f"{name}: new rows did not train"
+        elif name.endswith("lora_b"):
+            assert t.abs().sum() > 0, name
+        elif not is_adapter(name):
+            assert torch.equal(t, first[name]), f"{name}: a frozen body weight moved"
