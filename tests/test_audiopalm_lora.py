@@ -109,6 +109,19 @@ def test_bad_targets_are_one_line_errors_naming_candidates(tmp_path):
         AudioPalmLM(dataclasses.replace(mc, lora_rank=-1))
 
 
+def test_check_refuses_a_bad_target_before_training(tmp_path):
+    make_lm(tmp_path / "lm", "gpt2")
+    cfg = load_recipe(RECIPE, [f"model.pretrained={tmp_path / 'lm'}", "model.audio_tokens=16", "model.lora_rank=2",
+                               "data.max_len=64"])
+    (tmp_path / "semtok").mkdir()
+    (tmp_path / "semtok" / "semantic_tokenizer.json").write_text(json.dumps({"n_clusters": 16}))
+    cfg.data.tokenizer = str(tmp_path / "semtok")
+    with pytest.raises(UserError, match=r"model.lora_targets: 'q_proj' matches no module .*candidates: c_attn"):
+        stage.check(cfg)  # the recipe's Llama targets on a GPT-2
+    cfg.model.lora_targets = "c_attn"
+    stage.check(cfg)
+
+
 # ------------------------------------------------------------------ export and init_from
 
 

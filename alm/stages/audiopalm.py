@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from alm.config import DataConfig, RunConfig
 from alm.errors import UserError
-from alm.models.audiopalm import AudioPalmConfig, AudioPalmLM, layout_of, plain
+from alm.models.audiopalm import AudioPalmConfig, AudioPalmLM, check_lora, layout_of, plain
 from alm.stages.spec import Command, Stage
 
 log = logging.getLogger(__name__)
@@ -311,6 +311,9 @@ def check(cfg: RunConfig) -> None:
         raise UserError(f"model.new_rows={mc.new_rows!r}: expected sample or mean")
     resolve_model_config(cfg)
     layout = layout_of(mc)
+    if check_lora(mc):  # model.lora_targets must name modules of the body: built on the meta device (no memory)
+        with torch.device("meta"):
+            AudioPalmLM(mc)
     context = mc.config.get("max_position_embeddings") or mc.config.get("n_positions")
     if context and data.max_len > int(context):
         raise UserError(f"data.max_len={data.max_len} exceeds the LM's context ({context} positions)")
