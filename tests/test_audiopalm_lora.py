@@ -76,6 +76,9 @@ def test_lora_trains_only_adapters_and_new_rows(tmp_path, family, tied):
             assert not torch.equal(p, before[name]), name  # B starts at 0 and trains
         elif not is_adapter(name):
             assert torch.equal(p, before[name]), f"{name}: a frozen body weight moved"
+    ids = batch(model)
+    with torch.no_grad():  # merging folds each adapter in its base layout (GPT-2's Conv1D is (in, out))
+        assert torch.allclose(merged_lm(model)(ids), model(ids), atol=1e-5)
 
 
 def test_merged_weights_equal_the_adapted_model(tmp_path):
