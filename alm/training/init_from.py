@@ -88,8 +88,13 @@ def adapter_folding(model: torch.nn.Module, export_dir: Path):
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
     sites = {n.rsplit(".", 1)[0] for n in stored if n.rsplit(".", 1)[-1] == ADAPTERS[0]}
-    as_is = {x for x in sites if f"{x}.lora_a" in params and getattr(modules.get(x), "scale", None) == scale
-             and getattr(params[f"{x}.lora_a"], "ds_shape", params[f"{x}.lora_a"].shape) == read_tensor(files, f"{x}.lora_a").shape}
+
+    def same_adapters(x: str) -> bool:  # this model has adapters at x of the export's rank and scale
+        a = params.get(f"{x}.lora_a")
+        return a is not None and getattr(modules[x], "scale", None) == scale and \
+            getattr(a, "ds_shape", a.shape) == read_tensor(files, f"{x}.lora_a").shape
+
+    as_is = {x for x in sites if same_adapters(x)}
     fold_at = {f"{x}.weight": x for x in sites - as_is}
     missing = [x for x in fold_at.values() if x not in modules]
     if missing:
