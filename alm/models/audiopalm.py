@@ -13,6 +13,22 @@ it at construction: nothing is ever resized), then the checkpoint is copied in t
 `fill_new_rows`. `AudioPalmLM` holds the transformers model's own submodules under their own
 names, so its state dict IS the transformers state dict (an export's weights load with
 AutoModelForCausalLM as they are).
+
+LoRA (model.lora_rank > 0): alm's LoRA layer (alm/models/lora.py; base names kept, so the checkpoint key
+map, init_from and the export read an adapted model unchanged) replaces the body's modules named by
+model.lora_targets (module-name suffixes: q_proj,v_proj for Llama / Qwen2, c_attn for GPT-2). Every
+pretrained weight is frozen except the vocabulary matrices, of which ONLY rows [V, N) train:
+
+    * a gradient hook on each vocabulary matrix zeroes the grad of rows [0, V). It runs on the leaf
+      before the grad is accumulated, so before DDP's all-reduce and before ZeRO's reduce-scatter into
+      partitions: it holds unchanged under ZeRO-2/3 (the hook sees the gathered, whole parameter's grad);
+      a tied matrix is one parameter, so one hook covers both its uses.
+    * zero grad alone is not enough with AdamW: its decoupled weight decay moves every row, grad or not.
+      The matrices are marked `no_weight_decay` (alm/training/optim.py puts them in a decay-0 group);
+      with zero grads Adam's moments stay 0 and its update is exactly 0, so rows [0, V) stay
+      bit-identical (also with gradient clipping: it scales a zero).
+      (A split forward — frozen text rows as a buffer, trainable new rows as a parameter — would rename
+      and reshape the transformers parameters, and a buffer is not partitioned by ZeRO-3: V x D on every rank.)
 """
 
 from __future__ import annotations
@@ -40,6 +56,14 @@ class AudioPalmConfig:
     task_tags: list = field(default_factory=lambda: ["[ASR English]", "[TTS English]", "[Continuation English]"])
     pad_vocab_multiple: int = 8  # the extended vocabulary is rounded up to a multiple of this (1: none)
     new_rows: str = "sample"  # new rows: sample = drawn from N(mean, cov) of the text rows; mean = their mean
+    lora_rank: int = 0  # > 0: LoRA adapters on lora_targets, the body frozen, only the new vocabulary rows of it train
+    lora_alpha: float = 16.0  # adapter scale = lora_alpha / lora_rank
+    lora_targets: str = "q_proj,v_proj"  # comma-separated module-name suffixes of the body (GPT-2: c_attn)
+    lora_dropout: float = 0.0  # dropout on the adapters' input (training only)
+
+    @property
+    def lora_target_list(self) -> list[str]:
+        return [t.strip() for t in str(self.lora_targets).split(",") if t.strip()]
 
 
 @dataclass(frozen=True)
@@ -142,6 +166,7 @@ class AudioPalmLM(torch.nn.Module):
         super().__init__()
         from transformers import AutoModelForCausalLM
 
+        self.mc = mc
         self.layout = layout_of(mc)
         config = hf_config(mc)
         config.use_cache = False  # training; generate() turns the KV cache on
@@ -151,6 +176,15 @@ class AudioPalmLM(torch.nn.Module):
             self.add_module(name, child)
         if config.tie_word_embeddings and hf.get_output_embeddings() is not None:
             assert hf.get_output_embeddings().weight is hf.get_input_embeddings().weight, "tied weights came untied"
+        self.lora = check_lora(mc)
+        if self.lora:
+            from alm.models.lora import add_lora, is_adapter
+
+            add_lora(hf.base_model, mc.lora_target_list, mc.lora_rank, mc.lora_alpha, mc.lora_dropout)
+            for name, p in self.named_parameters():
+                p.requires_grad_(is_adapter(name))
+            for _, p in self.vocab_matrices():
+                train_rows_from(p, self.layout.text)
 
     def init_weights(self, gathered: Callable[[list], ContextManager]) -> None:
         """transformers' own initialisation again, module by module on gathered parameters (rank 0 writes):
@@ -165,6 +199,8 @@ class AudioPalmLM(torch.nn.Module):
                 if rank == 0 or not any(hasattr(p, "ds_id") for p in params):
                     with torch.no_grad():
                         self.hf._init_weights(module)
+                        if hasattr(module, "reset_adapters"):
+                            module.reset_adapters()
 
     @property
     def blocks(self) -> torch.nn.ModuleList:
@@ -199,6 +235,53 @@ class AudioPalmLM(torch.nn.Module):
         if head is not None and getattr(head, "bias", None) is not None:
             out.append(head.bias)
         return [(names[id(p)], p) for p in out]
+
+
+def merged_lm(model: AudioPalmLM) -> AudioPalmLM:
+    """The plain AudioPalmLM (lora_rank 0) of an adapted one: W + (alpha / r) B A at every adapter, every
+    other tensor the model's own (built on the meta device and given the tensors: no second copy of the
+    model, only the merged projections are new). Tied weights stay tied. A model without LoRA: itself."""
+    import dataclasses
+
+    from alm.models.lora import merged_state_dict
+
+    if not model.lora:
+        return model
+    with torch.device("meta"):
+        plain = AudioPalmLM(dataclasses.replace(model.mc, lora_rank=0))
+    plain.load_state_dict(merged_state_dict(model), strict=True, assign=True)
+    for name, buf in model.named_buffers():  # non-persistent buffers (rotary inv_freq) are not in the state dict
+        owner, _, leaf = name.rpartition(".")
+        plain.get_submodule(owner)._buffers[leaf] = buf
+    head, emb = model.hf.get_output_embeddings(), model.hf.get_input_embeddings()
+    if head is not None and head.weight is emb.weight:
+        plain.hf.get_output_embeddings().weight = plain.hf.get_input_embeddings().weight
+    return plain.train(model.training)
+
+
+def check_lora(mc: AudioPalmConfig) -> bool:
+    """model.lora_* -> whether LoRA is on (UserError naming the key otherwise)."""
+    if mc.lora_rank < 0 or mc.lora_alpha <= 0 or not 0.0 <= mc.lora_dropout < 1.0:
+        raise UserError(f"model.lora_rank={mc.lora_rank} (>= 0; 0 = no adapters), model.lora_alpha={mc.lora_alpha} "
+                        f"(> 0), model.lora_dropout={mc.lora_dropout} (in [0, 1)): out of range")
+    if mc.lora_rank and not mc.lora_target_list:
+        raise UserError("model.lora_targets is empty: name module suffixes of the body, e.g. q_proj,v_proj (GPT-2: c_attn)")
+    return mc.lora_rank > 0
+
+
+def train_rows_from(p: torch.nn.Parameter, first: int) -> None:
+    """Only rows [first, ...) of p train: a hook zeroes the grad of rows [0, first) (on the leaf, before
+    accumulation: before DDP's / ZeRO's reductions), and p is marked no_weight_decay (decoupled decay
+    would move rows whose grad is zero). See the module docstring."""
+
+    def zero_text_rows(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:first] = 0
+        return grad
+
+    p.requires_grad_(True)
+    p.register_hook(zero_text_rows)
+    p.no_weight_decay = True
 
 
 def new_rows(rows: torch.Tensor, n: int, how: str, generator: torch.Generator) -> torch.Tensor:

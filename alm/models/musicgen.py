@@ -37,10 +37,10 @@ position per block instead of the whole prefix and the whole condition. The cach
 2 x n_layer x rows x (prefix + steps) x dim values (rows = 2B with guidance): musicgen-large
 (48 x 2048), 30 s (1504 steps), 4 prompts with CFG in bf16 is 2 x 48 x 8 x 1504 x 2048 x 2 B = 4.7 GB.
 
-Fine-tuning with LoRA (model.lora_rank > 0): alm's own LoRALinear (not peft) on the sites named by
-model.lora_targets, every other weight frozen. Own layer because the base weights keep their
-names (`blocks.3.self_attn.q.weight`), so public weights, init_from and the key map load into an
-adapted model unchanged, and the model is built in one piece inside configure_model (ZeRO-3
+Fine-tuning with LoRA (model.lora_rank > 0): alm's own LoRALinear (alm/models/lora.py, not peft) on
+the sites named by model.lora_targets, every other weight frozen. Own layer because the base weights
+keep their names (`blocks.3.self_attn.q.weight`), so public weights, init_from and the key map load
+into an adapted model unchanged, and the model is built in one piece inside configure_model (ZeRO-3
 partitions it at construction) instead of being wrapped afterwards. merge_lora folds the adapters
 into plain weights (what `alm export --format transformers` writes).
 """
@@ -55,6 +55,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from alm.models.lora import LoRALinear, is_adapter, merged_state_dict  # noqa: F401 (is_adapter: re-exported)
 from alm.models.sampling import check_sampling, sample_next
 from alm.models.transformer import cached_causal_attention, gpt2_init, no_gather
 
@@ -134,29 +135,6 @@ class LayerNorm(nn.LayerNorm):
         w = self.weight.float() if self.weight is not None else None
         b = self.bias.float() if self.bias is not None else None
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
-
-
-class LoRALinear(nn.Linear):
-    """nn.Linear (no bias) + a trainable low-rank update (Hu et al. 2021):
-
-        y = x W^T + (alpha / r) (x A^T) B^T      A (r, in), B (out, r); B starts at zero, so y starts as x W^T
-
-    The base weight keeps its name (`...q.weight`), so public weights, init_from and the key map
-    load into it unchanged; the adapters are `...q.lora_a` / `...q.lora_b`. `delta()` is the
-    update merge_lora adds to W."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float):
-        super().__init__(in_features, out_features, bias=False)
-        self.scale = alpha / rank
-        self.lora_a = nn.Parameter(torch.empty(rank, in_features))
-        self.lora_b = nn.Parameter(torch.zeros(out_features, rank))
-        nn.init.normal_(self.lora_a, std=1.0 / rank)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
-
-    def delta(self) -> torch.Tensor:
-        return (self.lora_b.float() @ self.lora_a.float()) * self.scale  # (out, in)
 
 
 def linear(cfg: MusicGenConfig, site: str, n_in: int, n_out: int) -> nn.Linear:
@@ -474,11 +452,6 @@ class MusicGenLM(nn.Module):
         return null_cond, null_mask, null_mel
 
 
-def is_adapter(name: str) -> bool:
-    """Whether a parameter name is a LoRA adapter (`...lora_a` / `...lora_b`)."""
-    return name.rsplit(".", 1)[-1] in ("lora_a", "lora_b")
-
-
 def merge_lora(model: MusicGenLM) -> MusicGenLM:
     """A plain MusicGenLM (lora_rank 0) whose weights are W + (alpha / r) B A at every adapter:
     the same function, no adapters (what an adapted model exports as)."""
@@ -487,12 +460,7 @@ def merge_lora(model: MusicGenLM) -> MusicGenLM:
     if not model.cfg.lora_rank:
         return model
     plain = MusicGenLM(dataclasses.replace(model.cfg, lora_rank=0))
-    state = {k: v for k, v in model.state_dict().items() if not is_adapter(k)}
-    for name, module in model.named_modules():
-        if isinstance(module, LoRALinear):
-            w = state[f"{name}.weight"]
-            state[f"{name}.weight"] = (w.float() + module.delta()).to(w.dtype)
-    plain.load_state_dict(state, strict=True)
+    plain.load_state_dict(merged_state_dict(model), strict=True)
     return plain.to(model.heads[0].weight.dtype).train(model.training)
 
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from alm.config import DataConfig, RunConfig
 from alm.errors import UserError
-from alm.models.audiopalm import AudioPalmConfig, AudioPalmLM, layout_of, plain
+from alm.models.audiopalm import AudioPalmConfig, AudioPalmLM, check_lora, layout_of, plain
 from alm.stages.spec import Command, Stage
 
 log = logging.getLogger(__name__)
@@ -311,6 +311,9 @@ def check(cfg: RunConfig) -> None:
         raise UserError(f"model.new_rows={mc.new_rows!r}: expected sample or mean")
     resolve_model_config(cfg)
     layout = layout_of(mc)
+    if check_lora(mc):  # model.lora_targets must name modules of the body: built on the meta device (no memory)
+        with torch.device("meta"):
+            AudioPalmLM(mc)
     context = mc.config.get("max_position_embeddings") or mc.config.get("n_positions")
     if context and data.max_len > int(context):
         raise UserError(f"data.max_len={data.max_len} exceeds the LM's context ({context} positions)")
@@ -364,7 +367,8 @@ TRANSFORMERS_DIR = "transformers"
 
 def export_files(model: AudioPalmLM, cfg: RunConfig, out: Path) -> dict:
     """OUT/transformers/: config.json (the LM's model_type, the extended vocab_size), the export's own
-    safetensors (hard links: the state dict is transformers' own), the extended tokenizer."""
+    safetensors (hard links: the state dict is transformers' own) — with LoRA, the merged plain weights
+    instead (alm.models.audiopalm.merged_lm) —, the extended tokenizer."""
     from alm.models.audiopalm import extended_tokenizer, hf_config
 
     dest = out / TRANSFORMERS_DIR
@@ -375,14 +379,20 @@ def export_files(model: AudioPalmLM, cfg: RunConfig, out: Path) -> dict:
     config.dtype = next(model.parameters()).dtype
     config.save_pretrained(dest)
     linked = []
-    for f in sorted(out.glob("model*.safetensors")) + sorted(out.glob("model.safetensors.index.json")):
-        try:
-            os.link(f, dest / f.name)
-        except OSError:  # a file system without hard links
-            import shutil
+    if model.lora:  # the adapters merged into plain weights (transformers has no adapters)
+        from alm.export import DEFAULT_MAX_SHARD_SIZE, parse_size, write_weights
+        from alm.models.audiopalm import merged_lm
 
-            shutil.copyfile(f, dest / f.name)
-        linked.append(f.name)
+        linked = write_weights(merged_lm(model), dest, parse_size(DEFAULT_MAX_SHARD_SIZE), cfg.stage)["files"]
+    else:
+        for f in sorted(out.glob("model*.safetensors")) + sorted(out.glob("model.safetensors.index.json")):
+            try:
+                os.link(f, dest / f.name)
+            except OSError:  # a file system without hard links
+                import shutil
+
+                shutil.copyfile(f, dest / f.name)
+            linked.append(f.name)
     if not linked:
         raise RuntimeError(f"{out}: no model*.safetensors written before the transformers folder")
     layout = layout_of(cfg.model)

@@ -68,7 +68,59 @@ def load_export_weights(model: torch.nn.Module, cfg: RunConfig,
     """Copy the export `cfg.init_from`'s tensors into `model` (partitioned or not) -> tensors loaded."""
     export_dir = Path(cfg.init_from)
     check_compatible(cfg, export_dir)
-    return load_weights(model, export_dir, gathered, rank, what=f"init_from={export_dir}")
+    key_map, fold = adapter_folding(model, export_dir)
+    return load_weights(model, export_dir, gathered, rank, key_map, what=f"init_from={export_dir}", transform=fold)
+
+
+def adapter_folding(model: torch.nn.Module, export_dir: Path):
+    """An export trained with LoRA (model.lora_rank > 0) holds `X.weight` + `X.lora_a` / `X.lora_b`. Where
+    this model has the same adapters (shape and alpha / rank) they load as they are; elsewhere (no
+    adapters in this run, or other ones) they are folded into X.weight (W + alpha / r B A) and this
+    run's own adapters, if any, start fresh. -> (key_map, transform) for load_weights (None, None: no adapters)."""
+    from alm.models.lora import ADAPTERS, folded
+
+    theirs = OmegaConf.load(export_dir / "config.yaml").get("model", {})
+    if not theirs.get("lora_rank"):
+        return None, None
+    scale = float(theirs.get("lora_alpha")) / int(theirs.get("lora_rank"))
+    files = weight_files(export_dir)
+    stored = {name for name, _ in iter_tensors(files)}
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    sites = {n.rsplit(".", 1)[0] for n in stored if n.rsplit(".", 1)[-1] == ADAPTERS[0]}
+
+    def same_adapters(x: str) -> bool:  # this model has adapters at x of the export's rank and scale
+        a = params.get(f"{x}.lora_a")
+        return a is not None and getattr(modules[x], "scale", None) == scale and \
+            getattr(a, "ds_shape", a.shape) == read_tensor(files, f"{x}.lora_a").shape
+
+    as_is = {x for x in sites if same_adapters(x)}
+    fold_at = {f"{x}.weight": x for x in sites - as_is}
+    missing = [x for x in fold_at.values() if x not in modules]
+    if missing:
+        raise UserError(f"init_from={export_dir}: adapters at {missing[0]}, which this model does not have")
+
+    def key_map(name: str) -> str | None:
+        site, _, leaf = name.rpartition(".")
+        return None if leaf in ADAPTERS and site in fold_at.values() else name
+
+    def transform(name: str, tensor: torch.Tensor) -> torch.Tensor:
+        x = fold_at.get(name)
+        if x is None:
+            return tensor
+        return folded(modules[x], tensor, read_tensor(files, f"{x}.lora_a"), read_tensor(files, f"{x}.lora_b"), scale)
+
+    return key_map, transform
+
+
+def read_tensor(files: list[Path], name: str) -> torch.Tensor:
+    from safetensors import safe_open
+
+    for f in files:
+        with safe_open(str(f), framework="pt", device="cpu") as handle:
+            if name in handle.keys():
+                return handle.get_tensor(name)
+    raise UserError(f"{files[0].parent}: no tensor {name!r} in its weights")
 
 
 def hf_weights_dir(name_or_path: str) -> Path:
@@ -103,13 +155,14 @@ def load_hf_weights(model: torch.nn.Module, name_or_path: str, gathered: Callabl
 
 def load_weights(model: torch.nn.Module, folder: Path, gathered: Callable[[list], ContextManager],
                  rank: int | None = None, key_map: Callable[[str], str | None] | None = None,
-                 what: str = "weights", prefix_rows: frozenset[str] = frozenset()) -> int:
+                 what: str = "weights", prefix_rows: frozenset[str] = frozenset(),
+                 transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> int:
     """Copy the safetensors tensors of `folder` into `model`, one parameter at a time -> tensors
     loaded. Every parameter must receive a value (tied names count once) except LoRA adapters the
     folder lacks (fine-tuning a plain export with adapters); an unknown or mis-shaped tensor is an
     error naming it. prefix_rows: names (the model's) whose stored tensor may have fewer rows than
     the parameter (a vocabulary extended after the checkpoint): it fills the first rows, the caller
-    fills the rest."""
+    fills the rest. transform(name, tensor) -> the tensor to copy (e.g. adapters folded in)."""
     if rank is None:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     targets = dict(model.named_parameters(remove_duplicate=False))
@@ -129,7 +182,7 @@ def load_weights(model: torch.nn.Module, folder: Path, gathered: Callable[[list]
         partitioned = hasattr(target, "ds_id")
         with gathered([target]) if isinstance(target, torch.nn.Parameter) else contextlib.nullcontext():
             if rank == 0 or not partitioned:  # rank 0 fills a gathered parameter; the others receive it
-                tensor = load()
+                tensor = load() if transform is None else transform(name, load())
                 into = target
                 if name in prefix_rows and tensor.dim() == target.dim() and tensor.shape[1:] == target.shape[1:] \
                         and tensor.shape[0] <= target.shape[0]:

@@ -64,6 +64,7 @@ def param_groups(module: torch.nn.Module, cfg: RunConfig) -> list[dict]:
         lr = g.lr if g is not None and g.lr is not None else o.lr
         wd = g.weight_decay if g is not None and g.weight_decay is not None else o.weight_decay
         decays = len(getattr(p, "ds_shape", p.shape)) >= 2  # a ZeRO-3 partition is flat: use its real shape
+        decays = decays and not getattr(p, "no_weight_decay", False)  # a model's own mark (audiopalm's LoRA rows)
         buckets.setdefault((-1 if i is None else i, decays), []).append((p, lr, wd if decays else 0.0))
     groups = []
     for key in sorted(buckets, key=lambda k: (k[0] != -1, k[0], not k[1])):  # default group first, decay first
