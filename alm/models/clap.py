@@ -99,9 +99,6 @@ class ClapConfig:
         if self.hf_config:
             raise ValueError("key 'model.hf_config': set, but model.tower=alm (set model.tower=hf, or hf_config: null)")
         for side in ("audio", "text"):
-            if self.pretrained(side) and not getattr(self, f"{side}_hf_config"):
-                raise ValueError(f"key 'model.{side}_hf_config': model.{side}_tower={getattr(self, f'{side}_tower')} "
-                                 "needs its transformers config (alm train fills it from the tower's config.json)")
             if not self.pretrained(side) and getattr(self, f"{side}_hf_config"):
                 raise ValueError(f"key 'model.{side}_hf_config': set, but model.{side}_tower=alm")
         if not self.pretrained("text") and self.text_vocab_size <= 0:
@@ -120,6 +117,13 @@ class ClapConfig:
             raise ValueError(f"key 'model.init_temperature': must be in (0, 1], got {self.init_temperature}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"key 'model.dropout': must be in [0, 1), got {self.dropout}")
+
+    def require_tower_configs(self) -> None:
+        """A pretrained tower is built from its transformers config: the stage's check fills it."""
+        for side in ("audio", "text"):
+            if self.pretrained(side) and not getattr(self, f"{side}_hf_config"):
+                raise ValueError(f"key 'model.{side}_hf_config': model.{side}_tower={getattr(self, f'{side}_tower')} "
+                                 "needs its transformers config (alm train fills it from the tower's config.json)")
 
     def pretrained(self, side: str) -> bool:
         """Is the audio / text tower a pretrained transformers model (model.{side}_tower not alm)?"""
@@ -218,6 +222,7 @@ class Clap(nn.Module):
     def __init__(self, cfg: ClapConfig):
         super().__init__()
         cfg.validate()
+        cfg.require_tower_configs()
         self.cfg = cfg
         if cfg.pretrained("audio"):
             from alm.models.hf_towers import HFAudioTower
