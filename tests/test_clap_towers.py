@@ -160,7 +160,8 @@ def test_every_tower_parameter_is_loaded_and_config_errors_are_named(towers, tmp
 
 
 # the tiny recipe, smaller (tests/test_clap.py FAST_CLAP), few steps
-FAST_TOWERS = ["trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.threads=1", "trainer.val_every_n_steps=0",
+FAST_TOWERS = ["trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer.threads=1", "trainer.val_every_n_steps=4",
+               "trainer.val_batches=1",
                "trainer.max_steps=4", "model.audio_layers=1", "model.text_layers=1", "model.audio_dim=32",
                "model.text_dim=32", "model.embed_dim=16", "data.batch_size=8", "data.shuffle_buffer=16",
                "data.num_workers=1", "trainer.ckpt_every_n_steps=4", "wandb.enabled=false"]
@@ -168,8 +169,9 @@ FAST_TOWERS = ["trainer.progress_bar=false", "trainer.accelerator=cpu", "trainer
 
 @pytest.mark.slow
 def test_mixed_towers_train_export_and_embed(towers, tmp_path):
-    """AST audio + alm text on the tiny recipe: trains, exports (front end inside), and `alm embed` on
-    the export gives L2-normalised rows in input order equal to the model's own embeddings."""
+    """AST audio + alm text on the tiny recipe: trains 4 steps, validates (retrieval over the 24 held-out
+    clips through the AST front end), exports (front end inside), and `alm embed` on the export gives
+    L2-normalised rows in input order, each equal to its input embedded alone."""
     from helpers import alm, losses
 
     from alm.embed import load_encoder
@@ -179,9 +181,15 @@ def test_mixed_towers_train_export_and_embed(towers, tmp_path):
     alm("train", str(REPO / "recipes" / "tiny" / "clap.yaml"), f"run_dir={run}", *FAST_TOWERS,
         f"model.audio_tower={towers['ast']}")
     assert sorted(losses(run)) == list(range(4)) and all(math.isfinite(v) for v in losses(run).values())
+    from alm.training.loggers import read_metrics
+
+    val = [m for m in read_metrics(run).values() if "val/heldout_clips" in m]  # validation through the AST front end
+    assert len(val) == 1 and val[0]["val/heldout_clips"] == 24 and 0 < val[0]["val/text_to_audio/mean_rank"] <= 24
     recorded = (run / "config.yaml").read_text()
     assert "audio-spectrogram-transformer" in recorded  # the AST config travels in the run's config
-    alm("export", str(run), "--out", str(export))
+    from alm.cli import main  # export and embed in this process: the same CLI code, two interpreter starts saved
+
+    assert main(["export", str(run), "--out", str(export)]) == 0
     assert (export / FRONTEND_DIR["audio"] / "preprocessor_config.json").is_file()
     meta = json.loads((export / "export.json").read_text())
     assert meta["towers"]["audio"]["model_type"] == "audio-spectrogram-transformer"
@@ -192,9 +200,11 @@ def test_mixed_towers_train_export_and_embed(towers, tmp_path):
     for i, clip in enumerate(clips(3, 24000, seed=3)):  # the last one is longer than the 0.5 s window
         wavs.append(str(tmp_path / f"{i}.wav"))
         sf.write(wavs[-1], clip, 16000)
-    alm("embed", str(export), "--audio", *wavs, "--out", str(tmp_path / "a.npy"), "--batch-size", "2")
-    enc = load_encoder(export)  # what `alm embed --texts` runs (one CLI start saved)
-    t, a = enc.texts(texts), np.load(tmp_path / "a.npy")
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    assert main(["embed", str(export), "--texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "t.npy")]) == 0
+    assert main(["embed", str(export), "--audio", *wavs, "--out", str(tmp_path / "a.npy"), "--batch-size", "2"]) == 0
+    t, a = np.load(tmp_path / "t.npy"), np.load(tmp_path / "a.npy")
+    enc = load_encoder(export)
     assert t.shape == (3, 16) and a.shape == (3, 16) and t.dtype == a.dtype == np.float32
     assert np.allclose(np.linalg.norm(t, axis=1), 1, atol=1e-5) and np.allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
     for i, text in enumerate(texts):  # row i is text i, embedded alone
