@@ -237,3 +237,31 @@ def test_zero3_two_ranks_partition_pretrained_towers_and_match_one_process(tower
         for k in ("audio", "text"):
             assert torch.allclose(got[k], want[k], atol=1e-5), (case, k, (got[k] - want[k]).abs().max())
         assert math.isclose(float(got["loss"]), float(want["loss"]), rel_tol=1e-5), (case, got["loss"], want["loss"])
+
+
+def test_check_resolves_the_tower_configs_and_names_mismatches(towers, tmp_path):
+    """The stage's check fills model.{audio,text}_hf_config from the towers' config.json (what the run's
+    config.yaml records); stated keys win, and a front end that does not fit its tower is named."""
+    from alm.config import load_recipe
+    from alm.errors import UserError
+    from alm.stages.clap import check
+
+    def cfg(*overrides):
+        return load_recipe(REPO / "recipes" / "tiny" / "clap.yaml",
+                           [f"run_dir={tmp_path / 'run'}", "data.tokenizer=null", f"model.audio_tower={towers['ast']}",
+                            f"model.text_tower={towers['roberta']}", *overrides])
+
+    c = cfg()
+    check(c)
+    assert c.model.audio_hf_config["model_type"] == "audio-spectrogram-transformer"
+    assert c.model.audio_hf_config["max_length"] == 48 and c.model.text_hf_config["hidden_size"] == 32
+    stated = cfg()
+    stated.model.audio_hf_config = {"model_type": "audio-spectrogram-transformer", "max_length": 64}
+    with pytest.raises(UserError, match="the AST config has max_length=64, its feature extractor 48"):
+        check(stated)
+    stated = cfg()
+    stated.model.text_hf_config = {"model_type": "bert"}
+    with pytest.raises(UserError, match="model_type 'bert', but model.text_tower=.* is a 'roberta'"):
+        check(stated)
+    with pytest.raises(UserError, match="not a supported text tower"):
+        check(cfg(f"model.text_tower={towers['ast']}"))
