@@ -9,8 +9,9 @@
     enc.audio([clip])                    # clips: mono float32 at enc.sample_rate
     enc.files(["a.wav", "b.flac"])       # read, mono (channel mean), resampled to enc.sample_rate
 
-EXPORT is an `alm export` of stage clap: alm's own towers (model.tower: alm) or a converted
-transformers CLAP (model.tower: hf, written by `alm convert clap`).
+EXPORT is an `alm export` of stage clap: alm's own towers (model.tower: alm), pretrained transformers
+towers mixed with them (model.audio_tower / text_tower; front ends in EXPORT/audio_frontend and
+EXPORT/text_frontend) or a converted transformers CLAP (model.tower: hf, written by `alm convert clap`).
 
 Windows. The model sees at most `enc.window` samples at once (alm towers: model.max_seconds; a
 converted CLAP: its feature extractor's max_length_s). A clip no longer than that is embedded
@@ -258,20 +259,28 @@ def load_encoder(export_dir: str | Path, device: str = "cpu") -> Encoder:
                         "stage clap: `alm export` of a clap run, or `alm convert clap`)")
     load_config(export_dir)  # a clear error for what is not an export
     model = load_pretrained(export_dir).float().to(device).eval()
-    return encoder_for(model, export_dir / "tokenizer", device, f"clap:{export_dir}")
+    return encoder_for(model, export_dir / "tokenizer", device, f"clap:{export_dir}", export_dir=export_dir)
 
 
-def encoder_for(model, tokenizer_dir: str | Path, device: str | None = None, description: str = "clap") -> Encoder:
+def encoder_for(model, tokenizer_dir: str | Path | None, device: str | None = None, description: str = "clap",
+                export_dir: str | Path | None = None) -> Encoder:
     """An Encoder over a live clap-stage model (alm.models.clap.build_clap: Clap or HFClap), e.g. during
     validation: its front end from tokenizer_dir (alm towers: the sentencepiece dir; tower hf: the
-    processor folder). The model is used as it is: put it in eval mode first; inputs go to `device`
-    (None: the device of its parameters)."""
+    processor folder); pretrained towers (model.audio_tower / text_tower): their front ends from
+    export_dir's audio_frontend/ and text_frontend/, else from the towers' sources. The model is used as
+    it is: put it in eval mode first; inputs go to `device` (None: the device of its parameters)."""
     if device is None:
         device = str(next(model.parameters()).device)
-    if getattr(model.cfg, "tower", "alm") == "hf":
+    cfg = model.cfg
+    if getattr(cfg, "tower", "alm") == "hf":
         from alm.models.clap_hf import HFClapBackend
 
         return Encoder(HFClapBackend(model, Path(tokenizer_dir), device), description)
+    if cfg.pretrained("audio") or cfg.pretrained("text"):
+        from alm.models.clap_front import TowersBackend
+
+        tok = Path(tokenizer_dir) if tokenizer_dir else None
+        return Encoder(TowersBackend(model, tok, device, Path(export_dir) if export_dir else None), description)
     return Encoder(AlmClapBackend(model, Path(tokenizer_dir), device), description)
 
 

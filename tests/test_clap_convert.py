@@ -181,8 +181,7 @@ def test_stage_check_of_tower_hf(converted, tmp_path):
         return load_recipe(recipe, [f"run_dir={tmp_path / 'run'}", f"data.tokenizer={export / 'tokenizer'}", *overrides])
 
     check(cfg())
-    with pytest.raises(UserError, match="zero_stage=3: transformers' ClapModel initialises its weights"):
-        check(cfg("trainer.strategy=deepspeed", "trainer.zero_stage=3"))
+    check(cfg("trainer.strategy=deepspeed", "trainer.zero_stage=3"))  # built partitioned (tests/test_clap_towers.py)
     check(cfg("trainer.strategy=deepspeed", "trainer.zero_stage=2"))
     with pytest.raises(UserError, match="needs the converted CLAP's processor folder"):
         check(cfg("data.tokenizer=synthetic"))

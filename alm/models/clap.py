@@ -18,6 +18,13 @@ attention here is bidirectional with a key-padding mask (the LM's is causal).
 
 `model.tower: hf` replaces both towers by a transformers CLAP (LAION's HTS-AT + RoBERTa) rebuilt
 from `model.hf_config`: alm/models/clap_hf.py (`build_clap` picks one).
+
+Each tower may instead be a pretrained transformers model, chosen on its own (alm/models/hf_towers.py):
+`model.audio_tower: alm | <hub id or folder>` (AST, HTS-AT) and `model.text_tower: alm | <hub id or
+folder>` (RoBERTa, BERT, ClapTextModel), rebuilt from `model.audio_hf_config` / `model.text_hf_config`
+(filled by the stage's check), any mix; its pooled output goes through alm's projection
+(audio_proj / text_proj) to embed_dim. A pretrained audio tower takes its feature extractor's
+features (B, ...) and is_longer (B, 1) instead of the waveform: encode_features.
 """
 
 from __future__ import annotations
@@ -44,6 +51,12 @@ class ClapConfig:
     # hf_config, its front end (tokenizer, feature extractor) from data.tokenizer; the alm tower keys are then unused
     tower: str = "alm"
     hf_config: Optional[dict[str, Any]] = None  # tower=hf: the transformers ClapConfig as a dict (alm convert clap)
+    # each tower on its own (tower=alm only): alm = alm's tower below; a hub id or folder = that pretrained
+    # transformers model (audio: AST / HTS-AT; text: RoBERTa / BERT / ClapTextModel) with its own front end
+    audio_tower: str = "alm"
+    text_tower: str = "alm"
+    audio_hf_config: Optional[dict[str, Any]] = None  # the pretrained audio tower's transformers config (check fills it)
+    text_hf_config: Optional[dict[str, Any]] = None  # the pretrained text tower's transformers config (check fills it)
     # audio front end
     sample_rate: int = 16000
     n_fft: int = 512
@@ -71,14 +84,24 @@ class ClapConfig:
     def validate(self) -> None:
         if self.tower not in TOWERS:
             raise ValueError(f"key 'model.tower': expected one of {list(TOWERS)}, got {self.tower!r}")
+        for side in ("audio", "text"):
+            if not str(getattr(self, f"{side}_tower") or "").strip():
+                raise ValueError(f"key 'model.{side}_tower': expected alm or a hub id / folder, got an empty value")
         if self.tower == "hf":
             if not self.hf_config:
                 raise ValueError("key 'model.hf_config': model.tower=hf needs the transformers ClapConfig as a dict "
                                  "(`alm convert clap` writes it into the export's config.yaml)")
+            for side in ("audio", "text"):
+                if getattr(self, f"{side}_tower") != "alm":
+                    raise ValueError(f"key 'model.{side}_tower': model.tower=hf is a whole transformers CLAP; choose "
+                                     f"towers one by one with model.tower=alm")
             return
         if self.hf_config:
             raise ValueError("key 'model.hf_config': set, but model.tower=alm (set model.tower=hf, or hf_config: null)")
-        if self.text_vocab_size <= 0:
+        for side in ("audio", "text"):
+            if not self.pretrained(side) and getattr(self, f"{side}_hf_config"):
+                raise ValueError(f"key 'model.{side}_hf_config': set, but model.{side}_tower=alm")
+        if not self.pretrained("text") and self.text_vocab_size <= 0:
             raise ValueError(f"key 'model.text_vocab_size': must be > 0, got {self.text_vocab_size}")
         for name in ("sample_rate", "n_fft", "hop_length", "n_mels", "patch_frames", "audio_layers", "audio_heads",
                      "audio_dim", "text_max_len", "text_layers", "text_heads", "text_dim", "embed_dim"):
@@ -94,6 +117,17 @@ class ClapConfig:
             raise ValueError(f"key 'model.init_temperature': must be in (0, 1], got {self.init_temperature}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"key 'model.dropout': must be in [0, 1), got {self.dropout}")
+
+    def require_tower_configs(self) -> None:
+        """A pretrained tower is built from its transformers config: the stage's check fills it."""
+        for side in ("audio", "text"):
+            if self.pretrained(side) and not getattr(self, f"{side}_hf_config"):
+                raise ValueError(f"key 'model.{side}_hf_config': model.{side}_tower={getattr(self, f'{side}_tower')} "
+                                 "needs its transformers config (alm train fills it from the tower's config.json)")
+
+    def pretrained(self, side: str) -> bool:
+        """Is the audio / text tower a pretrained transformers model (model.{side}_tower not alm)?"""
+        return self.tower == "alm" and getattr(self, f"{side}_tower") != "alm"
 
     @property
     def max_samples(self) -> int:
@@ -188,21 +222,62 @@ class Clap(nn.Module):
     def __init__(self, cfg: ClapConfig):
         super().__init__()
         cfg.validate()
+        cfg.require_tower_configs()
         self.cfg = cfg
-        self.logmel = LogMel(cfg)
-        self.audio_in = nn.Linear(cfg.patch_frames * cfg.n_mels, cfg.audio_dim)
-        self.audio = Encoder(cfg.audio_dim, cfg.audio_heads, cfg.audio_layers, cfg.max_audio_tokens, cfg.mlp_ratio,
-                             cfg.dropout)
-        self.audio_proj = nn.Linear(cfg.audio_dim, cfg.embed_dim, bias=False)
-        self.text_embed = nn.Embedding(cfg.text_vocab_size, cfg.text_dim)
-        self.text = Encoder(cfg.text_dim, cfg.text_heads, cfg.text_layers, cfg.text_max_len, cfg.mlp_ratio, cfg.dropout)
-        self.text_proj = nn.Linear(cfg.text_dim, cfg.embed_dim, bias=False)
+        if cfg.pretrained("audio"):
+            from alm.models.hf_towers import HFAudioTower
+
+            self.audio = HFAudioTower(cfg.audio_hf_config)
+            self.audio_proj = nn.Linear(self.audio.hidden_size, cfg.embed_dim, bias=False)
+        else:
+            self.logmel = LogMel(cfg)
+            self.audio_in = nn.Linear(cfg.patch_frames * cfg.n_mels, cfg.audio_dim)
+            self.audio = Encoder(cfg.audio_dim, cfg.audio_heads, cfg.audio_layers, cfg.max_audio_tokens, cfg.mlp_ratio,
+                                 cfg.dropout)
+            self.audio_proj = nn.Linear(cfg.audio_dim, cfg.embed_dim, bias=False)
+        if cfg.pretrained("text"):
+            from alm.models.hf_towers import HFTextTower
+
+            self.text = HFTextTower(cfg.text_hf_config)
+            self.text_proj = nn.Linear(self.text.hidden_size, cfg.embed_dim, bias=False)
+        else:
+            self.text_embed = nn.Embedding(cfg.text_vocab_size, cfg.text_dim)
+            self.text = Encoder(cfg.text_dim, cfg.text_heads, cfg.text_layers, cfg.text_max_len, cfg.mlp_ratio,
+                                cfg.dropout)
+            self.text_proj = nn.Linear(cfg.text_dim, cfg.embed_dim, bias=False)
         # shape (1,), not (): DeepSpeed ZeRO-3 cannot partition a 0-dim parameter
         self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / cfg.init_temperature)))
-        self.init_weights()
+        if not self.hf_towers() or not any(hasattr(p, "ds_id") for p in self.parameters()):
+            self.init_weights()  # ZeRO-3 with a transformers tower: the trainer calls it on gathered parameters
+
+    def hf_towers(self) -> list[nn.Module]:
+        """The pretrained transformers towers (alm/models/hf_towers.py) of this model."""
+        return [m for side, m in (("audio", self.audio), ("text", self.text)) if self.cfg.pretrained(side)]
 
     def init_weights(self, gathered: Callable[[list], ContextManager] = no_gather) -> None:
-        gpt2_init(self, self.cfg.audio_layers + self.cfg.text_layers, gathered)
+        """alm's towers and projections: GPT-2 init (gpt2_init); then transformers' own init of its towers
+        (hf_towers.hf_init; Stage.load_pretrained then overwrites them); the logit scale last."""
+        towers = self.hf_towers()
+        if not towers:
+            gpt2_init(self, self.cfg.audio_layers + self.cfg.text_layers, gathered)
+        else:
+            from alm.models.hf_towers import hf_init
+
+            layers = sum(getattr(self.cfg, f"{s}_layers") for s in ("audio", "text") if not self.cfg.pretrained(s))
+            skip = {id(m) for t in towers for m in t.modules()}
+            for module in (m for m in _children_first(self) if id(m) not in skip):
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    with gathered(list(module.parameters(recurse=False))):
+                        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                        if getattr(module, "bias", None) is not None:
+                            nn.init.zeros_(module.bias)
+            tower_params = {id(p) for t in towers for p in t.parameters()}
+            for name, p in self.named_parameters():
+                if name.endswith("proj.weight") and id(p) not in tower_params:
+                    with gathered([p]):
+                        nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * max(1, layers)))
+            for tower in towers:
+                hf_init(tower, gathered)
         with gathered([self.logit_scale]):
             self.logit_scale.data.fill_(math.log(1.0 / self.cfg.init_temperature))
 
@@ -212,6 +287,9 @@ class Clap(nn.Module):
 
     def encode_audio(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """audio (B, N) at cfg.sample_rate, lengths (B,) real samples (None: all) -> (B, embed_dim), unit norm."""
+        if self.cfg.pretrained("audio"):
+            raise ValueError("encode_audio: this CLAP's audio tower is pretrained (it takes its feature extractor's "
+                             "features: encode_features)")
         B, N = audio.shape
         p = self.cfg.patch_frames
         if lengths is None:
@@ -226,14 +304,43 @@ class Clap(nn.Module):
         keep = torch.arange(n_tok, device=audio.device)[None] < (-(-real_frames // p))[:, None]
         return F.normalize(self.audio_proj(self.audio(x, keep)).float(), dim=-1)
 
-    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """ids (B, L) sentencepiece ids, mask (B, L) bool real tokens (None: ids != 0) -> (B, embed_dim), unit norm."""
+    def encode_features(self, features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
+        """A pretrained audio tower: its feature extractor's features (B, ...), is_longer (B, 1) -> (B, embed_dim)."""
+        pooled = self.audio_pooled(features, is_longer)
+        return F.normalize(self.audio_proj(pooled.to(self.audio_proj.weight.dtype)).float(), dim=-1)
+
+    def audio_pooled(self, features: torch.Tensor, is_longer: torch.Tensor | None = None) -> torch.Tensor:
+        """The pretrained audio tower's pooled output (B, H), before alm's projection."""
+        if not self.cfg.pretrained("audio"):
+            raise ValueError("encode_features: this CLAP's audio tower is alm's own (it takes waveforms: encode_audio)")
+        return self.audio(features, is_longer)
+
+    def text_pooled(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The text tower's pooled output (B, H) before the projection (mask None: ids != 0)."""
+        if self.cfg.pretrained("text"):
+            if mask is None:
+                raise ValueError("text_pooled: a pretrained text tower needs the mask of real tokens (its pad id is not 0)")
+            return self.text(ids, mask.bool())
         keep = ids != 0 if mask is None else mask.bool()
-        return F.normalize(self.text_proj(self.text(self.text_embed(ids), keep)).float(), dim=-1)
+        return self.text(self.text_embed(ids), keep)
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, L) token ids (alm's tower: sentencepiece, pad 0; a pretrained tower: its tokenizer's),
+        mask (B, L) bool real tokens (None: ids != 0) -> (B, embed_dim), unit norm."""
+        pooled = self.text_pooled(ids, mask)
+        return F.normalize(self.text_proj(pooled.to(self.text_proj.weight.dtype)).float(), dim=-1)
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
-        """-> (audio embeddings (B, D), text embeddings (B, D), exp(logit_scale)), embeddings unit norm."""
-        return self.encode_audio(audio, lengths), self.encode_text(ids, mask), self.scale()
+        """-> (audio embeddings (B, D), text embeddings (B, D), exp(logit_scale)), embeddings unit norm.
+        A pretrained audio tower takes (features, is_longer) in place of (audio, lengths)."""
+        a = self.encode_features(audio, lengths) if self.cfg.pretrained("audio") else self.encode_audio(audio, lengths)
+        return a, self.encode_text(ids, mask), self.scale()
+
+
+def _children_first(module: nn.Module):
+    for child in module.children():
+        yield from _children_first(child)
+    yield module
 
 
 def build_clap(cfg: ClapConfig) -> nn.Module:

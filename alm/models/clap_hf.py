@@ -17,9 +17,11 @@ parameter (`to_transformers_state` gives them back as scalars; `alm export --for
 Similarities are cosine * exp(logit_scale_a) (clamped at ln 100 as in CLIP): LAION's training
 loss uses logit_scale_a for both directions (logit_scale_t only scores its MLP-feature loss, so it
 is kept frozen here: under DDP an unused trainable parameter stops the second step).
-ZeRO-3 is refused for tower hf: ClapModel's constructor initialises its weights itself, and under
-zero.Init those are empty partitions (seen: IndexError in transformers' _init_weights). ddp and
-ZeRO 1/2 train (2 gloo ranks: ZeRO-2 logs DDP's losses).
+Built from config, the towers and projections are constructed one by one (not a whole ClapModel,
+whose 0-dim logit scales DeepSpeed cannot partition) with transformers' in-constructor init
+switched off, then initialised by transformers' own `_init_weights` module by module
+(alm/models/hf_towers.py hf_init) — under ZeRO-3 on gathered parameters, by the trainer calling
+`init_weights(gathered)`, so zero.Init partitions the model at construction and no rank holds it whole.
 
 Front end (`HFFrontEnd`): the processor files of the export (its tokenizer/ folder: tokenizer +
 feature extractor config, written by `alm convert clap`) — the feature extractor's own rate, mel
@@ -72,20 +74,53 @@ class HFClap(nn.Module):
         if not cfg.hf_config:
             raise UserError("key 'model.hf_config': model.tower=hf needs the transformers ClapConfig as a dict "
                             "(`alm convert clap` writes it into the export's config.yaml)")
-        if clap is None:
-            from transformers import ClapModel
-
-            clap = ClapModel(transformers_config(cfg.hf_config))
         self.cfg = cfg
-        self.text_model = clap.text_model
-        self.text_projection = clap.text_projection
-        self.audio_model = clap.audio_model
-        self.audio_projection = clap.audio_projection
-        self.logit_scale_a = nn.Parameter(clap.logit_scale_a.detach().reshape(1).clone())  # (1,): see above
-        self.logit_scale_t = nn.Parameter(clap.logit_scale_t.detach().reshape(1).clone())
+        self.config = transformers_config(cfg.hf_config)
+        if clap is None:
+            from transformers.models.clap.modeling_clap import ClapAudioModel, ClapProjectionLayer, ClapTextModel
+
+            from alm.models.hf_towers import build_transformers
+
+            self.text_model = build_transformers(ClapTextModel, self.config.text_config)
+            self.text_projection = ClapProjectionLayer(self.config.text_config)
+            self.audio_model = build_transformers(ClapAudioModel, self.config.audio_config)
+            self.audio_projection = ClapProjectionLayer(self.config.audio_config)
+            start = math.log(self.config.logit_scale_init_value)
+            scale_a = scale_t = torch.full((1,), start)
+        else:
+            self.text_model = clap.text_model
+            self.text_projection = clap.text_projection
+            self.audio_model = clap.audio_model
+            self.audio_projection = clap.audio_projection
+            scale_a, scale_t = clap.logit_scale_a.detach().reshape(1), clap.logit_scale_t.detach().reshape(1)
+        self.logit_scale_a = nn.Parameter(scale_a.clone())  # (1,): see above
+        self.logit_scale_t = nn.Parameter(scale_t.clone())
         # no loss here uses it (LAION's logit_scale_t scales only its MLP-feature loss): frozen, so DDP's
         # reducer does not wait for a gradient that never comes; exported unchanged
         self.logit_scale_t.requires_grad_(False)
+        if clap is None and not any(hasattr(p, "ds_id") for p in self.parameters()):
+            self.init_weights()  # ZeRO-3: the trainer calls it on gathered parameters
+
+    def init_weights(self, gathered=None) -> None:
+        """transformers' ClapModel init: the towers by their own _init_weights (hf_init), the projections'
+        linears N(0, hidden^-0.5 (2 layers)^-0.5 factor) with zero biases as ClapModel draws them, the
+        logit scales at ln(logit_scale_init_value); partitioned parameters gathered (rank 0 writes)."""
+        from alm.models.hf_towers import hf_init, no_gather
+
+        gathered = gathered or no_gather
+        c = self.config
+        std = (c.hidden_size ** -0.5) * ((2 * c.num_hidden_layers) ** -0.5) * c.initializer_factor
+        for projection in (self.text_projection, self.audio_projection):
+            for linear in (m for m in projection.modules() if isinstance(m, nn.Linear)):
+                with gathered(list(linear.parameters(recurse=False))), torch.no_grad():
+                    nn.init.normal_(linear.weight, std=std)
+                    if linear.bias is not None:
+                        nn.init.zeros_(linear.bias)
+        hf_init(self.text_model, gathered)
+        hf_init(self.audio_model, gathered)
+        with gathered([self.logit_scale_a, self.logit_scale_t]), torch.no_grad():
+            self.logit_scale_a.fill_(math.log(c.logit_scale_init_value))
+            self.logit_scale_t.fill_(math.log(c.logit_scale_init_value))
 
     def to_transformers_state(self) -> dict[str, torch.Tensor]:
         """The state dict of the equivalent transformers ClapModel (0-dim logit scales)."""

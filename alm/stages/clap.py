@@ -17,12 +17,22 @@ front end is the converted model's own processor in data.tokenizer (EXPORT/token
 through its RoBERTa tokenizer, and each clip, cropped at random to the feature extractor's
 max_length_s, through its ClapFeatureExtractor (rate, mel filters, padding mode) into log-mel
 features; the model.sample_rate / n_fft / ... keys of alm's towers are unused.
+Pretrained towers, each on its own (model.tower=alm; alm/models/hf_towers.py): model.audio_tower /
+model.text_tower = a hub id or folder (AST / HTS-AT audio; RoBERTa / BERT / ClapTextModel text). The
+check resolves their transformers configs from the folders' config.json into model.audio_hf_config /
+model.text_hf_config (so the run's config.yaml and every export rebuild them without the files);
+load_pretrained copies their weights in at a fresh start (tensor by tensor, also into ZeRO-3
+partitions); each clip goes through the audio tower's feature extractor and each caption through the
+text tower's tokenizer in the loader's workers (alm/models/clap_front.py); every export carries those
+front ends in EXPORT/audio_frontend/ and EXPORT/text_frontend/. A pretrained text tower needs no
+data.tokenizer.
 Commands: `alm embed` (alm/embed.py), `alm convert clap` (alm/convert_clap.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +45,8 @@ from alm.models.clap import Clap, ClapConfig, build_clap
 from alm.stages import clap_val
 from alm.stages.contrastive_loss import contrastive_loss
 from alm.stages.spec import Command, Stage
+
+log = logging.getLogger(__name__)
 
 def audio_member(sample: dict[str, Any]) -> bytes:
     from alm.data.audio import SHARD_AUDIO, shard_audio_ext
@@ -141,8 +153,47 @@ class _HFExamples:
                 "pad": int(front.tokenizer.pad_token_id)}
 
 
+class _TowerExamples:
+    """Pretrained towers (model.audio_tower / text_tower): sample -> the audio part of its tower's front end
+    ({"audio"} or {"features", "is_longer", "samples"}) + {"text": ids, "pad"} (alm/models/clap_front.py),
+    the front ends loaded once per process."""
+
+    def __init__(self, cfg: RunConfig):
+        self.model: ClapConfig = cfg.model
+        self.tokenizer_dir = cfg.data.tokenizer
+        self._front = None
+
+    def front(self):
+        if self._front is None:
+            from alm.models.clap_front import TowersFront
+
+            self._front = TowersFront(self.model, self.tokenizer_dir)
+        return self._front
+
+    def __getstate__(self):
+        return {**self.__dict__, "_front": None}
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict | None:
+        from alm.data.audio import load_mono
+
+        captions = captions_of(sample)
+        if not captions:
+            return None
+        front = self.front()
+        audio, _ = load_mono(audio_member(sample), front.sample_rate)
+        if audio.size == 0:
+            return None
+        caption = captions[int(rng.integers(len(captions)))]
+        clip = crop(audio.astype(np.float32), front.window, rng)
+        return {**front.audio_example(clip), "text": front.text_ids(caption), "pad": front.pad_id}
+
+
 def examples(cfg: RunConfig):
-    return _HFExamples(cfg) if cfg.model.tower == "hf" else _Examples(cfg)
+    if cfg.model.tower == "hf":
+        return _HFExamples(cfg)
+    if cfg.model.pretrained("audio") or cfg.model.pretrained("text"):
+        return _TowerExamples(cfg)
+    return _Examples(cfg)
 
 
 def example_length(example: dict) -> int:
@@ -168,16 +219,17 @@ def pad_text(ids: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def collate(examples: list[dict]) -> dict[str, Any]:
-    """audio (B, N) + lengths (B,); text (B, L) + mask (B, L). model.tower=hf: features (B, C, frames, mels)
-    + is_longer (B, 1) instead of audio + lengths, text padded with the tokenizer's pad id."""
-    if "features" in examples[0]:
-        text, mask = pad_text([e["text"] for e in examples])
+    """audio (B, N) + lengths (B,); text (B, L) + mask (B, L). A transformers audio tower (model.tower=hf, or
+    a pretrained model.audio_tower): features (B, ...) + is_longer (B, 1) instead of audio + lengths; a
+    transformers text tower: text padded with its tokenizer's pad id (the examples' "pad")."""
+    text, mask = pad_text([e["text"] for e in examples])
+    if "pad" in examples[0]:
         text[~mask] = examples[0]["pad"]
+    if "features" in examples[0]:
         return {"features": torch.from_numpy(np.stack([e["features"] for e in examples])),
                 "is_longer": torch.tensor([[e["is_longer"]] for e in examples], dtype=torch.bool),
                 "text": text, "mask": mask, "_tokens": sum(e["samples"] for e in examples)}
     audio, lengths = pad_audio([e["audio"] for e in examples])
-    text, mask = pad_text([e["text"] for e in examples])
     return {"audio": audio, "lengths": lengths, "text": text, "mask": mask, "_tokens": int(lengths.sum())}
 
 
@@ -210,6 +262,10 @@ def check(cfg: RunConfig) -> None:
                         "windows of one clip share its captions and would be each other's negatives")
     if cfg.model.tower == "hf":
         return check_hf(cfg)
+    if cfg.model.pretrained("audio") or cfg.model.pretrained("text"):
+        check_towers(cfg)
+        if cfg.model.pretrained("text"):
+            return
     if cfg.model.text_max_len < 3:
         raise UserError(f"model.text_max_len={cfg.model.text_max_len}: needs room for BOS, a token and EOS (>= 3)")
     if not cfg.data.tokenizer:
@@ -223,8 +279,80 @@ def check(cfg: RunConfig) -> None:
                         f"has {size} pieces: expected at least {size}")
 
 
+def check_towers(cfg: RunConfig) -> None:
+    """Pretrained towers: their transformers configs resolved from the towers' config.json into
+    model.{audio,text}_hf_config (recorded in the run's config.yaml; a value already there is the
+    tower's when it agrees in model_type), and their front ends load and fit the tower."""
+    from alm.models import hf_towers
+
+    mc = cfg.model
+    for side in ("audio", "text"):
+        if not mc.pretrained(side):
+            continue
+        resolved = hf_towers.resolve_tower_config(getattr(mc, f"{side}_tower"), side)
+        given = getattr(mc, f"{side}_hf_config")
+        if given:
+            given = dict(given)
+            if given.get("model_type") != resolved["model_type"]:
+                raise UserError(f"model.{side}_hf_config: model_type {given.get('model_type')!r}, but "
+                                f"model.{side}_tower={getattr(mc, f'{side}_tower')} is a {resolved['model_type']!r}")
+            resolved = {**resolved, **given}
+        setattr(mc, f"{side}_hf_config", resolved)
+    mc.validate()
+    if mc.pretrained("audio"):
+        front = hf_towers.audio_front_end(mc)
+        config = mc.audio_hf_config
+        if config["model_type"] == "audio-spectrogram-transformer":
+            for key, theirs in (("max_length", front.extractor.max_length), ("num_mel_bins", front.extractor.num_mel_bins)):
+                if int(config.get(key, -1)) != int(theirs):
+                    raise UserError(f"model.audio_tower={mc.audio_tower}: the AST config has {key}={config.get(key)}, "
+                                    f"its feature extractor {theirs}")
+    if mc.pretrained("text"):
+        front = hf_towers.text_front_end(mc)
+        vocab = int(mc.text_hf_config.get("vocab_size", 0))
+        if len(front.tokenizer) > vocab:
+            raise UserError(f"model.text_tower={mc.text_tower}: its tokenizer has {len(front.tokenizer)} entries, the "
+                            f"text model's embedding only {vocab} rows")
+        if front.max_tokens < 3:
+            raise UserError(f"model.text_max_len={mc.text_max_len}: room for fewer than 3 tokens")
+
+
+def load_pretrained(model, cfg: RunConfig, gathered) -> None:
+    """Stage.load_pretrained: the pretrained towers' weights (model.audio_tower / text_tower) into the
+    freshly built, possibly ZeRO-3 partitioned model, tensor by tensor; alm's parts keep their init."""
+    if cfg.model.tower != "alm":
+        return
+    from alm.models.hf_towers import load_tower_weights
+
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    for side, tower in (("audio", getattr(model, "audio", None)), ("text", getattr(model, "text", None))):
+        if cfg.model.pretrained(side):
+            n = load_tower_weights(tower, getattr(cfg.model, f"{side}_tower"), side, gathered, rank)
+            if rank == 0:
+                log.info("model.%s_tower=%s: %d tensors loaded", side, getattr(cfg.model, f"{side}_tower"), n)
+
+
+def export_files(model, cfg: RunConfig, out: Path) -> dict:
+    """Stage.export_files: the pretrained towers' front ends (feature extractor, tokenizer) into
+    EXPORT/audio_frontend/ and EXPORT/text_frontend/, so `alm embed` / `alm eval` need nothing else."""
+    if cfg.model.tower != "alm" or not (cfg.model.pretrained("audio") or cfg.model.pretrained("text")):
+        return {}
+    from alm.models import hf_towers
+
+    towers = {}
+    for side in ("audio", "text"):
+        if not cfg.model.pretrained(side):
+            continue
+        front = hf_towers.audio_front_end(cfg.model) if side == "audio" else hf_towers.text_front_end(cfg.model)
+        dest = out / hf_towers.FRONTEND_DIR[side]
+        (front.extractor if side == "audio" else front.tokenizer).save_pretrained(str(dest))
+        towers[side] = {"source": getattr(cfg.model, f"{side}_tower"), "frontend": hf_towers.FRONTEND_DIR[side],
+                        "model_type": getattr(cfg.model, f"{side}_hf_config")["model_type"]}
+    return {"towers": towers}
+
+
 def check_hf(cfg: RunConfig) -> None:
-    """model.tower=hf: data.tokenizer is the converted model's processor folder; no ZeRO-3 (0-dim logit scales)."""
+    """model.tower=hf: data.tokenizer is the converted model's processor folder."""
     cfg.model.validate()
     tok = cfg.data.tokenizer
     if not tok or tok == "synthetic" or not Path(tok).is_dir():
@@ -234,10 +362,6 @@ def check_hf(cfg: RunConfig) -> None:
             (Path(tok) / f).is_file() for f in ("preprocessor_config.json", "processor_config.json")):
         raise UserError(f"data.tokenizer={tok}: not a CLAP processor folder (needs tokenizer_config.json and "
                         "preprocessor_config.json or processor_config.json)")
-    if cfg.trainer.strategy == "deepspeed" and cfg.trainer.zero_stage == 3:
-        raise UserError("model.tower=hf with trainer.zero_stage=3: transformers' ClapModel initialises its weights in "
-                        "its own constructor, on the empty partitions ZeRO-3 builds; use trainer.zero_stage=2 or "
-                        "trainer.strategy=ddp")
 
 
 SYNTHETIC_AUDIO = "synthetic-v1"
@@ -254,6 +378,8 @@ def synthetic_data(cfg: RunConfig, root: Path) -> dict[str, str]:
     made = {"train_shards": str(audio / "train-*.tar"), "val_shards": str(audio / "val-*.tar")}
     if cfg.data.tokenizer not in (None, "synthetic"):  # the user's own tokenizer
         return made
+    if cfg.model.pretrained("text"):  # the text tower's own tokenizer: no sentencepiece model
+        return {**made, "tokenizer": None}
     size = cfg.model.text_vocab_size
 
     def make(d: Path) -> None:
@@ -370,6 +496,8 @@ STAGE = Stage(
     eval_tasks=clap_val.EVAL_TASKS,
     check=check,
     synthetic_data=synthetic_data,
+    load_pretrained=load_pretrained,
+    export_files=export_files,
     export_formats={"transformers": export_transformers},
     commands=(Command("embed", None, "CLAP embeddings of texts or audio files from a clap export: (N, D) float32 "
                       "L2-normalised rows in input order, as .npy; audio longer than the model's window: the length-weighted "

@@ -130,9 +130,33 @@ class _HFFront:
         return model.encode_features(features.to(device), is_longer.to(device))
 
 
+class _TowersFront:
+    """Pretrained towers (model.audio_tower / text_tower): their own front ends (alm/models/clap_front.py)."""
+
+    def __init__(self, cfg):
+        from alm.models.clap_front import TowersFront
+
+        self.front = TowersFront(cfg.model, cfg.data.tokenizer)
+        self.sample_rate, self.window = self.front.sample_rate, self.front.window
+
+    def text_ids(self, text: str) -> np.ndarray:
+        return self.front.text_ids(text)
+
+    def embed_texts(self, model, ids: list[np.ndarray], device) -> torch.Tensor:
+        return self.front.encode_texts(model, ids, device)
+
+    def embed_audio(self, model, clips: list[np.ndarray], device) -> torch.Tensor:
+        return self.front.encode_audio(model, clips, device)
+
+
 def front_end(cfg):
-    """How clips and captions enter the stage's model (model.tower alm or hf)."""
-    return _HFFront(cfg) if getattr(cfg.model, "tower", "alm") == "hf" else _AlmFront(cfg)
+    """How clips and captions enter the stage's model (model.tower alm or hf; pretrained towers)."""
+    m = cfg.model
+    if getattr(m, "tower", "alm") == "hf":
+        return _HFFront(cfg)
+    if m.pretrained("audio") or m.pretrained("text"):
+        return _TowersFront(cfg)
+    return _AlmFront(cfg)
 
 
 def _audio_batches(front, cfg, urls: list[str], rank: int, size: int, stats: dict):
