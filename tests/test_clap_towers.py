@@ -137,6 +137,42 @@ def test_text_tower_pooled_output_equals_transformers(towers, family):
     assert torch.allclose(got, alone, atol=1e-5)  # padding in a batch changes nothing
 
 
+@pytest.mark.parametrize("audio,text,layers", [("ast", "roberta", 2 + 2), ("clap", "clap", None)])
+def test_activation_checkpointing_wraps_the_pretrained_towers_layers(towers, audio, text, layers):
+    """trainer.activation_checkpointing on pretrained towers: the innermost block lists (AST / RoBERTa
+    encoder.layer, HTS-AT's per-stage blocks and ClapText's encoder.layer) are checkpointed, with the
+    loss and gradients of the plain model."""
+    from alm.models.hf_towers import audio_front_end, text_front_end
+    from alm.stages.contrastive_loss import contrastive_loss
+    from alm.training.module import block_lists, checkpoint_blocks
+
+    def run(checkpointed: bool):
+        torch.manual_seed(0)  # the same projections
+        model, mc = tower_model(audio=str(towers[audio]), text=str(towers[text]))
+        af, tf = audio_front_end(mc), text_front_end(mc)
+        features, is_longer = af.batch(clips(3, af.window))
+        ids, mask = tf.batch([tf.ids(t) for t in ("a dog barks", "rain on a roof", "a bell rings twice")])
+        lists = block_lists(model)
+        calls = []  # a module inside each list's first block: runs again in the backward pass when recomputed
+        for blocks in lists:
+            next(blocks[0].children()).register_forward_hook(lambda *_: calls.append(1))
+        wrapped = checkpoint_blocks(model) if checkpointed else 0
+        a, t = model.encode_features(features, is_longer), model.encode_text(ids, mask)
+        loss = contrastive_loss(a, t, model.scale())
+        loss.backward()
+        return lists, wrapped, len(calls), loss.item(), {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+
+    lists, _, plain_calls, plain_loss, plain_grads = run(False)
+    _, n, calls, loss, grads = run(True)
+    assert plain_calls == len(lists) and calls == 2 * len(lists)
+    nested = [i for i, a in enumerate(lists) for j, b in enumerate(lists)
+              if i != j and any(m is b for m in a.modules())]
+    assert lists and not nested  # innermost lists only: no block is checkpointed inside another
+    assert n == sum(len(x) for x in lists) and (layers is None or n == layers)
+    assert loss == pytest.approx(plain_loss, abs=1e-6) and grads.keys() == plain_grads.keys()
+    assert all(torch.allclose(grads[k], plain_grads[k], atol=1e-6) for k in grads)
+
+
 def test_every_tower_parameter_is_loaded_and_config_errors_are_named(towers, tmp_path):
     from alm.errors import UserError
     from alm.models import hf_towers

@@ -35,14 +35,19 @@ def gathered_for_init(model: torch.nn.Module):
     return lambda params: deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
+BLOCK_LIST_NAMES = ("blocks", "layer", "layers", "h")  # alm's; BERT / RoBERTa / AST encoder.layer; Llama; GPT-2
+
+
 def block_lists(model: torch.nn.Module) -> list[torch.nn.ModuleList]:
-    """The transformer blocks to checkpoint: `model.blocks`, else every ModuleList named `blocks`
-    inside the model (e.g. both towers of a CLAP: audio.blocks and text.blocks)."""
+    """The transformer blocks to checkpoint: `model.blocks`, else the innermost ModuleLists named like
+    a list of blocks inside the model (both towers of a CLAP: audio.blocks and text.blocks; a
+    transformers tower's encoder.layer; an HTS-AT stage's blocks, not the list of stages holding them)."""
     blocks = getattr(model, "blocks", None)
     if blocks is not None:
         return [blocks]
-    return [m for name, m in model.named_modules()
-            if name.rsplit(".", 1)[-1] == "blocks" and isinstance(m, torch.nn.ModuleList)]
+    found = [(name, m) for name, m in model.named_modules()
+             if name.rsplit(".", 1)[-1] in BLOCK_LIST_NAMES and isinstance(m, torch.nn.ModuleList) and len(m)]
+    return [m for name, m in found if not any(other.startswith(name + ".") for other, _ in found)]
 
 
 def checkpoint_blocks(model: torch.nn.Module) -> int:
@@ -52,7 +57,7 @@ def checkpoint_blocks(model: torch.nn.Module) -> int:
 
     lists = block_lists(model)
     if not lists:
-        raise ValueError(f"trainer.activation_checkpointing: {type(model).__name__} has no `blocks` to checkpoint")
+        raise ValueError(f"trainer.activation_checkpointing: {type(model).__name__} has no list of blocks to checkpoint (a ModuleList named blocks / layer / layers / h)")
     for block in (b for blocks in lists for b in blocks):
         forward = block.forward
 
