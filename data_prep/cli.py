@@ -1,4 +1,4 @@
-"""`alm prep {audiocaps,clotho,musiccaps,librilight,librispeech_finetuning,librispeech,covost2,wavcaps} --src DIR
+"""`alm prep {audiocaps,clotho,musiccaps,librilight,librispeech_finetuning,librispeech,covost2,wavcaps,cvss} --src DIR
 --out DIR [--sample-rate HZ] [--shard-size N] [--workers N] [--overwrite]` (wavcaps also `[--exclude-ids FILE]`,
 covost2 also `[--source-lang XX] [--target-lang YY]`),
 and `alm prep synthetic --out DIR`.
@@ -31,6 +31,8 @@ HELP = {
                    "or one subset folder",
     "covost2": "CoVoST 2: SRC is a Common Voice language folder (clips/*.mp3, validated.tsv) holding the "
                "covost_v2.{src}_{tgt}.{train,dev,test}.tsv (or the release's covost_v2.{src}_{tgt}.tsv)",
+    "cvss": "CVSS-C / CVSS-T (target speech of CoVoST 2 clips): SRC holds {train,dev,test}.tsv "
+            "(`clip<TAB>text`) and {train,dev,test}/<clip>.wav; keys = alm prep covost2's",
     "wavcaps": "WavCaps: SRC holds json_files/{AudioSet_SL,BBC_Sound_Effects,FreeSound,SoundBible}/*.json "
                "and Audio/{subset}/ flac files",
 }
