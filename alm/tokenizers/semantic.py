@@ -434,12 +434,16 @@ def fit_tokenizer(
 def tokenize_shards(tokenizer: SemanticTokenizer, shards: list[str], out_dir: str | os.PathLike, progress: bool = True,
                     num_shards: int = 1, shard_index: int = 0, member: str = MEMBER) -> dict:
     """Write token shards (member `semantic.npy`, or `member`, e.g. `target_semantic.npy` for S2ST target
-    speech; same names and keys) into out_dir: input shards i with i % num_shards == shard_index (all by default)."""
+    speech; same names and keys) into out_dir: input shards i with i % num_shards == shard_index (all by default).
+    Another `member` is a set to join beside the source's prep + tokens: it carries no copy of its input's
+    json, which in a join would replace the source prep's (later sets' members win)."""
     sr = tokenizer.cfg.sample_rate
 
     def fn(batch: list[dict]) -> list[dict | None]:
         out = []
         for sample in batch:
+            if member != MEMBER:
+                sample.pop("json", None)  # map_shards copies what is left in the input sample
             try:
                 out.append({member: npy_bytes(tokenizer(_sample_audio(sample, sr)))})
             except (ValueError, KeyError) as exc:
