@@ -87,3 +87,30 @@ def test_a_folder_without_cvss_tsvs_stops_with_a_clear_error(tmp_path, capsys):
         run("cvss", tmp_path / "src", tmp_path / "out", quiet=True)
     shutil.copytree(SPEECH / "cvss", tmp_path / "ok")
     assert main(["cvss", "--src", str(tmp_path / "ok"), "--out", str(tmp_path / "out2"), "--quiet"]) == 0
+
+
+def test_like_lays_the_shards_out_as_the_covost2_prep_when_clips_differ(tmp_path):
+    """covost2 lost a clip (its mp3 missing), so count-based boundaries would shift every later shard:
+    --like gives each covost2 shard a cvss shard of the same name holding exactly its keys that CVSS has."""
+    cv = tmp_path / "cv"
+    shutil.copytree(SPEECH / "covost2", cv)
+    (cv / "clips" / "common_voice_en_7000002.mp3").unlink()
+    covost = run("covost2", cv, tmp_path / "covost", shard_size=2, quiet=True)
+    assert [s["reason"] for s in covost["skipped"]] == ["missing_audio"]
+    src = tmp_path / "cvss-src"
+    shutil.copytree(SPEECH / "cvss", src)
+    (src / "train" / "common_voice_en_7000005.mp3.wav").unlink()  # and CVSS lost another
+    plain = run("cvss", src, tmp_path / "plain", shard_size=2, quiet=True)
+    assert layout(tmp_path / "plain") != layout(tmp_path / "covost")  # shifted: the join would lose samples
+    assert main(["cvss", "--src", str(src), "--out", str(tmp_path / "like"), "--shard-size", "2", "--like",
+                 str(tmp_path / "covost"), "--quiet"]) == 0
+    theirs, ours = layout(tmp_path / "covost"), layout(tmp_path / "like")
+    assert sorted(ours) == sorted(theirs)
+    assert all(ours[name] == [k for k in keys if k != "common_voice_en_7000005"] for name, keys in theirs.items())
+    manifest = json.loads((tmp_path / "like" / "manifest.json").read_text())
+    assert manifest["like"]["no_target"] == {"count": 1, "first": ["common_voice_en_7000005"]}
+    assert [(s["id"], s["reason"]) for s in manifest["skipped"]] == [
+        ("common_voice_en_7000005", "missing_audio"), ("common_voice_en_7000002", "not_in_like")]
+    assert sum(v["num_samples"] for v in manifest["splits"].values()) == 5 == \
+        sum(v["num_samples"] for v in plain["splits"].values()) - 1
+    assert not list((tmp_path / "like").glob(".*"))  # no temporary left
