@@ -106,3 +106,24 @@ def test_alm_generate_s2st_writes_a_wav_through_soundstorm(trained, tmp_path):
     p = alm("generate", "audiopalm", str(trained / "export"), "--task", "s2st", "--audio", str(wav),
             "--out", str(tmp_path / "z.wav"), check=False)
     assert p.returncode == 2 and "--soundstorm EXPORT or --coarse EXPORT --fine EXPORT" in p.stderr
+
+
+def test_asr_ast_s2st_decoding_keeps_to_text_then_speech(trained):
+    """The combined task's mask: text or audio ids until the first audio id, then only audio ids (and EOS).
+    Sampled hot (temperature 5: close to uniform over the 384 text + 64 audio ids) from a tag this model never
+    trained on, so only the mask can keep the order."""
+    from alm.generate_audiopalm import Export, decode
+
+    ex = Export(str(trained / "export"))
+    a = ex.layout.audio_start
+    prompt = ex.prompt("asr_ast_s2st", list(ex.semantic(str(trained / "flac" / "common_voice_en_7000001.flac")) + a))
+    seen_switch = 0
+    for seed in range(4):
+        ids = decode(ex, "asr_ast_s2st", prompt, decoding="sample", temperature=5.0, max_new_tokens=40,
+                     min_new_tokens=40, seed=seed)
+        kinds = ["audio" if a <= t < a + ex.layout.audio else "text" if t < a else "other" for t in ids]
+        assert "other" not in kinds, ids  # never a tag or filler
+        first = kinds.index("audio") if "audio" in kinds else len(kinds)
+        assert set(kinds[first:]) <= {"audio"}, kinds
+        seen_switch += 0 < first < len(kinds)
+    assert seen_switch >= 1  # some samples did switch from text to speech

@@ -7,7 +7,7 @@ names and keys: data.train_shards: "prep/train-*.tar + tokens/train-*.tar". data
 semantic tokenizer (K = its n_clusters = model.audio_tokens; it travels with the export).
 S2ST needs a third joined set: the TARGET speech's tokens under the member `target_semantic.npy`
 (TARGET_MEMBER), made with the SAME tokenizer as the source's:
-    alm prep cvss --src CVSS_C_FR_EN --out cvss            (keys = alm prep covost2's, so the sets join)
+    alm prep cvss --src CVSS_C_FR_EN --out cvss --like prep   (keys and shard names = alm prep covost2's)
     alm tokenize semantic --shards cvss --tokenizer tokens/tokenizer --member target_semantic.npy --out target
     data.train_shards: "prep/train-*.tar + tokens/train-*.tar + target/train-*.tar"
 Tasks (data.tasks, drawn per example with data.task_weights, equal when empty):
