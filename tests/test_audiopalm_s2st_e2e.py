@@ -127,3 +127,19 @@ def test_asr_ast_s2st_decoding_keeps_to_text_then_speech(trained):
         assert set(kinds[first:]) <= {"audio"}, kinds
         seen_switch += 0 < first < len(kinds)
     assert seen_switch >= 1  # some samples did switch from text to speech
+
+
+def test_alm_eval_run_asr_ast_scores_transcripts_and_translations(trained, tmp_path):
+    """`alm eval run --task asr_ast`: one combined decoding per clip, WER of its transcript part and BLEU of its
+    translation part against the covost2 json (this model never trained the combined task: the scores are
+    whatever they are; what is checked is that both are made from the split output)."""
+    out = tmp_path / "results.json"
+    alm("eval", "run", str(trained / "export"), "--task", "asr_ast", "--shards", f"{trained}/covost/train-*.tar",
+        "--limit", "2", "--max-new-tokens", "30", "--save-hyps", str(tmp_path / "hyps.jsonl"), "--out", str(out))
+    res = json.loads(out.read_text())
+    assert res["task"] == "asr_ast" and res["n"] == 2 and {"wer", "cer", "bleu", "chrf"} <= set(res["metrics"]), res
+    hyps = [json.loads(line) for line in (tmp_path / "hyps.jsonl").read_text().splitlines()]
+    assert [h["transcript_reference"] for h in hyps] == ["The cat sat on the mat by the door.",
+                                                         "She opened the window to let in the air."]
+    assert hyps[0]["reference"] == "le chat était assis sur le tapis près de la porte"
+    assert all(set(h) == {"id", "transcript", "text", "transcript_reference", "reference"} for h in hyps)
