@@ -1,4 +1,4 @@
-"""`alm prep {audiocaps,clotho,musiccaps,librilight,librispeech_finetuning,librispeech,covost2,wavcaps} --src DIR
+"""`alm prep {audiocaps,clotho,musiccaps,librilight,librispeech_finetuning,librispeech,covost2,wavcaps,cvss} --src DIR
 --out DIR [--sample-rate HZ] [--shard-size N] [--workers N] [--overwrite]` (wavcaps also `[--exclude-ids FILE]`,
 covost2 also `[--source-lang XX] [--target-lang YY]`),
 and `alm prep synthetic --out DIR`.
@@ -31,11 +31,13 @@ HELP = {
                    "or one subset folder",
     "covost2": "CoVoST 2: SRC is a Common Voice language folder (clips/*.mp3, validated.tsv) holding the "
                "covost_v2.{src}_{tgt}.{train,dev,test}.tsv (or the release's covost_v2.{src}_{tgt}.tsv)",
+    "cvss": "CVSS-C / CVSS-T (target speech of CoVoST 2 clips): SRC holds {train,dev,test}.tsv "
+            "(`clip<TAB>text`) and {train,dev,test}/<clip>.wav; keys = alm prep covost2's",
     "wavcaps": "WavCaps: SRC holds json_files/{AudioSet_SL,BBC_Sound_Effects,FreeSound,SoundBible}/*.json "
                "and Audio/{subset}/ flac files",
 }
 # dataset-specific flags, passed to its scan()
-SCAN_OPTIONS = {"wavcaps": ("exclude_ids",), "covost2": ("source_lang", "target_lang")}
+SCAN_OPTIONS = {"wavcaps": ("exclude_ids",), "covost2": ("source_lang", "target_lang"), "cvss": ("like",)}
 
 
 def _positive(text: str) -> int:
@@ -73,6 +75,9 @@ def build_parser(prog: str = "alm prep") -> argparse.ArgumentParser:
                            help="the pair's source language, as in the TSV names (en, fr, zh-CN); "
                                 "needed only when SRC holds TSVs of several pairs")
             p.add_argument("--target-lang", metavar="YY", default=None, help="the pair's target language (de, en, ...)")
+        if name == "cvss":
+            p.add_argument("--like", metavar="COVOST2_OUT", default=None,
+                           help="lay the shards out as this `alm prep covost2` output's (same file names, its keys)")
     from alm.data_prep import synthetic
 
     synthetic.add_arguments(sub.add_parser("synthetic", help="alm's generated captioned audio set (no download)",
@@ -105,8 +110,10 @@ def run(dataset: str, src, out, sample_rate: int | None = None, shard_size: int 
     finally:
         if collecting:
             gc.enable()
-    return prepare(dataset, scan, out, sample_rate=sample_rate, shard_size=shard_size or module.DEFAULT_SHARD_SIZE,
-                   workers=workers, overwrite=overwrite, quiet=quiet)
+    manifest = prepare(dataset, scan, out, sample_rate=sample_rate, shard_size=shard_size or module.DEFAULT_SHARD_SIZE,
+                       workers=workers, overwrite=overwrite, quiet=quiet)
+    finish = getattr(module, "finish", None)  # a dataset's own last step (cvss: --like's shard layout)
+    return finish(out, manifest, **options) if finish else manifest
 
 
 def main(argv: list[str] | None = None) -> int:

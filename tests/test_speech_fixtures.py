@@ -48,8 +48,10 @@ def test_committed_files_match_the_generator_tables():
         assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
         assert make_speech.MIN_S <= info.duration <= make_speech.MAX_S
         assert text == text.upper() and set(text) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ' ")
-    size = sum(p.stat().st_size for p in SPEECH.rglob("*") if p.is_file())
+    size = sum(p.stat().st_size for p in SPEECH.rglob("*") if p.is_file() and "cvss" not in p.parts)
     assert size < 1_600_000, f"tests/fixtures/speech/ holds {size} bytes; keep it about 1.5 MB"
+    cvss = sum(p.stat().st_size for p in (SPEECH / "cvss").rglob("*") if p.is_file())
+    assert cvss < 300_000, f"tests/fixtures/speech/cvss/ holds {cvss} bytes; keep it under 300 KB"
     rows = (SPEECH / "translations.en_fr.tsv").read_text(encoding="utf-8").splitlines()
     assert rows[0].split("\t") == ["id", "sentence", "translation"]
     texts = {u[0]: u[5] for u in utts}

@@ -5,21 +5,35 @@ Data: prep shards (a `json` member with the transcript: alm.tokenizers.text.samp
 text) joined with semantic token shards (`semantic.npy`, `alm tokenize semantic`) of the same
 names and keys: data.train_shards: "prep/train-*.tar + tokens/train-*.tar". data.tokenizer: the
 semantic tokenizer (K = its n_clusters = model.audio_tokens; it travels with the export).
+S2ST needs a third joined set: the TARGET speech's tokens under the member `target_semantic.npy`
+(TARGET_MEMBER), made with the SAME tokenizer as the source's:
+    alm prep cvss --src CVSS_C_FR_EN --out cvss --like prep   (keys and shard names = alm prep covost2's)
+    alm tokenize semantic --shards cvss --tokenizer tokens/tokenizer --member target_semantic.npy --out target
+    data.train_shards: "prep/train-*.tar + tokens/train-*.tar + target/train-*.tar"
 Tasks (data.tasks, drawn per example with data.task_weights, equal when empty):
 
     asr           [BOS] [ASR English] <a_..> ... | transcript [EOS]
     tts           [BOS] [TTS English] transcript | <a_..> ... [EOS]
     continuation  [BOS] [Continuation English] <a_..> (a random 25-75 % prefix) | the rest [EOS]
     ast           [BOS] [AST English French] <a_..> ... | the json's `translation` [EOS]   (alm prep covost2)
+    s2st          [BOS] [S2ST English French] <a_..> ... | <a_..> of target_semantic.npy [EOS]
+    asr_ast       [BOS] [ASR AST English French] <a_..> ... | transcript SEP translation [EOS]
+    asr_ast_s2st  [BOS] [ASR AST S2ST English French] <a_..> ... | transcript SEP translation <a_..> (target) [EOS]
 
+SEP is data.separator (text, default " | "), encoded on its own between the transcript's and the
+translation's ids, so a decoder splits the generated text ids at the first occurrence of SEP's ids
+(alm.generate_audiopalm.split_combined); the translation -> target speech boundary needs none (text
+ids end where audio ids begin).
 Each example's task is drawn among the tasks the sample has data for (a sample without a
-translation never becomes an AST example; the weights of the others are renormalised).
-The tag is data.tag_format with {task} and {languages} (data.language); every tag a recipe's tasks
-use must be one of model.task_tags (each tag is one added token). Loss only on the part after `|`
-(labels -100 on the prompt). An ASR/TTS pair longer than data.max_len is skipped (a warning names
-it, counted); a long continuation is a random window of data.max_len. A batch of data.batch_size
-examples is packed into rows of data.max_len tokens (first fit, longest first); position ids restart
-at every example, and transformers then lets each example attend only to itself.
+translation never becomes an AST / combined example, one without target tokens never an S2ST /
+asr_ast_s2st one; the weights of the others are renormalised; each such lack is counted per task
+in `lacking` and logged). The tag is data.tag_format with {task} and {languages} (data.language,
+plus data.target_language for the translating tasks); every tag a recipe's tasks use must be one of
+model.task_tags (each tag is one added token). Loss only on the part after `|` (labels -100 on the
+prompt). A pair longer than data.max_len is skipped (a warning names it, counted in `skipped`); a
+long continuation is a random window of data.max_len. A batch of data.batch_size examples is packed
+into rows of data.max_len tokens (first fit, longest first); position ids restart at every example,
+and transformers then lets each example attend only to itself.
 """
 
 from __future__ import annotations
@@ -44,24 +58,28 @@ from alm.stages.spec import Command, Stage
 log = logging.getLogger(__name__)
 
 IGNORE = -100
-TASKS = {"asr": "ASR", "tts": "TTS", "continuation": "Continuation", "ast": "AST"}
+TASKS = {"asr": "ASR", "tts": "TTS", "continuation": "Continuation", "ast": "AST", "s2st": "S2ST",
+         "asr_ast": "ASR AST", "asr_ast_s2st": "ASR AST S2ST"}
+TRANSLATING = ("ast", "s2st", "asr_ast", "asr_ast_s2st")  # tags name both languages
+TARGET_MEMBER = "target_semantic.npy"  # the target speech's semantic ids (S2ST), same tokenizer as semantic.npy
 SYNTHETIC = "synthetic"
 TINY_LM_VERSION = "v1"
 
 
 @dataclass
 class AudioPalmDataConfig(DataConfig):
-    tasks: list = field(default_factory=lambda: ["asr", "tts"])  # of asr | tts | continuation | ast
+    tasks: list = field(default_factory=lambda: ["asr", "tts"])  # of TASKS: asr | tts | continuation | ast | s2st | asr_ast | asr_ast_s2st
     task_weights: list = field(default_factory=list)  # one weight per task (empty: equal)
     language: str = "English"  # the language of the speech and transcripts, as the tags name it
-    target_language: str = "French"  # ast: the language of the json's `translation`
+    target_language: str = "French"  # ast / s2st / combined: the language of the translation and target speech
     tag_format: str = "[{task} {languages}]"  # the paper's: [ASR English], [TTS English], [AST English French]
+    separator: str = " | "  # asr_ast, asr_ast_s2st: the text between the transcript and the translation
 
 
 def task_tag(data: AudioPalmDataConfig, task: str) -> str:
     if task not in TASKS:
         raise UserError(f"data.tasks: unknown task {task!r}; expected some of {list(TASKS)}")
-    languages = f"{data.language} {data.target_language}" if task == "ast" else data.language
+    languages = f"{data.language} {data.target_language}" if task in TRANSLATING else data.language
     try:
         return data.tag_format.format(task=TASKS[task], languages=languages)
     except (KeyError, IndexError, ValueError) as exc:
@@ -162,9 +180,16 @@ def resolve_model_config(cfg: RunConfig) -> None:
 
 # ------------------------------------------------------------------ examples
 
+_NEEDS = {"asr": "transcript + semantic.npy", "tts": "transcript + semantic.npy", "continuation": ">= 2 semantic ids",
+          "ast": "translation + semantic.npy", "s2st": f"semantic.npy + {TARGET_MEMBER}",
+          "asr_ast": "transcript + translation + semantic.npy",
+          "asr_ast_s2st": f"transcript + translation + semantic.npy + {TARGET_MEMBER}"}
+
 
 class _Examples:
-    """sample (prep json + semantic.npy) -> {"tokens", "n_prompt", "row"}; tokenizer loaded once per process."""
+    """sample (prep json + semantic.npy [+ target_semantic.npy]) -> {"tokens", "n_prompt", "row"}; tokenizer
+    loaded once per process. `skipped`: examples longer than data.max_len; `lacking[task]`: samples drawn
+    without the data that task needs (no transcript, translation or target tokens)."""
 
     def __init__(self, cfg: RunConfig):
         self.mc = cfg.model
@@ -173,7 +198,9 @@ class _Examples:
         self.tasks = list(cfg.data.tasks)
         self.p = task_probabilities(cfg.data)
         self.tags = {t: self.layout.tag_id(task_tag(cfg.data, t)) for t in self.tasks}
+        self.separator = cfg.data.separator
         self.skipped = 0
+        self.lacking = {t: 0 for t in self.tasks}
         self._tok = None
 
     def __getstate__(self):
@@ -184,8 +211,16 @@ class _Examples:
             self._tok = base_tokenizer(self.mc)
         return self._tok
 
-    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict | None:
+    def _units(self, sample: dict, member: str) -> np.ndarray:
         from alm.data.shards import npy_load
+
+        units = npy_load(sample[member]).astype(np.int64).reshape(-1)
+        if units.size and (units.min() < 0 or units.max() >= self.layout.audio):
+            raise ValueError(f"{member}: semantic ids outside [0, {self.layout.audio}) — data.tokenizer and "
+                             "model.audio_tokens disagree (target tokens must come from the source's tokenizer)")
+        return units
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict | None:
         from alm.tokenizers.semantic import MEMBER
         from alm.tokenizers.text import sample_texts
 
@@ -193,15 +228,22 @@ class _Examples:
             if member not in sample:
                 raise KeyError(f"sample {sample.get('__key__')!r} has no {member} member (data.train_shards joins prep "
                                "shards and semantic token shards: 'prep/*.tar + tokens/*.tar')")
-        units = npy_load(sample[MEMBER]).astype(np.int64).reshape(-1)
-        if units.size and (units.min() < 0 or units.max() >= self.layout.audio):
-            raise ValueError(f"semantic ids outside [0, {self.layout.audio}) — data.tokenizer and model.audio_tokens disagree")
+        units = self._units(sample, MEMBER)
+        target = self._units(sample, TARGET_MEMBER) if TARGET_MEMBER in sample else np.zeros(0, dtype=np.int64)
         meta = json.loads(sample["json"])
         meta = meta if isinstance(meta, dict) else {}
         texts = sample_texts(meta)
         translation = meta.get("translation") if isinstance(meta.get("translation"), str) else ""
-        has = {"asr": bool(texts) and units.size > 0, "tts": bool(texts) and units.size > 0,
-               "continuation": units.size >= 2, "ast": bool(translation.strip()) and units.size > 0}
+        speech, said, translated, spoken = units.size > 0, bool(texts), bool(translation.strip()), target.size > 0
+        has = {"asr": said and speech, "tts": said and speech, "continuation": units.size >= 2,
+               "ast": translated and speech, "s2st": spoken and speech, "asr_ast": said and translated and speech,
+               "asr_ast_s2st": said and translated and spoken and speech}
+        for t in self.tasks:
+            if not has[t]:
+                self.lacking[t] += 1
+                if self.lacking[t] <= 5 or self.lacking[t] % 1000 == 0:
+                    log.warning("sample %r lacks the data of task %s (%s): not a %s example (%d so far in this reader)",
+                                sample.get("__key__"), t, _NEEDS[t], t, self.lacking[t])
         p = np.where([has[t] for t in self.tasks], self.p, 0.0)  # only the tasks this sample has data for
         if p.sum() == 0:
             return None
@@ -216,16 +258,26 @@ class _Examples:
             cut = int(rng.integers(max(1, len(window) // 4), max(2, 3 * len(window) // 4 + 1)))
             tail = [tok.eos_token_id] if start + len(window) == units.size else []
             return self._example(head + list(window[:cut]), list(window[cut:]) + tail)
-        words = tok.encode(translation if task == "ast" else texts[0], add_special_tokens=False)
-        prompt, target = (words, list(audio)) if task == "tts" else (list(audio), words)
-        out = self._example(head + prompt, target + [tok.eos_token_id])
-        if len(out["tokens"]) > self.max_len:
+        encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+        target_audio = list(target + self.layout.audio_start)
+        if task == "tts":
+            prompt, out = encode(texts[0]), list(audio)
+        elif task == "s2st":
+            prompt, out = list(audio), target_audio
+        elif task in ("asr_ast", "asr_ast_s2st"):
+            prompt = list(audio)
+            out = encode(texts[0]) + encode(self.separator) + encode(translation)
+            out += target_audio if task == "asr_ast_s2st" else []
+        else:
+            prompt, out = list(audio), encode(translation if task == "ast" else texts[0])
+        ex = self._example(head + prompt, out + [tok.eos_token_id])
+        if len(ex["tokens"]) > self.max_len:
             self.skipped += 1
             if self.skipped <= 5 or self.skipped % 1000 == 0:
                 log.warning("%s example of %r: %d tokens > data.max_len=%d, skipped (%d so far in this reader)",
-                            task, sample.get("__key__"), len(out["tokens"]), self.max_len, self.skipped)
+                            task, sample.get("__key__"), len(ex["tokens"]), self.max_len, self.skipped)
             return None
-        return out
+        return ex
 
     def _example(self, prompt: list, target: list) -> dict:
         tokens = np.asarray(prompt + target, dtype=np.int64)
@@ -307,6 +359,9 @@ def check(cfg: RunConfig) -> None:
     if mc.audio_tokens != k:
         raise UserError(f"model.audio_tokens={mc.audio_tokens} but the tokenizer in {data.tokenizer} has {k} clusters: "
                         f"expected {k}")
+    if {"asr_ast", "asr_ast_s2st"} & set(data.tasks) and not str(data.separator).strip():
+        raise UserError(f"data.separator={data.separator!r}: the combined tasks need a non-blank separator between the "
+                        "transcript and the translation (the decoder splits on it)")
     if mc.new_rows not in ("sample", "mean"):
         raise UserError(f"model.new_rows={mc.new_rows!r}: expected sample or mean")
     resolve_model_config(cfg)
@@ -434,7 +489,8 @@ def _eval_tasks():
 
 STAGE = Stage(
     name="audiopalm",
-    description="AudioPaLM: a pretrained transformers LM with audio-token rows, trained on tagged ASR / TTS / continuation",
+    description="AudioPaLM: a pretrained transformers LM with audio-token rows, trained on tagged ASR / TTS / "
+                "continuation / AST / S2ST and combined tasks",
     model_config=AudioPalmConfig,
     model=AudioPalmLM,
     make_example=examples,
@@ -447,6 +503,6 @@ STAGE = Stage(
     load_pretrained=load_pretrained,
     export_files=export_files,
     eval_tasks=_eval_tasks(),
-    commands=(Command("generate", "audiopalm", "ASR, AST or TTS with an exported AudioPaLM model",
+    commands=(Command("generate", "audiopalm", "ASR, AST, TTS, S2ST or combined tasks with an exported AudioPaLM model",
                       _generate_arguments, _generate),),
 )

@@ -1,11 +1,13 @@
-"""`alm eval run AUDIOPALM_EXPORT --task asr|ast --shards SPEC`: transcribe (or translate) every held-out
-clip with the export, then score as `alm eval text` does (asr: jiwer WER/CER after --normalize; ast:
-sacreBLEU BLEU / chrF on the raw text, signature in the config).
+"""`alm eval run AUDIOPALM_EXPORT --task asr|ast|asr_ast --shards SPEC`: transcribe (or translate) every
+held-out clip with the export, then score as `alm eval text` does (asr: jiwer WER/CER after --normalize;
+ast: sacreBLEU BLEU / chrF on the raw text, signature in the config; asr_ast: one decoding per clip of
+the combined task, split at data.separator, its transcript scored as asr and its translation as ast).
 
 Each sample's audio is tokenized by the export's own semantic tokenizer (the one the LM was trained
 on), so prep shards alone are enough. References: the prep json's `transcript` (asr) or
 `translation` (ast); a clip without one is counted in config["no_reference"], never scored as empty.
-`--save-hyps FILE` keeps the hypotheses as JSON lines ({"id", "text", "reference"}).
+`--save-hyps FILE` keeps the hypotheses as JSON lines ({"id", "text", "reference"}; asr_ast also
+"transcript" and "transcript_reference").
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from alm.stages.spec import EvalTask
 
 def _arguments(task: str):
     def add(p) -> None:
-        if task == "asr":
+        if task in ("asr", "asr_ast"):
             p.add_argument("--normalize", default="whisper_en", choices=("whisper_en", "basic", "none"))
-        else:
+        if task in ("ast", "asr_ast"):
             p.add_argument("--tokenize", default="13a", help="sacreBLEU tokenizer")
         p.add_argument("--decoding", choices=("greedy", "beam"), default="greedy")
         p.add_argument("--beams", type=int, default=4)
@@ -31,12 +33,12 @@ def _arguments(task: str):
     return add
 
 
-def _reference(sample: dict[str, Any], task: str) -> str | None:
+def _reference(sample: dict[str, Any], field: str) -> str | None:
     try:
         meta = json.loads(sample["json"])
     except (KeyError, ValueError) as exc:
         raise UserError(f"sample {sample.get('__key__')!r}: no readable json member ({exc}): are these prep shards?") from None
-    value = meta.get("transcript" if task == "asr" else "translation")
+    value = meta.get(field)
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
@@ -47,7 +49,7 @@ def _score(task: str):
         from alm.data.audio import load_mono, shard_audio_ext
         from alm.eval.heldout import held_out_samples
         from alm.eval.text import asr_metrics, translation_metrics
-        from alm.generate_audiopalm import Export, decode
+        from alm.generate_audiopalm import Export, decode, split_combined
         from alm.io import atomic_write_text
         from alm.tokenizers.semantic import SemanticTokenizer
 
@@ -55,9 +57,11 @@ def _score(task: str):
         semtok = SemanticTokenizer.load(ex.path / "tokenizer", args.device)
         report: dict = {"no_reference": 0}
         rows = []
+        fields = {"asr": ("transcript",), "ast": ("translation",), "asr_ast": ("transcript", "translation")}[task]
+        text = lambda t: ex.tokenizer.decode(t, skip_special_tokens=True).strip()  # noqa: E731
         for sample in held_out_samples(spec, args.limit, report):
-            ref = _reference(sample, task)
-            if ref is None:
+            refs = [_reference(sample, f) for f in fields]
+            if None in refs:
                 report["no_reference"] += 1
                 continue
             ext = shard_audio_ext(sample)
@@ -66,10 +70,14 @@ def _score(task: str):
             units = semtok(load_mono(sample[ext], semtok.cfg.sample_rate)[0]).astype(np.int64)
             ids = decode(ex, task, ex.prompt(task, list(units + ex.layout.audio_start)), decoding=args.decoding,
                          beams=args.beams, max_new_tokens=args.max_new_tokens)
-            rows.append({"id": sample["__key__"], "text": ex.tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                         "reference": ref})
+            if task == "asr_ast":
+                transcript, translation, _ = split_combined(ids, ex.separator_ids(), ex.layout.audio_start)
+                rows.append({"id": sample["__key__"], "transcript": text(transcript), "text": text(translation),
+                             "transcript_reference": refs[0], "reference": refs[1]})
+            else:
+                rows.append({"id": sample["__key__"], "text": text(ids), "reference": refs[0]})
         if not rows:
-            raise UserError(f"--shards {spec}: no held-out sample with a {'transcript' if task == 'asr' else 'translation'}")
+            raise UserError(f"--shards {spec}: no held-out sample with a {' and a '.join(fields)}")
         if args.save_hyps:
             atomic_write_text(args.save_hyps, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         hyps, refs = [r["text"] for r in rows], [r["reference"] for r in rows]
@@ -77,8 +85,13 @@ def _score(task: str):
         if task == "asr":
             return asr_metrics(hyps, refs, args.normalize), len(rows), {**config, "normalize": args.normalize}
         scores, signatures = translation_metrics(hyps, [[r] for r in refs], args.tokenize)
-        return scores, len(rows), {**config, "tokenize": args.tokenize, "signature": signatures["bleu"],
-                                   "chrf_signature": signatures["chrf"]}
+        config = {**config, "tokenize": args.tokenize, "signature": signatures["bleu"],
+                  "chrf_signature": signatures["chrf"]}
+        if task == "asr_ast":  # the transcript's WER / CER beside the translation's BLEU / chrF
+            asr = asr_metrics([r["transcript"] for r in rows], [r["transcript_reference"] for r in rows], args.normalize)
+            scores = {**asr, **scores}
+            config["normalize"] = args.normalize
+        return scores, len(rows), config
     return run
 
 
@@ -87,4 +100,6 @@ EVAL_TASKS = (
              _arguments("asr")),
     EvalTask("ast", "translate the held-out clips, BLEU / chrF against their translations (sacreBLEU)", _score("ast"),
              _arguments("ast")),
+    EvalTask("asr_ast", "transcribe and translate the held-out clips in one decoding (the combined task): WER / CER of "
+             "the transcripts and BLEU / chrF of the translations", _score("asr_ast"), _arguments("asr_ast")),
 )

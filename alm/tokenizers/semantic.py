@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -431,16 +432,20 @@ def fit_tokenizer(
 
 
 def tokenize_shards(tokenizer: SemanticTokenizer, shards: list[str], out_dir: str | os.PathLike, progress: bool = True,
-                    num_shards: int = 1, shard_index: int = 0) -> dict:
-    """Write token shards (member `semantic.npy`, same names and keys) into out_dir: input shards i with
-    i % num_shards == shard_index (all of them by default)."""
+                    num_shards: int = 1, shard_index: int = 0, member: str = MEMBER) -> dict:
+    """Write token shards (member `semantic.npy`, or `member`, e.g. `target_semantic.npy` for S2ST target
+    speech; same names and keys) into out_dir: input shards i with i % num_shards == shard_index (all by default).
+    Another `member` is a set to join beside the source's prep + tokens: it carries no copy of its input's
+    json, which in a join would replace the source prep's (later sets' members win)."""
     sr = tokenizer.cfg.sample_rate
 
     def fn(batch: list[dict]) -> list[dict | None]:
         out = []
         for sample in batch:
+            if member != MEMBER:
+                sample.pop("json", None)  # map_shards copies what is left in the input sample
             try:
-                out.append({MEMBER: npy_bytes(tokenizer(_sample_audio(sample, sr)))})
+                out.append({member: npy_bytes(tokenizer(_sample_audio(sample, sr)))})
             except (ValueError, KeyError) as exc:
                 log.warning("semantic tokens: skipping %s: %s", sample["__key__"], exc)
                 out.append(None)
@@ -494,7 +499,7 @@ def check_existing_out(out_dir: Path, cfg: SemanticTokenizerConfig | None, token
 def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, tokenizer_dir: str | None = None,
         fit_shards: str | None = None, max_fit_frames: int = 200_000, seed: int = 0, device: str = "cpu",
         progress: bool = True, num_shards: int = 1, shard_index: int = 0, fit_only: bool = False,
-        kmeans_backend: str = "sklearn", fit_fraction: float = 1.0) -> dict:
+        kmeans_backend: str = "sklearn", fit_fraction: float = 1.0, member: str = MEMBER) -> dict:
     """Fit (or load) a tokenizer, then tokenize `shards` into `out`; the tokenizer goes to out/tokenizer.
 
     An `out` that already holds token shards continues (finished shards are kept) only with the same
@@ -542,7 +547,7 @@ def run(shards: str, out: str, cfg: SemanticTokenizerConfig | None = None, token
         tok.save(out_dir / "tokenizer")
     if fit_only:
         return {"tokenizer": str(out_dir / "tokenizer"), "fit": fit}
-    result = tokenize_shards(tok, urls, out_dir, progress, num_shards, shard_index)
+    result = tokenize_shards(tok, urls, out_dir, progress, num_shards, shard_index, member)
     result["tokenizer"] = str(out_dir / "tokenizer")
     result["fit"] = fit
     return result
@@ -571,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"(default: {d.features}, {again})")
     p.add_argument("--tokenizer", default=None, help="reuse a fitted tokenizer dir instead of fitting "
                                                      "(e.g. the train set's, for its validation set)")
+    p.add_argument("--member", default=MEMBER, help="the token member's name in the output shards, e.g. "
+                   "target_semantic.npy for S2ST target speech (with --tokenizer: the source's tokenizer)")
     p.add_argument("--fit-shards", default=None, help="shards to fit k-means on (default: the training split(s) of --shards)")
     p.add_argument("--fit-frames", type=int, default=200_000,
                    help="feature frames sampled uniformly (reservoir) from all fit shards to fit k-means")
@@ -585,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="where the SSL model runs: cpu, cuda, cuda:1, ...")
     array_job.add_arguments(p)
     a = p.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+\.npy", a.member):
+        p.error(f"--member {a.member!r}: expected NAME.npy (letters, digits, _ or -; one dot: shard members split there)")
     if a.fit_frames < 1:
         p.error("--fit-frames must be >= 1")
     if not 0 < a.fit_fraction <= 1:
@@ -613,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         r = run(a.shards, a.out, cfg, a.tokenizer, a.fit_shards, a.fit_frames, a.seed, a.device,
                 num_shards=num_shards, shard_index=shard_index, fit_only=a.fit_only, kmeans_backend=a.kmeans_backend,
-                fit_fraction=a.fit_fraction)
+                fit_fraction=a.fit_fraction, member=a.member)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     if r["fit"] is not None:

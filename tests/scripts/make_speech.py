@@ -17,6 +17,9 @@ Layout written (exactly LibriSpeech's, `LibriSpeech/{subset}/{speaker}/{chapter}
     OUT/translations.en_fr.tsv      id<TAB>sentence<TAB>translation for a few utterances (AST tests)
     OUT/covost2/                    the same few utterances as a Common Voice + CoVoST 2 tree
                                     (clips/*.mp3, validated.tsv, covost_v2.en_fr.{train,dev}.tsv)
+    OUT/cvss/                       their French translations spoken by espeak-ng's French voice, laid out
+                                    as a CVSS-C folder: {train,dev}.tsv (`clip<TAB>text`, no header) and
+                                    {train,dev}/<clip>.wav (16 kHz mu-law WAV to stay small; the release: 24 kHz)
 
 Transcripts are upper case, words and apostrophes only, as LibriSpeech writes them.
 """
@@ -116,6 +119,7 @@ FRENCH = {
     "1006-2006-0002": "l'horloge sonna midi dans le couloir",
 }
 COVOST_SPLIT = {"1006": "dev", "1007": "dev"}  # speaker -> CoVoST split; others train
+FRENCH_VOICE = ("fr", 175)  # espeak-ng voice and words per minute of the CVSS-style target speech
 CLIENT = "c0ffee{:s}" + "0" * 54  # Common Voice client ids are 64 hex digits (a sha256); {:s}: the speaker
 
 
@@ -173,7 +177,7 @@ def write_covost(out: Path, clips: dict[str, np.ndarray], texts: dict[str, str])
     per_split: dict[str, list[list[str]]] = {}
     for n, (utt, french) in enumerate(FRENCH.items()):
         spk = utt.split("-")[0]
-        name = f"common_voice_en_{7000001 + n}.mp3"
+        name = covost_clip(n)
         (root / "clips" / name).write_bytes(mp3_bytes(clips[utt]))
         # Common Voice keeps the sentence as typed: sentence case with punctuation
         sentence = texts[utt].capitalize() + "."
@@ -187,9 +191,32 @@ def write_covost(out: Path, clips: dict[str, np.ndarray], texts: dict[str, str])
         (root / f"covost_v2.en_fr.{split}.tsv").write_text(tsv(rows), encoding="utf-8")
 
 
+def covost_clip(n: int) -> str:
+    """The Common Voice file name of the n-th FRENCH entry (the covost2/ and cvss/ trees share it)."""
+    return f"common_voice_en_{7000001 + n}.mp3"
+
+
+def write_cvss(out: Path) -> None:
+    """out/cvss/: a CVSS-C-style folder for the covost2/ clips: {split}.tsv lines `clip<TAB>French text`
+    and {split}/<clip>.wav, the text spoken by espeak-ng's French voice (16 kHz, 8-bit mu-law)."""
+    root = out / "cvss"
+    per_split: dict[str, list[list[str]]] = {}
+    for n, (utt, french) in enumerate(FRENCH.items()):
+        split = COVOST_SPLIT.get(utt.split("-")[0], "train")
+        clip = covost_clip(n)
+        audio = speak(french, *FRENCH_VOICE)
+        if not 1.0 <= len(audio) / RATE <= MAX_S:
+            raise SystemExit(f"cvss {clip}: {french!r} lasts {len(audio) / RATE:.2f} s, outside 1.0-{MAX_S} s")
+        (root / split).mkdir(parents=True, exist_ok=True)
+        sf.write(str(root / split / f"{clip}.wav"), audio, RATE, format="WAV", subtype="ULAW")
+        per_split.setdefault(split, []).append([clip, french])
+    for split, rows in per_split.items():
+        (root / f"{split}.tsv").write_text(tsv(rows), encoding="utf-8")
+
+
 def main(argv: list[str]) -> int:
     out = Path(argv[0]) if argv else DEFAULT_OUT
-    for name in ("LibriSpeech", "covost2", "translations.en_fr.tsv"):
+    for name in ("LibriSpeech", "covost2", "cvss", "translations.en_fr.tsv"):
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -220,6 +247,7 @@ def main(argv: list[str]) -> int:
     (out / "translations.en_fr.tsv").write_text(
         tsv([["id", "sentence", "translation"]] + [[u, texts[u], fr] for u, fr in FRENCH.items()]), encoding="utf-8")
     write_covost(out, clips, texts)
+    write_cvss(out)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"{len(clips)} utterances, {total_s:.1f} s of speech, {size} bytes under {out}")
     return 0
