@@ -129,12 +129,12 @@ def test_long_audio_is_the_weighted_mean_of_transformers_windows(converted):
 def test_every_trainable_parameter_gets_a_gradient_from_the_stage_loss(converted):
     """What DDP needs (it stops at the second step otherwise); examples through the stage's own front end."""
     from alm.export import load_config, load_pretrained
-    from alm.stages.clap import _HFExamples, collate, loss
+    from alm.stages.clap import _Examples, collate, loss
 
     _, export = converted
     cfg = load_config(export)
     model = load_pretrained(export).train()
-    make = _HFExamples(cfg)
+    make = _Examples(cfg)
     g = np.random.default_rng(0)
     samples = []
     for i, (n, caption) in enumerate([(9000, "a dog barks"), (30000, "rain falls"), (16000, "a piano")]):

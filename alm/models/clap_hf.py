@@ -176,6 +176,12 @@ class HFFrontEnd:
         self.window = int(self.features.nb_max_samples)
         self.max_tokens = text_limit(self.tokenizer, hf_config)
         self.fusion = self.features.truncation == "fusion"
+        self.pad_id = int(self.tokenizer.pad_token_id)
+
+    def audio_example(self, clip: np.ndarray) -> dict:
+        """One clip (at most `window` samples) -> a training example's audio part (alm.stages.clap.collate)."""
+        features, longer = self.audio_features(clip)
+        return {"features": features, "is_longer": longer, "samples": len(clip)}
 
     def text_ids(self, text: str) -> np.ndarray:
         ids = self.tokenizer(text, truncation=True, max_length=self.max_tokens)["input_ids"]

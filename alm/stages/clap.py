@@ -84,79 +84,11 @@ def crop(audio: np.ndarray, max_samples: int, rng: np.random.Generator | None) -
 
 
 class _Examples:
-    """sample -> {"audio": float32 (N,), "text": int64 (L,)}; the tokenizer is loaded once per process."""
-
-    def __init__(self, cfg: RunConfig):
-        self.model: ClapConfig = cfg.model
-        self.tokenizer_dir = cfg.data.tokenizer
-        self._tokenizer = None
-
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from alm.tokenizers.text import load_text_tokenizer
-
-            if not self.tokenizer_dir:
-                raise UserError("stage clap needs data.tokenizer: a sentencepiece tokenizer dir (`alm tokenize text`)")
-            self._tokenizer = load_text_tokenizer(self.tokenizer_dir)
-        return self._tokenizer
-
-    def __getstate__(self):
-        return {**self.__dict__, "_tokenizer": None}
-
-    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict | None:
-        from alm.data.audio import load_mono
-
-        captions = captions_of(sample)
-        if not captions:
-            return None
-        audio, _ = load_mono(audio_member(sample), self.model.sample_rate)
-        if audio.size == 0:
-            return None
-        caption = captions[int(rng.integers(len(captions)))]
-        return {"audio": crop(audio.astype(np.float32), self.model.max_samples, rng),
-                "text": text_ids(self.tokenizer(), caption, self.model.text_max_len)}
-
-
-class _HFExamples:
-    """model.tower=hf: sample -> {"features": (C, frames, mels), "is_longer", "text": ids, "samples", "pad"}
-    through the converted model's processor (data.tokenizer), loaded once per process."""
-
-    def __init__(self, cfg: RunConfig):
-        self.processor_dir = cfg.data.tokenizer
-        self.hf_config = cfg.model.hf_config
-        self._front = None
-
-    def front(self):
-        if self._front is None:
-            from alm.models.clap_hf import HFFrontEnd
-
-            self._front = HFFrontEnd(self.processor_dir, self.hf_config)
-        return self._front
-
-    def __getstate__(self):
-        return {**self.__dict__, "_front": None}
-
-    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict | None:
-        from alm.data.audio import load_mono
-
-        captions = captions_of(sample)
-        if not captions:
-            return None
-        front = self.front()
-        audio, _ = load_mono(audio_member(sample), front.sample_rate)
-        if audio.size == 0:
-            return None
-        caption = captions[int(rng.integers(len(captions)))]
-        clip = crop(audio.astype(np.float32), front.window, rng)
-        features, longer = front.audio_features(clip)
-        return {"features": features, "is_longer": longer, "text": front.text_ids(caption), "samples": len(clip),
-                "pad": int(front.tokenizer.pad_token_id)}
-
-
-class _TowerExamples:
-    """Pretrained towers (model.audio_tower / text_tower): sample -> the audio part of its tower's front end
-    ({"audio"} or {"features", "is_longer", "samples"}) + {"text": ids, "pad"} (alm/models/clap_front.py),
-    the front ends loaded once per process."""
+    """sample -> one example: a random caption and a random crop of the clip through the model's front
+    end, loaded once per process: the towers' own (alm/models/clap_front.py: alm's log-mel waveform +
+    sentencepiece ids, or a pretrained tower's feature extractor / tokenizer) or, for model.tower=hf,
+    the converted CLAP's processor (data.tokenizer). -> the audio part ({"audio"} or {"features",
+    "is_longer", "samples"}) + {"text": ids, "pad": the text tower's pad id}."""
 
     def __init__(self, cfg: RunConfig):
         self.model: ClapConfig = cfg.model
@@ -165,9 +97,14 @@ class _TowerExamples:
 
     def front(self):
         if self._front is None:
-            from alm.models.clap_front import TowersFront
+            if self.model.tower == "hf":
+                from alm.models.clap_hf import HFFrontEnd
 
-            self._front = TowersFront(self.model, self.tokenizer_dir)
+                self._front = HFFrontEnd(self.tokenizer_dir, self.model.hf_config)
+            else:
+                from alm.models.clap_front import TowersFront
+
+                self._front = TowersFront(self.model, self.tokenizer_dir)
         return self._front
 
     def __getstate__(self):
@@ -189,10 +126,6 @@ class _TowerExamples:
 
 
 def examples(cfg: RunConfig):
-    if cfg.model.tower == "hf":
-        return _HFExamples(cfg)
-    if cfg.model.pretrained("audio") or cfg.model.pretrained("text"):
-        return _TowerExamples(cfg)
     return _Examples(cfg)
 
 
