@@ -51,11 +51,11 @@ _TSV = re.compile(rf"^covost_v2\.(?P<src>{_LANG})_(?P<tgt>{_LANG})(?:\.(?P<split
 VALIDATED = "validated.tsv"
 
 
-def read_tsv(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """(header, iterator of (line number, fields)) of a tab-separated file, no quoting.
-
-    Read line by line (a 1.5M-row validated.tsv is never held whole); LF or CRLF; a UTF-8 BOM is
-    dropped; blank lines are skipped. An undecodable line -> PrepError naming file and line."""
+def tsv_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of a tab-separated file, no quoting, read line by line (a 1.5M-row
+    validated.tsv is never held whole); LF or CRLF; a UTF-8 BOM is dropped; blank lines are skipped.
+    The file is opened at once (an unreadable one is a PrepError here); an undecodable line -> PrepError
+    naming file and line."""
     try:
         f = open(path, "rb")
     except OSError as exc:
@@ -74,11 +74,15 @@ def read_tsv(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
                 if text.strip():
                     yield no, text.split("\t")
 
-    it = lines()
+    return lines()
+
+
+def read_tsv(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """(header, iterator of (line number, fields)) of a tab-separated file with a header (tsv_lines)."""
+    it = tsv_lines(path)
     try:
         _, header = next(it)
     except StopIteration:
-        f.close()
         raise PrepError(f"{path}: line 1: empty file, expected a tab-separated header") from None
     return [h.strip() for h in header], it
 

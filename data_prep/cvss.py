@@ -38,31 +38,11 @@ from pathlib import Path
 
 from alm.data_prep.common import Candidate, PrepError, Row, Scan, Skip, audio_by_stem, check_src, list_files, resolve
 from alm.data_prep.covost2 import DEFAULT_SHARD_SIZE as COVOST2_SHARD_SIZE
-from alm.data_prep.covost2 import _stem
+from alm.data_prep.covost2 import _stem, tsv_lines
 
 NAME = "cvss"
 DEFAULT_SHARD_SIZE = COVOST2_SHARD_SIZE  # the same shard boundaries as alm prep covost2's
 SPLITS = ("train", "dev", "test")
-
-
-def _lines(path: Path):
-    """(line number, fields) of a header-less tab-separated file, no quoting; LF or CRLF; BOM dropped;
-    blank lines skipped. Undecodable line -> PrepError naming file and line."""
-    try:
-        f = open(path, "rb")
-    except OSError as exc:
-        raise PrepError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    with f:
-        for no, raw in enumerate(f, start=1):
-            if no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise PrepError(f"{path}: line {no}: not valid UTF-8 ({exc.reason})") from None
-            text = text.rstrip("\n").rstrip("\r")
-            if text.strip():
-                yield no, text.split("\t")
 
 
 def _rows(root: Path, split: str, skips: list[Skip]) -> list[tuple[str, str, str]]:
@@ -70,7 +50,7 @@ def _rows(root: Path, split: str, skips: list[Skip]) -> list[tuple[str, str, str
     tsv = root / f"{split}.tsv"
     seen: dict[str, str] = {}
     out = []
-    for no, fields in _lines(tsv):
+    for no, fields in tsv_lines(tsv):
         where = f"{tsv.name} line {no}"
         clip = fields[0].strip()
         sid = (_stem(clip) if len(fields) > 1 else "") or where  # a line without a tab names no clip
