@@ -9,7 +9,7 @@
      Opus): decode alone, and prep's whole conversion (decode, downmix, soxr to 24 kHz, FLAC);
   4. prep throughput: audio-hours per minute of `alm prep librilight` on a generated LibriLight layout.
 
-    python benchmarks/loader_throughput.py [--workers 2] [--acoustic-workers 8] [--batches 60]
+    python benchmarks/loader_throughput.py [--workers 2] [--acoustic-workers 8] [--batches 60] [--clips 240 ...]
 """
 
 from __future__ import annotations
@@ -209,6 +209,10 @@ def main() -> None:
     p.add_argument("--acoustic-workers", type=int, default=8)
     p.add_argument("--acoustic-steps", type=int, default=5, help="timed steps of the 2 s coarse stage")
     p.add_argument("--decode-seconds", type=float, default=30.0, help="length of each format's test file")
+    p.add_argument("--clips", type=int, default=240, help="synthetic clips of the token / flac shards")
+    p.add_argument("--acoustic-clips", type=int, default=200, help="10 s clips of the acoustic token shards")
+    p.add_argument("--compressed-clips", type=int, default=120, help="10 s clips per compressed format")
+    p.add_argument("--librilight-files", type=int, default=24, help="60 s files of the generated LibriLight layout")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     cfg = load_recipe(REPO / "recipes" / "tiny" / "semantic.yaml", ["data.train_shards=unused", "data.tokenizer=null"])
@@ -216,7 +220,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         audio_dir, tok_dir = tmp / "audio", tmp / "tokens"
-        write_synthetic(audio_dir, num_clips=240, val_clips=8, shard_size=30)
+        write_synthetic(audio_dir, num_clips=a.clips, val_clips=8, shard_size=30)
         tokenize(str(audio_dir), str(tok_dir), SemanticTokenizerConfig(features="logmel", n_clusters=64),
                  fit_shards=str(audio_dir / "train-*.tar"), progress=False)
 
@@ -239,7 +243,7 @@ def main() -> None:
                            ["data.train_shards=unused", "data.tokenizer=null", "data.codec=null",
                             "model.window_s=2.0", "model.max_seq_len=512"])
         abs_ = acfg.data.batch_size
-        spec = acoustic_token_shards(tmp / "acoustic", acfg.model, clips=200, seconds=10.0)
+        spec = acoustic_token_shards(tmp / "acoustic", acfg.model, clips=a.acoustic_clips, seconds=10.0)
         ac_stream = ShardStream(resolve_shard_sets(spec), acoustic.examples(acfg), tokens_collate, abs_, seed=0,
                                 shuffle_buffer=100, rank_world=(0, 1))
         ac_rate = loader_rate(ac_stream, a.acoustic_workers, a.batches)
@@ -251,7 +255,7 @@ def main() -> None:
         print(f"loader, acoustic token shards, {a.acoustic_workers} workers: {ac_rate:9.1f} samples/s"
               f"  -> headroom {ac_rate / ac_consume:6.1f}x")
         for fmt in ("mp3", "m4a/aac"):
-            shards = compressed_audio_shards(tmp / fmt.replace("/", "-"), fmt, clips=120, seconds=10.0)
+            shards = compressed_audio_shards(tmp / fmt.replace("/", "-"), fmt, clips=a.compressed_clips, seconds=10.0)
             member = FORMATS[fmt][0][1:]
             ex_fn = functools.partial(audio_window_example, member=member)
             st = ShardStream(resolve_shard_sets(shards), ex_fn, audio_collate, abs_, seed=0, shuffle_buffer=100,
@@ -270,7 +274,7 @@ def main() -> None:
         from alm.data_prep.cli import run as prep
 
         src = tmp / "librilight"
-        hours = librilight_layout(src, files=24, seconds=60.0)
+        hours = librilight_layout(src, files=a.librilight_files, seconds=60.0)
         t = time.perf_counter()
         prep("librilight", src, tmp / "prepped", workers=a.workers, quiet=True)
         minutes = (time.perf_counter() - t) / 60
