@@ -337,6 +337,18 @@ class Clap(nn.Module):
         return a, self.encode_text(ids, mask), self.scale()
 
 
+def pad_text(ids: list, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows -> ids (B, L) int64 padded with `pad` (alm's tower: 0; a transformers tower: its
+    tokenizer's pad id), mask (B, L) bool of real tokens."""
+    import numpy as np
+
+    text = np.full((len(ids), max(len(t) for t in ids)), pad, dtype=np.int64)
+    mask = np.zeros(text.shape, dtype=bool)
+    for i, t in enumerate(ids):
+        text[i, : len(t)], mask[i, : len(t)] = t, True
+    return torch.from_numpy(text), torch.from_numpy(mask)
+
+
 def _children_first(module: nn.Module):
     for child in module.children():
         yield from _children_first(child)

@@ -54,7 +54,7 @@ class TowersFront:
         """-> ids (B, L) padded with the tower's pad id, mask (B, L) bool of real tokens."""
         if self.text_front is not None:
             return self.text_front.batch(ids)
-        from alm.stages.clap import pad_text
+        from alm.models.clap import pad_text
 
         return pad_text(ids)
 

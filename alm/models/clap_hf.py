@@ -105,7 +105,8 @@ class HFClap(nn.Module):
         """transformers' ClapModel init: the towers by their own _init_weights (hf_init), the projections'
         linears N(0, hidden^-0.5 (2 layers)^-0.5 factor) with zero biases as ClapModel draws them, the
         logit scales at ln(logit_scale_init_value); partitioned parameters gathered (rank 0 writes)."""
-        from alm.models.hf_towers import hf_init, no_gather
+        from alm.models.hf_towers import hf_init
+        from alm.models.transformer import no_gather
 
         gathered = gathered or no_gather
         c = self.config
@@ -189,12 +190,9 @@ class HFFrontEnd:
 
     def text_batch(self, ids: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ids (B, L) padded with the tokenizer's pad id, mask (B, L) bool."""
-        pad = self.tokenizer.pad_token_id
-        out = np.full((len(ids), max(len(t) for t in ids)), pad, dtype=np.int64)
-        mask = np.zeros(out.shape, dtype=bool)
-        for i, t in enumerate(ids):
-            out[i, : len(t)], mask[i, : len(t)] = t, True
-        return torch.from_numpy(out), torch.from_numpy(mask)
+        from alm.models.clap import pad_text
+
+        return pad_text(ids, self.pad_id)
 
     def audio_features(self, clip: np.ndarray) -> tuple[np.ndarray, bool]:
         """One clip of at most `window` samples -> (features (C, frames, mels) float32, is_longer), exactly

@@ -31,8 +31,6 @@ EXPORT/audio_frontend/ and EXPORT/text_frontend/ (Stage.export_files).
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
@@ -41,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from alm.errors import UserError
+from alm.models.transformer import no_gather
 
 # model_type -> (config class, model class, pooling) of transformers
 AUDIO_FAMILIES = {
@@ -59,20 +58,6 @@ FRONTEND_DIR = {"audio": "audio_frontend", "text": "text_frontend"}  # inside an
 CONFIG_DROP = ("transformers_version", "_name_or_path", "architectures", "dtype", "torch_dtype", "_commit_hash",
                "id2label", "label2id", "auto_map")
 AST_FRAME, AST_HOP = 400, 160  # ASTFeatureExtractor's kaldi fbank: 25 ms frames every 10 ms at 16 kHz
-
-
-def no_gather(params: list) -> ContextManager:
-    return contextlib.nullcontext()
-
-
-def zero_init_active() -> bool:
-    """Inside DeepSpeed's zero.Init (ZeRO-3 partitions every parameter as its module is built)?"""
-    pp = sys.modules.get("deepspeed.runtime.zero.partition_parameters")
-    return bool(pp is not None and getattr(pp, "zero_init_context", 0))
-
-
-def is_partitioned(module: nn.Module) -> bool:
-    return any(hasattr(p, "ds_id") for p in module.parameters())
 
 
 # ---- configs --------------------------------------------------------------------------------------
@@ -331,19 +316,17 @@ class TextFrontEnd:
 
     def batch(self, ids: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ids (B, L) padded with the tokenizer's pad id, mask (B, L) bool."""
-        out = np.full((len(ids), max(len(t) for t in ids)), self.pad_id, dtype=np.int64)
-        mask = np.zeros(out.shape, dtype=bool)
-        for i, t in enumerate(ids):
-            out[i, : len(t)], mask[i, : len(t)] = t, True
-        return torch.from_numpy(out), torch.from_numpy(mask)
+        from alm.models.clap import pad_text
+
+        return pad_text(ids, self.pad_id)
 
 
 def frontend_source(model_cfg, side: str, export_dir: str | Path | None = None) -> str:
     """Where the front end of a pretrained tower is read: EXPORT/{audio,text}_frontend of an export,
     else model.{side}_tower itself (hub id or folder)."""
-    if export_dir is not None and (Path(export_dir) / FRONTEND_DIR[side]).is_dir():
-        return str(Path(export_dir) / FRONTEND_DIR[side])
-    return str(getattr(model_cfg, f"{side}_tower"))
+    from alm.export import bundled
+
+    return bundled(export_dir, FRONTEND_DIR[side], getattr(model_cfg, f"{side}_tower"), f"model.{side}_tower")
 
 
 def audio_front_end(model_cfg, export_dir=None) -> AudioFrontEnd:

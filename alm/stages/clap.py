@@ -41,7 +41,7 @@ import torch
 
 from alm.config import RunConfig
 from alm.errors import UserError
-from alm.models.clap import Clap, ClapConfig, build_clap
+from alm.models.clap import Clap, ClapConfig, build_clap, pad_text
 from alm.stages import clap_val
 from alm.stages.contrastive_loss import contrastive_loss
 from alm.stages.spec import Command, Stage
@@ -142,22 +142,11 @@ def pad_audio(clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(audio), torch.from_numpy(lengths)
 
 
-def pad_text(ids: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> ids (B, L) padded with 0 (the pad id) int64, mask (B, L) bool of real tokens."""
-    text = np.zeros((len(ids), max(len(t) for t in ids)), dtype=np.int64)
-    mask = np.zeros(text.shape, dtype=bool)
-    for i, t in enumerate(ids):
-        text[i, : len(t)], mask[i, : len(t)] = t, True
-    return torch.from_numpy(text), torch.from_numpy(mask)
-
-
 def collate(examples: list[dict]) -> dict[str, Any]:
     """audio (B, N) + lengths (B,); text (B, L) + mask (B, L). A transformers audio tower (model.tower=hf, or
     a pretrained model.audio_tower): features (B, ...) + is_longer (B, 1) instead of audio + lengths; a
     transformers text tower: text padded with its tokenizer's pad id (the examples' "pad")."""
-    text, mask = pad_text([e["text"] for e in examples])
-    if "pad" in examples[0]:
-        text[~mask] = examples[0]["pad"]
+    text, mask = pad_text([e["text"] for e in examples], examples[0].get("pad", 0))
     if "features" in examples[0]:
         return {"features": torch.from_numpy(np.stack([e["features"] for e in examples])),
                 "is_longer": torch.tensor([[e["is_longer"]] for e in examples], dtype=torch.bool),
