@@ -83,8 +83,7 @@ def adapter_folding(model: torch.nn.Module, export_dir: Path):
     if not theirs.get("lora_rank"):
         return None, None
     scale = float(theirs.get("lora_alpha")) / int(theirs.get("lora_rank"))
-    files = weight_files(export_dir)
-    stored = {name for name, _ in iter_tensors(files)}
+    stored = tensor_files(weight_files(export_dir))
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
     sites = {n.rsplit(".", 1)[0] for n in stored if n.rsplit(".", 1)[-1] == ADAPTERS[0]}
@@ -92,7 +91,7 @@ def adapter_folding(model: torch.nn.Module, export_dir: Path):
     def same_adapters(x: str) -> bool:  # this model has adapters at x of the export's rank and scale
         a = params.get(f"{x}.lora_a")
         return a is not None and getattr(modules[x], "scale", None) == scale and \
-            getattr(a, "ds_shape", a.shape) == read_tensor(files, f"{x}.lora_a").shape
+            tuple(getattr(a, "ds_shape", a.shape)) == tuple(read_tensor(stored, f"{x}.lora_a", shape_only=True))
 
     as_is = {x for x in sites if same_adapters(x)}
     fold_at = {f"{x}.weight": x for x in sites - as_is}
@@ -108,19 +107,30 @@ def adapter_folding(model: torch.nn.Module, export_dir: Path):
         x = fold_at.get(name)
         if x is None:
             return tensor
-        return folded(modules[x], tensor, read_tensor(files, f"{x}.lora_a"), read_tensor(files, f"{x}.lora_b"), scale)
+        return folded(modules[x], tensor, read_tensor(stored, f"{x}.lora_a"), read_tensor(stored, f"{x}.lora_b"), scale)
 
     return key_map, transform
 
 
-def read_tensor(files: list[Path], name: str) -> torch.Tensor:
+def tensor_files(files: list[Path]) -> dict[str, Path]:
+    """Stored tensor name -> the safetensors file holding it (headers read once)."""
     from safetensors import safe_open
 
+    where: dict[str, Path] = {}
     for f in files:
         with safe_open(str(f), framework="pt", device="cpu") as handle:
-            if name in handle.keys():
-                return handle.get_tensor(name)
-    raise UserError(f"{files[0].parent}: no tensor {name!r} in its weights")
+            where.update(dict.fromkeys(handle.keys(), f))
+    return where
+
+
+def read_tensor(where: dict[str, Path], name: str, shape_only: bool = False):
+    """One stored tensor (tensor_files' map), or only its shape (the data is not read)."""
+    from safetensors import safe_open
+
+    if name not in where:
+        raise UserError(f"{next(iter(where.values())).parent}: no tensor {name!r} in its weights")
+    with safe_open(str(where[name]), framework="pt", device="cpu") as handle:
+        return handle.get_slice(name).get_shape() if shape_only else handle.get_tensor(name)
 
 
 def hf_weights_dir(name_or_path: str) -> Path:
