@@ -115,16 +115,21 @@ class Export:
         sep = getattr(self.cfg.data, "separator", AudioPalmDataConfig.separator)
         return self.tokenizer.encode(sep, add_special_tokens=False)
 
-    def semantic(self, path: str) -> np.ndarray:
+    def semantic_tokenizer(self):
+        """The export's semantic tokenizer (EXPORT/tokenizer/, the LM's own), loaded once."""
         from alm.tokenizers.semantic import SemanticTokenizer
 
-        tok_dir = self.path / "tokenizer"
-        if not tok_dir.is_dir():
-            raise UserError(f"{self.path}: no tokenizer/ (the semantic tokenizer travels with the export)")
         if not hasattr(self, "_semtok"):
+            tok_dir = self.path / "tokenizer"
+            if not tok_dir.is_dir():
+                raise UserError(f"{self.path}: no tokenizer/ (the semantic tokenizer travels with the export)")
             self._semtok = SemanticTokenizer.load(tok_dir, self.device)
-        audio = read_audio(path, self._semtok.cfg.sample_rate)
-        return self._semtok(audio).astype(np.int64)
+        return self._semtok
+
+    def semantic(self, path: str) -> np.ndarray:
+        """A recording's semantic ids (S,)."""
+        tok = self.semantic_tokenizer()
+        return tok(read_audio(path, tok.cfg.sample_rate)).astype(np.int64)
 
 
 def read_audio(path: str, sample_rate: int) -> np.ndarray:
@@ -192,13 +197,17 @@ def split_combined(ids: list[int], separator: list[int], audio_start: int) -> tu
 
 
 def translate(ex: Export, path: str, task: str, **decoding) -> dict:
-    """One recording -> {"id": file stem, "text": ...} (asr: the transcript; ast: the translation), for the
-    combined tasks also "transcript" ("text" is then the translation), and "semantic" (the target speech's
-    semantic ids, an array) for s2st / asr_ast_s2st."""
-    units = ex.semantic(path)
+    """One recording -> translate_units's row, its id the file stem."""
+    return translate_units(ex, ex.semantic(path), task, Path(path).stem, **decoding)
+
+
+def translate_units(ex: Export, units: np.ndarray, task: str, key: str, **decoding) -> dict:
+    """A recording's semantic ids -> {"id": key, "text": ...} (asr: the transcript; ast: the translation),
+    for the combined tasks also "transcript" ("text" is then the translation), and "semantic" (the
+    target speech's semantic ids, an array) for s2st / asr_ast_s2st."""
     ids = decode(ex, task, ex.prompt(task, list(units + ex.layout.audio_start)), **decoding)
     text = lambda t: ex.tokenizer.decode(t, skip_special_tokens=True).strip()  # noqa: E731
-    row: dict = {"id": Path(path).stem}
+    row: dict = {"id": key}
     if task == "s2st":
         row["semantic"] = np.asarray(ids, dtype=np.int64) - ex.layout.audio_start
     elif task in ("asr_ast", "asr_ast_s2st"):

@@ -49,16 +49,14 @@ def _score(task: str):
         from alm.data.audio import load_mono, shard_audio_ext
         from alm.eval.heldout import held_out_samples
         from alm.eval.text import asr_metrics, translation_metrics
-        from alm.generate_audiopalm import Export, decode, split_combined
+        from alm.generate_audiopalm import Export, translate_units
         from alm.io import atomic_write_text
-        from alm.tokenizers.semantic import SemanticTokenizer
 
         ex = Export(export_dir, args.device)
-        semtok = SemanticTokenizer.load(ex.path / "tokenizer", args.device)
+        semtok = ex.semantic_tokenizer()
         report: dict = {"no_reference": 0}
         rows = []
         fields = {"asr": ("transcript",), "ast": ("translation",), "asr_ast": ("transcript", "translation")}[task]
-        text = lambda t: ex.tokenizer.decode(t, skip_special_tokens=True).strip()  # noqa: E731
         for sample in held_out_samples(spec, args.limit, report):
             refs = [_reference(sample, f) for f in fields]
             if None in refs:
@@ -68,14 +66,11 @@ def _score(task: str):
             if ext is None:
                 raise UserError(f"sample {sample['__key__']!r} has no audio member: evaluate on prep shards")
             units = semtok(load_mono(sample[ext], semtok.cfg.sample_rate)[0]).astype(np.int64)
-            ids = decode(ex, task, ex.prompt(task, list(units + ex.layout.audio_start)), decoding=args.decoding,
-                         beams=args.beams, max_new_tokens=args.max_new_tokens)
+            row = translate_units(ex, units, task, sample["__key__"], decoding=args.decoding, beams=args.beams,
+                                  max_new_tokens=args.max_new_tokens)
             if task == "asr_ast":
-                transcript, translation, _ = split_combined(ids, ex.separator_ids(), ex.layout.audio_start)
-                rows.append({"id": sample["__key__"], "transcript": text(transcript), "text": text(translation),
-                             "transcript_reference": refs[0], "reference": refs[1]})
-            else:
-                rows.append({"id": sample["__key__"], "text": text(ids), "reference": refs[0]})
+                row["transcript_reference"] = refs[0]
+            rows.append({**row, "reference": refs[-1]})
         if not rows:
             raise UserError(f"--shards {spec}: no held-out sample with a {' and a '.join(fields)}")
         if args.save_hyps:
