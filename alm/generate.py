@@ -107,6 +107,30 @@ def check_same_codec(coarse: str, fine: str) -> None:
                         f"({a.get('name')} vs {b.get('name')}): use exports of the same codec")
 
 
+def check_coarse_fine(coarse: str, fine: str):
+    """--coarse / --fine exports where the fine stage continues the coarse one (levels, codebook size,
+    frame rate, codec) -> their model configs."""
+    cc, fc = check_export(coarse, "coarse", "--coarse").model, check_export(fine, "fine", "--fine").model
+    if fc.prefix_levels != cc.target_levels or fc.codebook_size != cc.codebook_size or fc.frame_rate != cc.frame_rate:
+        raise UserError(f"--fine {fine} does not continue --coarse {coarse} (levels, codebook size or frame rate differ)")
+    check_same_codec(coarse, fine)
+    return cc, fc
+
+
+def coarse_fine_codes(coarse: str, fine: str, semantic: np.ndarray, frames: int, known: np.ndarray, temperature: float,
+                      top_k: int, seed: int, device: str = "cpu", progress: bool = False,
+                      condition: np.ndarray | None = None) -> np.ndarray:
+    """Semantic ids -> the coarse then the fine stage's codes (Q, frames); known: a prompt's own codes
+    (Q, <= frames) the stages continue (its speaker and recording conditions carry over); condition:
+    MuLan tokens of a conditioned coarse stage (MusicLM)."""
+    cc, fc = load_config(coarse).model, load_config(fine).model
+    coarse_codes = acoustic_codes(coarse, semantic, frames, temperature, top_k, seed + 1, device, progress,
+                                  known=known[: cc.target_levels], mulan=condition)
+    fine_codes = acoustic_codes(fine, coarse_codes, frames, temperature, top_k, seed + 2, device, progress,
+                                known=known[cc.target_levels : cc.target_levels + fc.target_levels])
+    return np.concatenate([coarse_codes, fine_codes], axis=0)
+
+
 def _check_prompt_tokenizer(semantic: str, prompt_wav: str | None) -> None:
     if prompt_wav and not (Path(semantic) / "tokenizer").is_dir():
         raise UserError(f"--prompt needs the semantic tokenizer, and {semantic} has no tokenizer/ (was it trained "
@@ -286,25 +310,19 @@ def _audiolm_chain(semantic: str, coarse: str, fine: str, seconds: float, out_wa
                    condition: np.ndarray | None = None) -> dict:
     """The AudioLM chain; condition: MuLan tokens (L,) for conditioned semantic and coarse exports (MusicLM)."""
     sc = check_export(semantic, "semantic", "--semantic").model
-    cc, fc = check_export(coarse, "coarse", "--coarse").model, check_export(fine, "fine", "--fine").model
+    cc, fc = check_coarse_fine(coarse, fine)
     sem_vocab = clusters(sc)
     if cc.semantic_vocab != sem_vocab:
         raise UserError(f"--coarse {coarse} expects {cc.semantic_vocab} semantic ids; --semantic {semantic} has {sem_vocab}")
-    if fc.prefix_levels != cc.target_levels or fc.codebook_size != cc.codebook_size or fc.frame_rate != cc.frame_rate:
-        raise UserError(f"--fine {fine} does not continue --coarse {coarse} (levels, codebook size or frame rate differ)")
     check_same_tokenizer(semantic, coarse, "--coarse")
-    check_same_codec(coarse, fine)
     _check_wav_request(semantic, coarse, cc.semantic_rate, cc.frame_rate, seconds, temperature, top_k, out_wav, prompt_wav)
     sem = chain_semantic(semantic, cc.semantic_rate, seconds, prompt_wav, temperature, top_k, seed, device, progress,
                          condition=condition)
     frames = int(round(len(sem) / cc.semantic_rate * cc.frame_rate))
     known = prompt_codes(coarse, prompt_wav, device) if prompt_wav else np.zeros((fc.prefix_levels + fc.target_levels, 0))
     known = known[:, :frames]  # the prompt's own codes: speaker and recording conditions carry over
-    coarse_codes = acoustic_codes(coarse, sem, frames, temperature, top_k, seed + 1, device, progress,
-                                  known=known[: cc.target_levels], mulan=condition)
-    fine_codes = acoustic_codes(fine, coarse_codes, frames, temperature, top_k, seed + 2, device, progress,
-                                known=known[cc.target_levels : cc.target_levels + fc.target_levels])
-    codes = np.concatenate([coarse_codes, fine_codes], axis=0)  # (Q, T)
+    codes = coarse_fine_codes(coarse, fine, sem, frames, known, temperature, top_k, seed, device, progress,
+                              condition=condition)  # (Q, T)
     n, rate = write_codes_audio(coarse, codes, out_wav, device)
     return {"wav": out_wav, "seconds": n / rate, "sample_rate": rate, "semantic_tokens": len(sem), "codes": codes}
 

@@ -236,7 +236,7 @@ def speak(ex: Export, text: str, **decoding) -> np.ndarray:
 def check_acoustic(a, export_dir: str) -> None:
     """--soundstorm EXPORT or --coarse C --fine F: the stages exist, share the LM's semantic tokenizer and
     continue each other; --voice is readable; all before any decoding."""
-    from alm.generate import check_export, check_same_codec, check_same_tokenizer, codec_of, read_prompt
+    from alm.generate import check_coarse_fine, check_export, check_same_tokenizer, codec_of, read_prompt
 
     if bool(a.soundstorm) == bool(a.coarse or a.fine) or bool(a.coarse) != bool(a.fine):
         raise UserError(f"--task {a.task} needs --soundstorm EXPORT or --coarse EXPORT --fine EXPORT (semantic -> "
@@ -246,14 +246,10 @@ def check_acoustic(a, export_dir: str) -> None:
         check_same_tokenizer(export_dir, a.soundstorm, "--soundstorm")
         codec_of(a.soundstorm)
     else:
-        cc, fc = check_export(a.coarse, "coarse", "--coarse").model, check_export(a.fine, "fine", "--fine").model
+        cc, _ = check_coarse_fine(a.coarse, a.fine)
         if cc.condition_levels:
             raise UserError(f"--coarse {a.coarse} is conditioned on MuLan tokens (MusicLM): not a speech stage")
-        if fc.prefix_levels != cc.target_levels or fc.codebook_size != cc.codebook_size or fc.frame_rate != cc.frame_rate:
-            raise UserError(f"--fine {a.fine} does not continue --coarse {a.coarse} (levels, codebook size or frame "
-                            "rate differ)")
         check_same_tokenizer(export_dir, a.coarse, "--coarse")
-        check_same_codec(a.coarse, a.fine)
         codec_of(a.coarse)
     if a.voice:
         read_prompt(a.voice, 16000, "--voice")
@@ -264,7 +260,7 @@ def speech_to_wav(ex: Export, a, semantic: np.ndarray, out_wav: str) -> float:
     With --voice, its semantic ids and codes are the known prefix and its frames are cut from the output.
     -> seconds written."""
     from alm.export import load_config
-    from alm.generate import acoustic_codes, prompt_codes, soundstorm_codes, write_codes_audio
+    from alm.generate import coarse_fine_codes, prompt_codes, soundstorm_codes, write_codes_audio
 
     if semantic.size == 0:
         raise UserError("the LM produced no audio tokens (EOS first): try --min-new-tokens N")
@@ -283,12 +279,7 @@ def speech_to_wav(ex: Export, a, semantic: np.ndarray, out_wav: str) -> float:
         codes, _ = soundstorm_codes(a.soundstorm, sem, frames, temperature=a.temperature, top_k=a.top_k, seed=a.seed,
                                     device=a.device, known=known if skip else None)
     else:
-        fm = load_config(a.fine).model
-        coarse = acoustic_codes(a.coarse, sem, frames, a.temperature, a.top_k, a.seed + 1, a.device,
-                                known=known[: m.target_levels])
-        fine = acoustic_codes(a.fine, coarse, frames, a.temperature, a.top_k, a.seed + 2, a.device,
-                              known=known[m.target_levels : m.target_levels + fm.target_levels])
-        codes = np.concatenate([coarse, fine], axis=0)
+        codes = coarse_fine_codes(a.coarse, a.fine, sem, frames, known, a.temperature, a.top_k, a.seed, a.device)
     n, rate = write_codes_audio(stage, codes[:, skip:], out_wav, a.device)
     return n / rate
 
