@@ -191,43 +191,6 @@ def _rows(parts: list[np.ndarray], dim: int) -> np.ndarray:
 
 # ---- backends -----------------------------------------------------------------------------------
 
-class AlmClapBackend:
-    """alm's own towers (alm/models/clap.py) + the export's sentencepiece tokenizer."""
-
-    def __init__(self, model, tokenizer_dir: Path, device: str):
-        from alm.tokenizers.text import load_text_tokenizer
-
-        self.model = model  # used as it is (device, train/eval mode): see alm.embed.encoder_for
-        self.device = device
-        cfg = model.cfg
-        self.cfg = cfg
-        if not (tokenizer_dir / "spm.model").is_file():
-            raise UserError(f"{tokenizer_dir}: no spm.model (the clap model's sentencepiece tokenizer; an export keeps "
-                            "it in EXPORT/tokenizer)")
-        self.tokenizer = load_text_tokenizer(tokenizer_dir)
-        self.sample_rate = cfg.sample_rate
-        self.window = cfg.max_samples
-        self.dim = cfg.embed_dim
-
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        from alm.stages.clap import pad_text, text_ids
-
-        ids, mask = pad_text([text_ids(self.tokenizer, t, self.cfg.text_max_len) for t in texts])
-        with torch.no_grad():
-            return self.model.encode_text(ids.to(self.device), mask.to(self.device)).float().cpu().numpy()
-
-    def embed_windows(self, clips: list[np.ndarray]) -> np.ndarray:
-        import torch
-
-        from alm.stages.clap import pad_audio
-
-        audio, lengths = pad_audio(clips)
-        with torch.no_grad():
-            return self.model.encode_audio(audio.to(self.device), lengths.to(self.device)).float().cpu().numpy()
-
-
 def is_alm_export(path: str | Path) -> bool:
     """An alm export folder (config.yaml, no transformers config.json)."""
     p = Path(path)
@@ -276,12 +239,10 @@ def encoder_for(model, tokenizer_dir: str | Path | None, device: str | None = No
         from alm.models.clap_hf import HFClapBackend
 
         return Encoder(HFClapBackend(model, Path(tokenizer_dir), device), description)
-    if cfg.pretrained("audio") or cfg.pretrained("text"):
-        from alm.models.clap_front import TowersBackend
+    from alm.models.clap_front import TowersBackend  # alm's own towers, pretrained ones, or a mix
 
-        tok = Path(tokenizer_dir) if tokenizer_dir else None
-        return Encoder(TowersBackend(model, tok, device, Path(export_dir) if export_dir else None), description)
-    return Encoder(AlmClapBackend(model, Path(tokenizer_dir), device), description)
+    tok = Path(tokenizer_dir) if tokenizer_dir else None
+    return Encoder(TowersBackend(model, tok, device, Path(export_dir) if export_dir else None), description)
 
 
 # ---- CLI ----------------------------------------------------------------------------------------

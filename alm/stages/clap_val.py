@@ -81,34 +81,6 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-class _AlmFront:
-    """alm's towers: the sentencepiece tokenizer of data.tokenizer, raw audio at model.sample_rate."""
-
-    def __init__(self, cfg):
-        from alm.tokenizers.text import load_text_tokenizer
-
-        self.m = cfg.model
-        self.tok = load_text_tokenizer(cfg.data.tokenizer)
-        self.sample_rate, self.window = self.m.sample_rate, self.m.max_samples
-
-    def text_ids(self, text: str) -> np.ndarray:
-        from alm.stages.clap import text_ids
-
-        return text_ids(self.tok, text, self.m.text_max_len)
-
-    def embed_texts(self, model, ids: list[np.ndarray], device) -> torch.Tensor:
-        from alm.stages.clap import pad_text
-
-        text, mask = pad_text(ids)
-        return model.encode_text(text.to(device), mask.to(device))
-
-    def embed_audio(self, model, clips: list[np.ndarray], device) -> torch.Tensor:
-        from alm.stages.clap import pad_audio
-
-        audio, lengths = pad_audio(clips)
-        return model.encode_audio(audio.to(device), lengths.to(device))
-
-
 class _HFFront:
     """model.tower=hf: the converted CLAP's processor (its tokenizer and ClapFeatureExtractor)."""
 
@@ -131,7 +103,8 @@ class _HFFront:
 
 
 class _TowersFront:
-    """Pretrained towers (model.audio_tower / text_tower): their own front ends (alm/models/clap_front.py)."""
+    """alm's own towers and pretrained ones (model.audio_tower / text_tower), in any mix: each tower's own
+    front end (alm/models/clap_front.py)."""
 
     def __init__(self, cfg):
         from alm.models.clap_front import TowersFront
@@ -152,11 +125,7 @@ class _TowersFront:
 def front_end(cfg):
     """How clips and captions enter the stage's model (model.tower alm or hf; pretrained towers)."""
     m = cfg.model
-    if getattr(m, "tower", "alm") == "hf":
-        return _HFFront(cfg)
-    if m.pretrained("audio") or m.pretrained("text"):
-        return _TowersFront(cfg)
-    return _AlmFront(cfg)
+    return _HFFront(cfg) if getattr(m, "tower", "alm") == "hf" else _TowersFront(cfg)
 
 
 def _audio_batches(front, cfg, urls: list[str], rank: int, size: int, stats: dict):
